@@ -1,0 +1,40 @@
+"""OmegaConf resolvers and run-folder naming shared by every stage.
+
+Importing this module registers the resolvers, so every stage imports it before `@hydra.main` composes.
+"""
+from __future__ import annotations
+
+import re
+
+from omegaconf import OmegaConf
+
+
+def run_name(override_dirname: str) -> str:
+    """A folder name for one run, derived from the command-line overrides (`default` when there are none).
+
+    `hydra.job.override_dirname` is deterministic, so a rerun or a SLURM requeue with the same overrides
+    lands in the same folder and resumes there.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", override_dirname or "").strip("-")
+    return name or "default"
+
+
+def block_size(num_tokens: int, num_cond: int) -> int:
+    """The GPT context length: the codebook grid's tokens plus the condition's positions."""
+    return int(num_tokens) + int(num_cond)
+
+
+def register_resolvers() -> None:
+    resolvers = {
+        "run_name": run_name,
+        "block_size": block_size,
+        "sum": lambda *xs: sum(xs),
+        "mul": lambda a, b: a * b,
+        "floordiv": lambda a, b: a // b,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()
