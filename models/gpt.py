@@ -1,0 +1,268 @@
+"""The stage-2 transformer: minGPT with the original's parameter names, plus a key/value cache.
+
+State-dict layout (the original's, spec §4.8): `tok_emb`, `pos_emb` (1, block_size, n_embd), `blocks.{i}.{ln1, ln2,
+attn.{key, query, value, proj}, attn.mask, mlp.0, mlp.2}`, `ln_f`, `head` (no bias), and the condition's `embedder`.
+The causal `attn.mask` buffer (1, 1, block_size, block_size) is saved, as in the original, so that checkpoints load
+strictly; the fast path uses SDPA's own causal masking, the mask is read only when attention maps are requested.
+
+Conditioning (spec §4.2, §4.7): the condition's S embeddings come first, the tokens after them, and learned
+positions are added to the concatenation. The whole sequence is causally masked, condition included.
+- `GPTFeats`: features (B, feat_depth, S) -> Conv1d(feat_depth, n_embd, 1) -> (B, S, n_embd).
+- `GPTClass`: class ids (B,) or (B, 1) -> nn.Embedding(n_classes, n_embd) -> (B, 1, n_embd).
+- "No Feats" is a `GPTFeats` fed random U[0, 1) vectors (the data layer draws them).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values of every layer, filled left to right.
+
+    `k` and `v` are (n_layer, B, n_head, max_len, head_dim); `length` positions hold valid entries. New entries are
+    written in place, so a step costs no copy of the cache.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with separate key/query/value projections (minGPT naming)."""
+
+    def __init__(self, n_embd: int, n_head: int, block_size: int, attn_pdrop: float = 0.0,
+                 resid_pdrop: float = 0.0) -> None:
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd {n_embd} is not divisible by n_head {n_head}")
+        self.n_head = n_head
+        self.key = nn.Linear(n_embd, n_embd)
+        self.query = nn.Linear(n_embd, n_embd)
+        self.value = nn.Linear(n_embd, n_embd)
+        self.attn_drop = nn.Dropout(attn_pdrop)
+        self.resid_drop = nn.Dropout(resid_pdrop)
+        self.proj = nn.Linear(n_embd, n_embd)
+        # saved in the state dict like the original's, which ties a checkpoint to its block_size
+        self.register_buffer("mask", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        return x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, n_head, T, head_dim)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False, cache: KVCache | None = None,
+                layer: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) -> (y (B, T, C), attention (B, n_head, T, T) or None).
+
+        With `cache`, x holds the positions `cache.length .. cache.length + T - 1`; their keys and values are written
+        into the cache and the queries attend to every cached position before them (the caller advances `length`).
+        """
+        B, T, C = x.shape
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        att = None
+        if cache is not None:
+            start = cache.length
+            end = start + T
+            if end > cache.max_len:
+                raise ValueError(f"the KV cache holds {cache.max_len} positions, {end} were asked for")
+            cache.k[layer, :, :, start:end] = k
+            cache.v[layer, :, :, start:end] = v
+            k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]  # (B, n_head, end, head_dim), views
+            if T == 1:
+                mask = None  # one new query sees every cached position
+            else:
+                mask = self.mask[0, 0, start:end, :end].bool()  # (T, end): query start+i sees keys <= start+i
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0)
+        elif return_attention:
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.shape[-1]))  # (B, n_head, T, T)
+            scores = scores.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))
+            att = self.attn_drop(F.softmax(scores, dim=-1))
+            y = att @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.attn_drop.p if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, n_head * head_dim)
+        return self.resid_drop(self.proj(y)), att
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, n_embd: int, n_head: int, block_size: int, attn_pdrop: float = 0.0,
+                 resid_pdrop: float = 0.0) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.attn = CausalSelfAttention(n_embd, n_head, block_size, attn_pdrop, resid_pdrop)
+        self.mlp = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd),
+            nn.GELU(),
+            nn.Linear(4 * n_embd, n_embd),
+            nn.Dropout(resid_pdrop),
+        )
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False, cache: KVCache | None = None,
+                layer: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, att = self.attn(self.ln1(x), return_attention, cache, layer)
+        x = x + a
+        x = x + self.mlp(self.ln2(x))
+        return x, att
+
+
+class GPT(nn.Module):
+    """minGPT over token ids, optionally after a prefix of condition embeddings.
+
+    Dropouts default to 0, as in every original config (spec §4.2).
+    """
+
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int = 24, n_head: int = 16, n_embd: int = 1024,
+                 embd_pdrop: float = 0.0, resid_pdrop: float = 0.0, attn_pdrop: float = 0.0) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.block_size = block_size
+        self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
+        self.tok_emb = nn.Embedding(vocab_size, n_embd)
+        self.pos_emb = nn.Parameter(torch.zeros(1, block_size, n_embd))
+        self.drop = nn.Dropout(embd_pdrop)
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head, block_size, attn_pdrop, resid_pdrop)
+                                      for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+
+    # --- condition -------------------------------------------------------------------------------------------
+    def embed_condition(self, cond: torch.Tensor | None) -> torch.Tensor | None:
+        """The condition's embeddings (B, S, n_embd); the plain GPT has no condition."""
+        return None
+
+    def condition_length(self, cond: torch.Tensor | None) -> int:
+        """S, the number of positions the condition takes."""
+        return 0
+
+    # --- forward ---------------------------------------------------------------------------------------------
+    def embed(self, idx: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """[condition embeddings, token embeddings] (B, S + T, n_embd), before positions are added."""
+        tokens = self.tok_emb(idx)  # (B, T, n_embd)
+        prefix = self.embed_condition(cond)
+        return tokens if prefix is None else torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
+
+    def forward_embeddings(self, x: torch.Tensor, return_attention: bool = False, cache: KVCache | None = None,
+                           last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings (B, T, n_embd) -> logits (B, T, vocab) and the last layer's attention.
+
+        With `cache`, x holds positions `cache.length ..`; the cache is advanced by T. `last_only` computes the
+        head for the last position only (B, 1, vocab).
+        """
+        B, T, _ = x.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.block_size:
+            raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.block_size}")
+        x = self.drop(x + self.pos_emb[:, start:start + T])
+        att = None
+        for i, block in enumerate(self.blocks):
+            x, att = block(x, return_attention and i == len(self.blocks) - 1, cache, i)
+        if cache is not None:
+            cache.length += T
+        if last_only:
+            x = x[:, -1:]
+        return self.head(self.ln_f(x)), att
+
+    def forward(self, idx: torch.Tensor, cond: torch.Tensor | None = None, return_attention: bool = False):
+        """idx (B, T) int64 and the condition -> logits (B, S + T, vocab) [, attention (B, n_head, S+T, S+T)]."""
+        logits, att = self.forward_embeddings(self.embed(idx, cond), return_attention)
+        return (logits, att) if return_attention else logits
+
+    # --- incremental decoding --------------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for `batch_size` sequences of up to `max_len` (default block_size) positions."""
+        max_len = max_len or self.block_size
+        p = self.pos_emb
+        shape = (self.n_layer, batch_size, self.n_head, max_len, self.n_embd // self.n_head)
+        return KVCache(torch.empty(shape, dtype=p.dtype, device=p.device),
+                       torch.empty(shape, dtype=p.dtype, device=p.device))
+
+    def prefill(self, idx: torch.Tensor, cond: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
+        """Resets the cache, runs [condition, idx] through it and returns the last position's logits (B, vocab)."""
+        cache.reset()
+        logits, _ = self.forward_embeddings(self.embed(idx, cond), cache=cache, last_only=True)
+        return logits[:, -1]
+
+    def step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Appends tokens idx (B,) or (B, T) after the cached positions -> the last position's logits (B, vocab)."""
+        if idx.dim() == 1:
+            idx = idx[:, None]  # (B, 1)
+        logits, _ = self.forward_embeddings(self.tok_emb(idx), cache=cache, last_only=True)
+        return logits[:, -1]
+
+
+class GPTFeats(GPT):
+    """GPT conditioned on per-frame visual features (B, feat_depth, S) through a 1x1 Conv1d."""
+
+    def __init__(self, vocab_size: int, block_size: int, feat_depth: int = 2048, **kwargs) -> None:
+        super().__init__(vocab_size, block_size, **kwargs)
+        # created after the GPT init, so it keeps PyTorch's default init like the original's
+        self.embedder = nn.Conv1d(feat_depth, self.n_embd, kernel_size=1)
+
+    def embed_condition(self, cond: torch.Tensor | None) -> torch.Tensor:
+        if cond is None or cond.dim() != 3:
+            raise ValueError(f"GPTFeats needs features (B, feat_depth, S), got "
+                             f"{None if cond is None else tuple(cond.shape)}")
+        w = self.embedder.weight
+        return self.embedder(cond.to(w.dtype)).permute(0, 2, 1)  # (B, n_embd, S) -> (B, S, n_embd)
+
+    def condition_length(self, cond: torch.Tensor | None) -> int:
+        return cond.shape[-1]
+
+
+class GPTClass(GPT):
+    """GPT conditioned on a class id (one position), embedded by nn.Embedding(n_classes, n_embd)."""
+
+    def __init__(self, vocab_size: int, block_size: int, n_classes: int, **kwargs) -> None:
+        super().__init__(vocab_size, block_size, **kwargs)
+        self.embedder = nn.Embedding(n_classes, self.n_embd)  # default init, created after the GPT init
+
+    def embed_condition(self, cond: torch.Tensor | None) -> torch.Tensor:
+        if cond is None or cond.dtype not in (torch.int64, torch.int32) or cond.dim() not in (1, 2):
+            raise ValueError("GPTClass needs class ids (B,) or (B, 1) as int64")
+        return self.embedder(cond.reshape(-1, 1).long())  # (B, 1, n_embd)
+
+    def condition_length(self, cond: torch.Tensor | None) -> int:
+        return 1
+
+
+def build_gpt(condition: str = "features", **kwargs) -> GPT:
+    """`condition` features|none -> GPTFeats, class -> GPTClass, unconditional -> GPT; kwargs are the model's."""
+    if condition in ("features", "none"):
+        kwargs.pop("n_classes", None)
+        return GPTFeats(**kwargs)
+    if condition == "class":
+        kwargs.pop("feat_depth", None)
+        return GPTClass(**kwargs)
+    if condition == "unconditional":
+        kwargs.pop("n_classes", None)
+        kwargs.pop("feat_depth", None)
+        return GPT(**kwargs)
+    raise ValueError(f"condition must be features, class or none, got {condition!r}")
