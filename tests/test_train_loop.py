@@ -1,0 +1,129 @@
+"""The shared training loop: resume equals an uninterrupted run, the non-finite guard, best/last, two processes."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from pipeline.train import NonFiniteLossError, Task, Trainer
+from pipeline.train.checkpoint import load_checkpoint
+
+
+class Regression(Task):
+    """y = 3x - 1 with Adam: enough state (moments, RNG, data order) to catch a bad resume."""
+
+    kind = "toy"
+
+    def __init__(self, poison_at: int | None = None):
+        super().__init__()
+        self.poison_at = poison_at
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(40, 1, generator=g)
+        self.data = TensorDataset(x, 3 * x - 1 + 0.1 * torch.randn(40, 1, generator=g))
+
+    def build(self):
+        torch.manual_seed(0)
+        self.modules = {"net": nn.Sequential(nn.Linear(1, 8), nn.Dropout(0.2), nn.Linear(8, 1))}
+        self.optimizers = {"opt": torch.optim.Adam(self.modules["net"].parameters(), lr=0.05)}
+
+    def train_dataset(self):
+        return self.data
+
+    def val_dataset(self):
+        return self.data
+
+    def train_step(self, batch, step):
+        x, y = batch
+        loss = ((self.modules["net"](x) - y) ** 2).mean()
+        if self.poison_at is not None and step >= self.poison_at:
+            loss = loss * float("nan")
+        self.trainer.backward(loss)
+        self.optimizers["opt"].step()
+        self.optimizers["opt"].zero_grad()
+        return {"loss": loss}
+
+    def val_step(self, batch):
+        x, y = batch
+        return {"loss": ((self.modules["net"](x) - y) ** 2).mean()}
+
+    def model_args(self):
+        return {"hidden": 8}
+
+    def state_dict(self):
+        return self.trainer.unwrap("net").state_dict()
+
+    def load_state_dict(self, sd):
+        self.trainer.unwrap("net").load_state_dict(sd)
+
+
+CFG = {"device": "cpu", "max_steps": 12, "val_every": 4, "ckpt_every": 4, "log_every": 100}
+
+
+def _train(run_dir, task=None, **overrides):
+    task = task or Regression()
+    trainer = Trainer(task, {**CFG, **overrides}, run_dir, logger_cfg={"name": "none"}, seed=7, batch_size=4)
+    metrics = trainer.fit()
+    return trainer, metrics
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    full, full_metrics = _train(tmp_path / "full")
+    _train(tmp_path / "split", max_steps=6)  # "interrupted" after 6 steps, last.pt at step 6
+    resumed, resumed_metrics = _train(tmp_path / "split")
+    assert resumed.step == full.step == 12
+    for a, b in zip(full.task.state_dict().values(), resumed.task.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    a = full.task.optimizers["opt"].state_dict()["state"]
+    b = resumed.task.optimizers["opt"].state_dict()["state"]
+    for k in a:
+        torch.testing.assert_close(a[k]["exp_avg_sq"], b[k]["exp_avg_sq"], rtol=0, atol=0)
+    assert full_metrics["val/loss"] == pytest.approx(resumed_metrics["val/loss"], rel=0, abs=0)
+    assert full_metrics["val/loss"] < 1.0  # it learned something
+
+
+def test_checkpoints_hold_what_loaders_need(tmp_path):
+    trainer, _ = _train(tmp_path)
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(tmp_path / "checkpoints" / name)
+        assert ckpt["kind"] == "toy" and ckpt["model_args"] == {"hidden": 8}
+        assert set(ckpt["state_dict"]) == set(trainer.task.state_dict())
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["train_state"]["step"] == 12
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        _train(tmp_path, task=Regression(poison_at=9))
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt["train_state"]["step"] == 8
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_early_stopping(tmp_path):
+    class Stalled(Regression):
+        def val_step(self, batch):
+            return {"loss": torch.tensor(1.0)}
+
+    trainer, _ = _train(tmp_path, task=Stalled(), val_every=1, early_stop_patience=2, max_steps=50)
+    assert trainer.stopped_early and trainer.step == 4
+
+
+def _two_process_run(run_dir):
+    from accelerate import PartialState
+
+    trainer, metrics = _train(run_dir, max_steps=4)
+    assert PartialState().num_processes == 2
+    assert math.isfinite(metrics["val/loss"])
+
+
+def test_two_processes(tmp_path):
+    from accelerate import debug_launcher
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # forked workers must not inherit a 1-process state
+    debug_launcher(_two_process_run, args=(str(tmp_path),), num_processes=2)
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt["train_state"]["num_processes"] == 2 and ckpt["train_state"]["step"] == 4
