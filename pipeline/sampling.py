@@ -1,0 +1,180 @@
+"""Sampling codebook tokens from the transformer: a KV-cached sampler and the original's reference procedure.
+
+Both functions return tokens (B, num_tokens) int64 in sequence (column-major) order; the wrapper's
+`decode_to_spec` turns them into spectrograms.
+
+The original (spec §4.6(2), §9.1) recomputes the whole sequence for every token. For step (i, j) (row i of
+column j) it forwards [condition, the tokens of a 5 x 53 window] whose first column is
+js = clamp(j - 26, 0, cols - 53) and reads the logits at the local position (j - js) * 5 + i. For 265 tokens js is
+always 0 and this is the plain 10-s sampler. Because the mask is causal, only the window's tokens before the
+local position matter, so a sampler may instead keep the keys and values of [condition, window tokens so far].
+
+`sample` does so, and is exact (greedy tokens equal the reference's): while the window stays put it appends one
+token per step to a preallocated cache; when the window moves (once per new column after column 26, all 5 rows
+of a column share one window) positions shift under the learned position embeddings, so it rebuilds the cache
+with one batched forward over [condition, the 26 columns before j] (S + 130 positions) and then steps through
+the column's 5 rows. A 10-s clip costs one prefill plus 265 single-token steps; W = 53k columns cost one prefill
+per column after the first 27.
+
+Condition alignment in long samples: by default the **whole** condition is passed at every step, as the
+original's tool does, so a 20-s sample is conditioned on the same S frames throughout. With `slide_cond=True` the
+condition is read as covering the whole output (S_total frames over all columns) and every window gets its own
+S frames starting at frame round(js * S_total / cols), clamped to the end; with S_total = 212k frames for 53k
+columns that is 4 frames per column, the frames under the window.
+"""
+from __future__ import annotations
+
+import torch
+
+from models.gpt import GPT, KVCache
+
+MODES = ("nopix", "half")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Sets to -inf every logit outside the top-k (kept: logits >= the k-th largest, ties included) and
+    outside the nucleus (the smallest set of most probable tokens whose probability reaches top_p)."""
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # probability mass of the more probable tokens
+        drop_sorted = before >= top_p
+        drop_sorted[..., 0] = False  # the most probable token always stays
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def pick_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, greedy: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits (B, vocab) -> tokens (B,): argmax when greedy, else a draw after temperature, top-k and top-p."""
+    if greedy:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _gpt(model) -> GPT:
+    gpt = getattr(model, "transformer", model)
+    if not isinstance(gpt, GPT):
+        raise TypeError(f"expected a GPT or a wrapper with a .transformer GPT, got {type(model).__name__}")
+    return gpt
+
+
+def _grid(model, grid: tuple[int, int] | None) -> tuple[int, int]:
+    if grid is not None:
+        return grid
+    permuter = getattr(model, "first_stage_permuter", None)
+    return (permuter.H, permuter.W) if permuter is not None else (5, 53)
+
+
+def _plan(gpt: GPT, cond, num_tokens: int, mode: str, gt_tokens, grid, batch: int):
+    """Checks the arguments; returns (H, W, cols, n_prime, S)."""
+    H, W = grid
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if num_tokens > H * W and num_tokens % H:
+        raise ValueError(f"a long sample (> {H * W} tokens) needs whole {H}-row columns, got {num_tokens}")
+    cols = -(-num_tokens // H)
+    n_prime = 0
+    if mode == "half":
+        n_prime = (cols // 2) * H  # 130 for a 10-s clip, as generate_samples.py and the tool do
+        if gt_tokens is None or gt_tokens.shape[1] < n_prime or gt_tokens.shape[0] != batch:
+            raise ValueError(f"mode 'half' needs gt_tokens (B={batch}, >= {n_prime}) in sequence order")
+    S = gpt.condition_length(cond)
+    if S + min(num_tokens, H * W) - 1 > gpt.block_size:
+        raise ValueError(f"condition of {S} positions + {min(num_tokens, H * W) - 1} tokens exceeds the model's "
+                         f"block_size {gpt.block_size}: is feat_sample_size the one it was trained with?")
+    return H, W, cols, n_prime, S
+
+
+def _window_start(col: int, cols: int, W: int) -> int:
+    return max(0, min(col - W // 2, cols - W))
+
+
+def _window_cond(cond, js: int, cols: int, S: int, slide_cond: bool):
+    if not slide_cond:
+        return cond
+    total = cond.shape[-1]
+    f0 = max(0, min(round(js * total / cols), total - S))
+    return cond[..., f0:f0 + S]
+
+
+def _batch_size(cond, gt_tokens) -> int:
+    if cond is not None:
+        return cond.shape[0]
+    if gt_tokens is not None:
+        return gt_tokens.shape[0]
+    raise ValueError("cannot tell the batch size without a condition or gt_tokens")
+
+
+@torch.inference_mode()
+def sample(model, cond, num_tokens: int = 265, mode: str = "nopix", temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, gt_tokens: torch.Tensor | None = None,
+           generator: torch.Generator | None = None, greedy: bool = False, slide_cond: bool = False,
+           cond_frames: int | None = None, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """KV-cached sampling of `num_tokens` tokens (B, num_tokens), exact w.r.t. `sample_uncached`.
+
+    model: the wrapper (uses .transformer and the permuter's grid) or a GPT. cond: features (B, D, S) or class
+    ids (B,). mode: 'nopix' (from scratch) or 'half' (the first (cols // 2) * 5 tokens copied from gt_tokens).
+    num_tokens > 265 samples 5 x (num_tokens / 5) with the sliding window (module docstring). With
+    `slide_cond`, `cond_frames` is the frames per window (default: block_size - 265).
+    """
+    gpt = _gpt(model)
+    B = _batch_size(cond, gt_tokens)
+    H, W = _grid(model, grid)
+    S_win = cond_frames or gpt.block_size - H * W
+    window_cond = (lambda js: _window_cond(cond, js, -(-num_tokens // H), S_win, slide_cond))
+    H, W, cols, n_prime, S = _plan(gpt, window_cond(0), num_tokens, mode, gt_tokens, (H, W), B)
+    device = gpt.pos_emb.device
+    tokens = torch.zeros(B, num_tokens, dtype=torch.long, device=device)
+    if n_prime:
+        tokens[:, :n_prime] = gt_tokens[:, :n_prime].to(device)
+    cache: KVCache = gpt.new_cache(B, S + min(num_tokens, H * W))
+    current_js, cached_to = None, 0  # the window in the cache; tokens[:, js*H:cached_to] are in it
+    for pos in range(n_prime, num_tokens):
+        js = _window_start(pos // H, cols, W)
+        if js != current_js:  # new window: positions shift, rebuild the cache in one forward
+            logits = gpt.prefill(tokens[:, js * H:pos], window_cond(js), cache)
+            current_js, cached_to = js, pos
+        else:
+            logits = gpt.step(tokens[:, cached_to:pos], cache)
+            cached_to = pos
+        tokens[:, pos] = pick_token(logits, temperature, top_k, top_p, greedy, generator)
+    return tokens
+
+
+@torch.inference_mode()
+def sample_uncached(model, cond, num_tokens: int = 265, mode: str = "nopix", temperature: float = 1.0,
+                    top_k: int | None = None, top_p: float | None = None, gt_tokens: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None, greedy: bool = False, slide_cond: bool = False,
+                    cond_frames: int | None = None, grid: tuple[int, int] | None = None,
+                    steps: list[int] | None = None) -> torch.Tensor:
+    """The original's procedure (spec §4.6(2), §9.1): a zero-filled buffer, and for every step a full forward of
+    [condition, the window's 5 * 53 - 1 buffer slots], reading the logits at the step's local position.
+
+    `steps` (positions) restricts the loop to those steps, for timing a sample of them; other slots stay 0.
+    """
+    gpt = _gpt(model)
+    B = _batch_size(cond, gt_tokens)
+    H, W = _grid(model, grid)
+    S_win = cond_frames or gpt.block_size - H * W
+    window_cond = (lambda js: _window_cond(cond, js, -(-num_tokens // H), S_win, slide_cond))
+    H, W, cols, n_prime, S = _plan(gpt, window_cond(0), num_tokens, mode, gt_tokens, (H, W), B)
+    device = gpt.pos_emb.device
+    buffer = torch.zeros(B, max(num_tokens, H * W), dtype=torch.long, device=device)
+    if n_prime:
+        buffer[:, :n_prime] = gt_tokens[:, :n_prime].to(device)
+    for pos in (steps if steps is not None else range(n_prime, num_tokens)):
+        js = _window_start(pos // H, cols, W)
+        c = window_cond(js)
+        logits = gpt(buffer[:, js * H:js * H + H * W - 1], c)  # (B, S + 264, vocab)
+        local = pos - js * H
+        buffer[:, pos] = pick_token(logits[:, gpt.condition_length(c) - 1 + local], temperature, top_k, top_p,
+                                    greedy, generator)
+    return buffer[:, :num_tokens]
