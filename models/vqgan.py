@@ -262,7 +262,7 @@ class VQModel(nn.Module):
                  loss: nn.Module | None = None):
         super().__init__()
         ddconfig = dict(ddconfig)
-        self.ddconfig, self.n_embed, self.embed_dim = ddconfig, int(n_embed), int(embed_dim)
+        self.ddconfig, self.n_embed, self.embed_dim, self.beta = ddconfig, int(n_embed), int(embed_dim), beta
         self.encoder = Encoder(**ddconfig)
         self.decoder = Decoder(**ddconfig)
         self.quantize = VectorQuantizer(self.n_embed, self.embed_dim, beta=beta)
@@ -272,6 +272,12 @@ class VQModel(nn.Module):
         self.loss = loss
         # code-usage tally for logging; not persistent, so original checkpoints load strictly
         self.register_buffer("code_counts", torch.zeros(self.n_embed, dtype=torch.long), persistent=False)
+
+    @property
+    def model_args(self) -> dict:
+        """The constructor kwargs (without `loss`), for checkpoints."""
+        return {"ddconfig": dict(self.ddconfig), "n_embed": self.n_embed, "embed_dim": self.embed_dim,
+                "beta": self.beta}
 
     @property
     def downsample_factor(self) -> int:
