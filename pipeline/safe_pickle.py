@@ -55,11 +55,13 @@ class _ArrayUnpickler(pickle.Unpickler):
             return _ALLOWED[(module, name)]
         except KeyError:
             raise UnsafePickleError(
-                f"{self._path}: refused global {module}.{name}; only numpy arrays may be loaded from a feature "
-                f"pickle (the file may be corrupt or malicious: re-extract or re-download it)") from None
+                f"{self._path}: refused global {module}.{name}; only numpy arrays may be loaded from a "
+                f"feature pickle (the file may be corrupt or malicious: re-extract or re-download it)"
+            ) from None
 
     def persistent_load(self, pid):
-        raise UnsafePickleError(f"{self._path}: refused persistent id {pid!r}; only numpy arrays may be loaded")
+        raise UnsafePickleError(f"{self._path}: refused persistent id {pid!r}; only numpy arrays may be "
+                                f"loaded")
 
 
 def load_pickle_array(path: str | os.PathLike) -> np.ndarray:
