@@ -1,0 +1,241 @@
+"""Build, save and load the spectrogram codebook (VQModel), from our checkpoints or the original's `.ckpt`.
+
+Two formats, told apart by content (never by extension):
+- ours: {"format": "specvqgan-pipeline", "kind": "codebook", "model_args": VQModel kwargs, "loss_args": loss
+  kwargs or None, "state_dict": the original's key layout (with `loss.*` when trained with a loss), ...};
+- the original's Lightning checkpoint {"state_dict", "epoch", "global_step"} with no config: the architecture
+  is inferred from the tensor shapes.
+
+`loss.discriminator.*` / `loss.perceptual_loss.*` go into the loss module with `with_loss=True` (strictly) and
+are otherwise ignored; every other missing or unexpected key raises an error that lists it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.vqgan import VQModel
+from models.vqgan_loss import VQLPAPSWithDiscriminator
+
+log = logging.getLogger(__name__)
+
+FORMAT = "specvqgan-pipeline"
+KIND = "codebook"
+LOSS_PREFIXES = ("loss.discriminator.", "loss.perceptual_loss.")
+
+
+def _plain(obj: Any) -> Any:
+    """OmegaConf containers, tuples -> plain dicts and lists (checkpoints stay weights_only-loadable)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def load_mel_stats(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (80, 2) [mean, std] txt of [0, 1] mels (train_means_stds_melspec_10s_22050hz.txt) -> (mean, std)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mel statistics {path} not found: point codebook.loss.lpaps_stats at the 80 x 2 "
+                                f"mean/std txt (made by the classifier stage), or set it to null")
+    stats = np.loadtxt(path, dtype=np.float32)
+    if stats.ndim != 2 or stats.shape[1] != 2:
+        raise ValueError(f"{path}: expected rows of [mean, std], got an array of shape {stats.shape}")
+    return torch.from_numpy(stats[:, 0].copy()), torch.from_numpy(stats[:, 1].copy())
+
+
+def _vggishish_features(path: Path) -> dict[str, torch.Tensor]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    feats = {k[len("features."):]: v for k, v in obj.items() if k.startswith("features.")}
+    if not feats:
+        raise ValueError(f"{path} holds no VGGish-ish `features.*` weights for the LPAPS trunk; pass a VGGish-ish "
+                         f"classifier checkpoint or set codebook.loss.lpaps_trunk=null")
+    return feats
+
+
+def build_loss(loss_cfg: Mapping) -> VQLPAPSWithDiscriminator:
+    """The loss from a `codebook.loss` config: reads `lpaps_stats` (txt) and `lpaps_trunk` (VGGish-ish ckpt)."""
+    args = _plain(loss_cfg)
+    stats, trunk = args.pop("lpaps_stats", None), args.pop("lpaps_trunk", None)
+    if stats is not None and args.get("perceptual_weight", 1.0) > 0:
+        args["lpaps_mean"], args["lpaps_std"] = load_mel_stats(stats)
+    loss = VQLPAPSWithDiscriminator(**args)
+    if trunk is not None and loss.perceptual_weight > 0:
+        feats = _vggishish_features(Path(trunk))
+        target = {}
+        for name in loss.perceptual_loss.net.state_dict():  # slice{k}.{i}.weight <- features.{i}.weight
+            target[name] = feats.get(name.split(".", 1)[1])
+        missing = sorted(k for k, v in target.items() if v is None)
+        if missing or len(feats) != len(target):
+            raise ValueError(f"{trunk}: VGGish-ish trunk does not match the LPAPS layout (missing {missing}, "
+                             f"{len(feats)} tensors for {len(target)})")
+        loss.perceptual_loss.net.load_state_dict(target, strict=True)
+    return loss
+
+
+def build_codebook(model_cfg: Mapping, loss_cfg: Mapping | None = None) -> VQModel:
+    """A fresh VQModel from a `codebook.model` config (plus its loss as `model.loss` when `loss_cfg` is given)."""
+    args = _plain(model_cfg)
+    return VQModel(**args, loss=build_loss(loss_cfg) if loss_cfg is not None else None)
+
+
+def codebook_checkpoint(model: VQModel, loss: torch.nn.Module | None = None) -> dict:
+    """Our checkpoint dict for `model` (and `loss`, kept apart or as `model.loss`); callers add training state."""
+    if loss is not None and model.loss is not None and loss is not model.loss:
+        raise ValueError("model already carries a different loss module; pass loss=None")
+    loss = loss if loss is not None else model.loss
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("loss.")}
+    if loss is not None:
+        state.update({f"loss.{k}": v for k, v in loss.state_dict().items()})
+    loss_args = None
+    if loss is not None:
+        loss_args = _plain(getattr(loss, "config", None))
+        if loss_args is None:
+            raise TypeError(f"{type(loss).__name__} has no `config` of constructor kwargs to save")
+    return {"format": FORMAT, "version": 1, "kind": KIND, "model_args": _plain(model.model_args),
+            "loss_args": loss_args, "state_dict": state}
+
+
+def _indices(state: Mapping, pattern: str) -> list[int]:
+    rx = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in state if (m := rx.match(k))})
+
+
+def infer_model_args(state: Mapping[str, torch.Tensor], resolution: int = 848) -> dict:
+    """VQModel kwargs from an original state dict's shapes (its config is not in the file).
+
+    ch from conv_in, ch_mult from each level's first block, num_res_blocks from the block count, attention
+    resolutions from the levels holding AttnBlocks, z_channels from the decoder's conv_in, codebook from the
+    embedding. GroupNorm groups (not visible in shapes) are the original's 32.
+    """
+    need = ["encoder.conv_in.weight", "encoder.conv_out.weight", "decoder.conv_in.weight",
+            "decoder.conv_out.weight", "quantize.embedding.weight"]
+    absent = [k for k in need if k not in state]
+    if absent:
+        raise ValueError(f"not a codebook (VQModel) state dict: no {absent}")
+    ch, in_channels = state["encoder.conv_in.weight"].shape[:2]
+    levels = _indices(state, r"encoder\.down\.(\d+)\.")
+    ch_mult = [int(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // ch for i in levels]
+    num_res_blocks = len(_indices(state, r"encoder\.down\.0\.block\.(\d+)\."))
+    attn_levels = [i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in state]
+    z_channels = int(state["decoder.conv_in.weight"].shape[1])
+    n_embed, embed_dim = state["quantize.embedding.weight"].shape
+    ddconfig = dict(double_z=int(state["encoder.conv_out.weight"].shape[0]) == 2 * z_channels,
+                    z_channels=z_channels, resolution=resolution, in_channels=int(in_channels),
+                    out_ch=int(state["decoder.conv_out.weight"].shape[0]), ch=int(ch), ch_mult=ch_mult,
+                    num_res_blocks=num_res_blocks, attn_resolutions=[resolution // 2 ** i for i in attn_levels],
+                    dropout=0.0, norm_groups=32)
+    return {"ddconfig": ddconfig, "n_embed": int(n_embed), "embed_dim": int(embed_dim), "beta": 0.25}
+
+
+def infer_loss_args(loss_state: Mapping[str, torch.Tensor]) -> dict:
+    """Loss kwargs that shapes determine (PatchGAN size, LPAPS presence and trunk) from `loss.*` tensors."""
+    convs = _indices({k: v for k, v in loss_state.items() if v.dim() == 4}, r"loss\.discriminator\.main\.(\d+)\.weight")
+    if not convs:
+        raise ValueError("no loss.discriminator.* weights to build the loss from")
+    first = loss_state[f"loss.discriminator.main.{convs[0]}.weight"]
+    args: dict[str, Any] = dict(disc_ndf=int(first.shape[0]), disc_in_channels=int(first.shape[1]),
+                                disc_num_layers=len(convs) - 2)
+    slices = _indices(loss_state, r"loss\.perceptual_loss\.net\.slice(\d+)\.")
+    if not slices:
+        args["perceptual_weight"] = 0.0
+        return args
+    layers: list = []
+    for s in slices:
+        if s > 1:
+            layers.append("MP")
+        for i in _indices(loss_state, rf"loss\.perceptual_loss\.net\.slice{s}\.(\d+)\.weight"):
+            layers.append(int(loss_state[f"loss.perceptual_loss.net.slice{s}.{i}.weight"].shape[0]))
+    args["lpaps_layers"] = layers
+    args["n_mels"] = int(loss_state["loss.perceptual_loss.scaling_layer.shift"].shape[2])
+    return args
+
+
+def _raise_mismatch(path: Path, what: str, missing: list[str], unexpected: list[str]) -> None:
+    if missing or unexpected:
+        raise ValueError(f"{path}: the {what} weights do not match the model built for them.\n"
+                         f"  missing ({len(missing)}): {missing}\n  unexpected ({len(unexpected)}): {unexpected}\n"
+                         f"Is this a codebook checkpoint of this project or the original's release?")
+
+
+def read_codebook_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                       ) -> tuple[dict, dict | None, dict[str, torch.Tensor]]:
+    """(model_args, saved loss_args or None, state_dict) of either format."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"codebook checkpoint {path} not found (set codebook.ckpt to a trained run's "
+                                f"checkpoints/last.pt or an original .ckpt)")
+    obj = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        if obj.get("kind") != KIND:
+            raise ValueError(f"{path} is a {obj.get('kind')!r} checkpoint of this project, not a codebook")
+        return dict(obj["model_args"]), obj.get("loss_args"), dict(obj["state_dict"])
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        state = dict(obj["state_dict"])
+        if "quantize.embedding.weight" not in state:
+            hint = " (a transformer checkpoint? load it with load_transformer)" if any(
+                k.startswith("first_stage_model.") for k in state) else ""
+            raise ValueError(f"{path}: a Lightning checkpoint without codebook weights{hint}")
+        return infer_model_args(state), None, state
+    raise ValueError(f"{path}: neither this project's checkpoint (format={FORMAT!r}) nor an original Lightning "
+                     f"checkpoint with a `state_dict`; top-level keys: "
+                     f"{sorted(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__}")
+
+
+def load_codebook(path: str | os.PathLike, with_loss: bool = False, map_location: str | torch.device = "cpu",
+                  loss_args: Mapping | None = None) -> VQModel:
+    """The codebook in eval mode; `with_loss=True` also loads `loss.*` (strictly) into `model.loss`.
+
+    `loss_args` override the loss kwargs (the original's files hold no loss config: only the shapes'
+    discriminator/LPAPS sizes are known, the rest take VQLPAPSWithDiscriminator's defaults, disc_start 0).
+    """
+    path = Path(path)
+    model_args, saved_loss_args, state = read_codebook_file(path, map_location)
+    loss_state = {k: v for k, v in state.items() if k.startswith("loss.")}
+    model_state = {k: v for k, v in state.items() if not k.startswith("loss.")}
+    with torch.device("meta"):  # no allocation or init: the checkpoint's tensors are assigned
+        model = VQModel(**model_args)
+    result = model.load_state_dict(model_state, strict=False, assign=True)
+    _raise_mismatch(path, "codebook", list(result.missing_keys), list(result.unexpected_keys))
+    device = model.quantize.embedding.weight.device
+    model.code_counts = torch.zeros(model.n_embed, dtype=torch.long, device=device)
+    if with_loss:
+        if not loss_state:
+            raise ValueError(f"{path} holds no loss.* weights (saved without its loss); use with_loss=False")
+        args = {"disc_start": 0, **infer_loss_args(loss_state), **(saved_loss_args or {}), **dict(loss_args or {})}
+        with torch.device("meta"):
+            loss = VQLPAPSWithDiscriminator(**args)
+        sub = {k[len("loss."):]: v for k, v in loss_state.items()}
+        result = loss.load_state_dict(sub, strict=False, assign=True)
+        _raise_mismatch(path, "loss", [f"loss.{k}" for k in result.missing_keys],
+                        [f"loss.{k}" for k in result.unexpected_keys])
+        for p in (loss.perceptual_loss.parameters() if loss.perceptual_weight > 0 else ()):
+            p.requires_grad = False
+        model.loss = loss
+    elif loss_state:
+        other = sorted(k for k in loss_state if not k.startswith(LOSS_PREFIXES))
+        _raise_mismatch(path, "codebook", [], other)
+        log.info("%s: ignoring %d loss.* tensors (discriminator/perceptual loss; pass with_loss=True to load them)",
+                 path, len(loss_state))
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise ValueError(f"{path}: tensors left unloaded: {leftover}")
+    return model.eval()
