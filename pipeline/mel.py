@@ -198,6 +198,7 @@ def extract_mel_and_audio(path: str | os.PathLike, chain: str = "direct", length
                           spec_len: int = SPEC_LEN, sr: int = SR) -> tuple[np.ndarray, np.ndarray, MelInfo]:
     """(mel (80, spec_len) float32, the `length`-sample float32 waveform it came from, MelInfo)."""
     if chain == "original":
+        source_rate(path)  # a clear ClipError for a missing, corrupt or silent-video file before ffmpeg runs
         wave, duration = original_chain_audio(path, duration=round(length / sr), sr=sr)
         looped = duration < length / sr
     elif chain == "direct":
