@@ -1,0 +1,333 @@
+"""A small generated audio-visual data set in exactly the VAS on-disk layout (`python -m stages.make_demo_data`).
+
+Every class has its own look (shape, colour, background texture) and its own sound (a tonal chirp, a noise
+burst, a harmonic tone, a click train; further classes reuse these with other pitches and hues). In each clip
+the class's object idles dimly, and at a few random moments it jumps to a new place and lights up for exactly
+as long as its sound plays: onsets fall on frame boundaries, so the first bright frame starts on the sample
+where the sound starts. A model can thus learn both what a video sounds like and when.
+
+Layout (as VAS): `<root>/videos/<class>/video_XXXXX.mp4` (H.264 yuv420p + AAC mono), split files with
+`<class>/video_XXXXX` rows, plus `classes.txt`, `events.json` (each clip's event onsets in seconds) and a
+README. Everything is deterministic from the seed: each clip draws from its own generator (seed, class, clip),
+so skipping clips that exist does not change the others.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import av
+import numpy as np
+
+from pipeline.io import atomic_write, save_bytes, save_json
+
+KINDS = ("chirp", "noise", "harmonic", "clicks")  # the four sound families, cycled for more classes
+SHAPES = {"chirp": "circle", "noise": "square", "harmonic": "triangle", "clicks": "ring"}
+TEXTURES = {"chirp": "stripes", "noise": "speckle", "harmonic": "checker", "clicks": "rings"}
+EVENT_SECONDS = {"chirp": 0.32, "noise": 0.24, "harmonic": 0.48, "clicks": 0.40}  # sound (and flash) lengths
+BASE_HUES = {"chirp": 0.0, "noise": 0.62, "harmonic": 0.33, "clicks": 0.15}  # red, blue, green, yellow
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """How big the generated data set is; every field comes from conf/make_demo_data.yaml."""
+
+    num_classes: int = 4
+    clips_per_class: int = 6
+    valid_share: float = 1 / 3
+    seconds: float = 4.0
+    size: int = 128
+    fps: int = 25
+    sample_rate: int = 22050
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_classes < 1 or self.clips_per_class < 1:
+            raise ValueError("num_classes and clips_per_class must be >= 1")
+        if self.seconds < 1.0:
+            raise ValueError(f"seconds={self.seconds}: clips need at least 1 s to hold an event")
+        if self.size < 32 or self.size % 2:
+            raise ValueError(f"size={self.size}: use an even frame size >= 32 (yuv420p needs even sides)")
+        if not 0 <= self.valid_share < 1:
+            raise ValueError(f"valid_share={self.valid_share}: use a share in [0, 1)")
+
+    @property
+    def num_valid(self) -> int:
+        """Clips per class in the validation split (the last ones, as the VAS split rule)."""
+        if self.clips_per_class < 2 or self.valid_share == 0:
+            return 0
+        return min(self.clips_per_class - 1, max(1, round(self.clips_per_class * self.valid_share)))
+
+    @property
+    def num_frames(self) -> int:
+        return int(round(self.seconds * self.fps))
+
+
+@dataclass(frozen=True)
+class DemoClass:
+    name: str
+    kind: str
+    shape: str
+    texture: str
+    colour: tuple[int, int, int]
+    pitch: float  # frequency multiplier of the kind's sound
+    event_seconds: float
+
+
+def class_list(num_classes: int) -> list[DemoClass]:
+    """The classes, in target order (their names sort in this order)."""
+    classes = []
+    for i in range(num_classes):
+        kind = KINDS[i % len(KINDS)]
+        variant = i // len(KINDS)
+        hue = (BASE_HUES[kind] + 0.09 * variant) % 1.0
+        colour = tuple(int(255 * c) for c in _hsv_to_rgb(hue, 0.85, 1.0))
+        classes.append(DemoClass(
+            name=f"{i:02d}_{kind}_{SHAPES[kind]}", kind=kind, shape=SHAPES[kind], texture=TEXTURES[kind],
+            colour=colour, pitch=1.5 ** variant, event_seconds=EVENT_SECONDS[kind]))
+    return classes
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+
+
+@dataclass
+class ClipPlan:
+    """One clip: its events (onset frames) and where the object sits after each event."""
+
+    id: str
+    cls: DemoClass
+    onsets: list[int]  # frame indices where an event (flash + sound) starts
+    positions: list[tuple[int, int]]  # object centre (x, y): before the first event, then after each one
+    tint: float  # a per-clip shift of the background brightness
+    seed: tuple[int, int, int]
+
+
+def _event_onsets(rng: np.random.Generator, spec: DemoSpec, event_frames: int) -> list[int]:
+    """Random onset frames, at least a gap apart, inside the clip (one event per ~1.3 s on average)."""
+    gap = event_frames + int(0.2 * spec.fps)
+    first, last = int(0.2 * spec.fps), spec.num_frames - event_frames - int(0.1 * spec.fps)
+    wanted = int(rng.integers(max(1, int(spec.seconds / 2)), max(2, int(spec.seconds)) + 1))
+    for n in range(wanted, 0, -1):
+        for _ in range(50):
+            onsets = np.sort(rng.integers(first, last + 1, size=n))
+            if n == 1 or np.diff(onsets).min() >= gap:
+                return [int(o) for o in onsets]
+    return [first]
+
+
+def plan(spec: DemoSpec) -> list[ClipPlan]:
+    """Every clip of the data set, class by class (deterministic from spec.seed)."""
+    plans = []
+    margin = spec.size // 5
+    for c, cls in enumerate(class_list(spec.num_classes)):
+        event_frames = int(round(cls.event_seconds * spec.fps))
+        for k in range(spec.clips_per_class):
+            seed = (spec.seed, c, k)
+            rng = np.random.default_rng(seed)
+            onsets = _event_onsets(rng, spec, event_frames)
+            positions = [tuple(int(v) for v in rng.integers(margin, spec.size - margin, size=2))
+                         for _ in range(len(onsets) + 1)]
+            plans.append(ClipPlan(f"{cls.name}/video_{k:05d}", cls, onsets, positions,
+                                  float(rng.uniform(-10, 10)), seed))
+    return plans
+
+
+# ---------------------------------------------------------------------------------------------- sound
+
+def event_sound(cls: DemoClass, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """One event's sound, peak 0.5, with a sharp (<= 5 ms) attack so its onset is exact."""
+    n = int(round(cls.event_seconds * sr))
+    t = np.arange(n) / sr
+    if cls.kind == "chirp":  # exponential sweep, 500 -> 2000 Hz
+        f0, f1 = 500 * cls.pitch, 2000 * cls.pitch
+        phase = 2 * np.pi * f0 * cls.event_seconds / np.log(f1 / f0) * ((f1 / f0) ** (t / cls.event_seconds) - 1)
+        wave = np.sin(phase) * np.hanning(2 * n)[n:] ** 0.3
+    elif cls.kind == "noise":  # band-passed white noise burst, exponential decay
+        from scipy.signal import butter, sosfilt
+
+        low, high = 1000 * cls.pitch, min(5000 * cls.pitch, 0.45 * sr)
+        sos = butter(4, [low, high], btype="band", fs=sr, output="sos")
+        wave = sosfilt(sos, rng.standard_normal(n)) * np.exp(-t / 0.08)
+    elif cls.kind == "harmonic":  # 220 Hz and 5 overtones (amplitude 1/k), slow decay
+        f0 = 220 * cls.pitch
+        wave = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 7)) * np.exp(-t / 0.3)
+    elif cls.kind == "clicks":  # 25 clicks/s, each a 3 kHz ping of 4 ms
+        wave = np.zeros(n)
+        ping_t = np.arange(int(0.004 * sr)) / sr
+        ping = np.sin(2 * np.pi * 3000 * cls.pitch * ping_t) * np.exp(-ping_t / 0.001)
+        for start in range(0, n - ping.size, int(sr / 25)):
+            wave[start:start + ping.size] += ping
+    else:
+        raise ValueError(f"unknown sound kind {cls.kind!r}")
+    if cls.kind != "clicks":  # the clicks are sharp already; a ramp would mute the first one
+        attack = min(n, int(0.005 * sr))
+        wave[:attack] *= np.linspace(0, 1, attack)
+    return (0.5 * wave / np.abs(wave).max()).astype(np.float32)
+
+
+def clip_audio(p: ClipPlan, spec: DemoSpec) -> np.ndarray:
+    """(samples,) float32 mono: quiet background noise plus the class sound at every onset."""
+    sr = spec.sample_rate
+    rng = np.random.default_rng((*p.seed, 1))
+    total = int(round(spec.seconds * sr))
+    audio = 0.004 * rng.standard_normal(total)  # never silent: extraction stages reject silence
+    for onset in p.onsets:
+        start = onset * sr // spec.fps  # the first sample of the onset frame
+        sound = event_sound(p.cls, sr, rng)[: total - start]
+        audio[start:start + sound.size] += sound
+    return np.clip(audio, -1, 1).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- picture
+
+def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: int, cy: int, r: float) -> np.ndarray:
+    dx, dy = xx - cx, yy - cy
+    if shape == "circle":
+        return dx ** 2 + dy ** 2 <= r ** 2
+    if shape == "square":
+        return (np.abs(dx) <= 0.85 * r) & (np.abs(dy) <= 0.85 * r)
+    if shape == "triangle":
+        return (dy <= 0.8 * r) & (dy >= -r + 2 * np.abs(dx))
+    if shape == "ring":
+        d2 = dx ** 2 + dy ** 2
+        return (d2 <= r ** 2) & (d2 >= (0.55 * r) ** 2)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _background(p: ClipPlan, size: int) -> np.ndarray:
+    """(size, size, 3) float: dark grey with the class's texture."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    if p.cls.texture == "stripes":
+        texture = (yy // 8) % 2
+    elif p.cls.texture == "checker":
+        texture = ((yy // 16) + (xx // 16)) % 2
+    elif p.cls.texture == "rings":
+        texture = (np.hypot(yy - size / 2, xx - size / 2) // 10) % 2
+    else:  # speckle: a fixed random pattern of 4x4 cells
+        cells = np.random.default_rng((*p.seed, 2)).integers(0, 2, size=(size // 4 + 1, size // 4 + 1))
+        texture = cells[yy // 4, xx // 4]
+    grey = 45 + p.tint + 25 * texture.astype(np.float64)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def clip_frames(p: ClipPlan, spec: DemoSpec) -> np.ndarray:
+    """(frames, size, size, 3) uint8 RGB: the object dim while idle, bright during each event."""
+    size = spec.size
+    yy, xx = np.mgrid[0:size, 0:size]
+    background = _background(p, size)
+    colour = np.array(p.cls.colour, dtype=np.float64)
+    event_frames = int(round(p.cls.event_seconds * spec.fps))
+    frames = np.empty((spec.num_frames, size, size, 3), dtype=np.uint8)
+    for f in range(spec.num_frames):
+        done = sum(1 for o in p.onsets if o <= f)  # events begun so far: the object moved that many times
+        active = any(o <= f < o + event_frames for o in p.onsets)
+        cx, cy = p.positions[done]
+        radius = size * (0.17 if active else 0.13)
+        mask = _shape_mask(p.cls.shape, xx, yy, cx, cy, radius)
+        image = background.copy()
+        image[mask] = colour * (1.0 if active else 0.3)
+        frames[f] = np.clip(image, 0, 255).astype(np.uint8)
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+def encode_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, fps: int, sample_rate: int) -> None:
+    """Mux RGB frames (H.264, yuv420p) and mono float audio (AAC) into an mp4, atomically."""
+    with atomic_write(path) as f, av.open(f, mode="w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height = frames.shape[2], frames.shape[1]
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": "18", "preset": "veryfast", "threads": "1"}  # one thread: same bytes every run
+        sound = container.add_stream("aac", rate=sample_rate, layout="mono")
+        sound.bit_rate = 128_000
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        chunk = 1024  # AAC frame size
+        for start in range(0, audio.size, chunk):
+            block = audio[None, start:start + chunk]  # (1, n) planar mono
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format="fltp", layout="mono")
+            frame.sample_rate = sample_rate
+            frame.pts = start
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode())
+
+
+def _readme(spec: DemoSpec, classes: list[DemoClass]) -> str:
+    rows = "\n".join(f"| {c.name} | {c.shape}, colour RGB{c.colour}, {c.texture} background | {c.kind} sound "
+                     f"(x{c.pitch:g} pitch), {c.event_seconds:g} s |" for c in classes)
+    return (f"# Generated demo data set (VAS layout)\n\nMade by `python -m stages.make_demo_data` "
+            f"(seed {spec.seed}): {spec.num_classes} classes x {spec.clips_per_class} clips "
+            f"({spec.clips_per_class - spec.num_valid} train + {spec.num_valid} valid) of {spec.seconds:g} s, "
+            f"{spec.size}x{spec.size} at {spec.fps} fps, audio AAC mono {spec.sample_rate} Hz.\n\n"
+            f"In every clip the object idles dimly; at each event it jumps to a new place and lights up for "
+            f"exactly as long as its sound plays (onsets on frame boundaries; `events.json` lists them in "
+            f"seconds). Clips are shorter than 10 s on purpose: the mel stage loops audio to 10 s and the "
+            f"feature stage tiles features, as the original treats short clips.\n\n"
+            f"| class | look | sound |\n| --- | --- | --- |\n{rows}\n")
+
+
+def generate(root: str | os.PathLike, spec: DemoSpec, videos: str | os.PathLike | None = None,
+             train_split: str | os.PathLike | None = None, valid_split: str | os.PathLike | None = None,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Write the data set under `root`; clips whose mp4 exists are kept unless `overwrite`.
+
+    Returns counts and paths: {"written", "skipped", "root", "videos", "train", "valid"}.
+    """
+    root = Path(root)
+    videos = Path(videos) if videos else root / "videos"
+    train_split = Path(train_split) if train_split else root / "demo_train.txt"
+    valid_split = Path(valid_split) if valid_split else root / "demo_valid.txt"
+    classes = class_list(spec.num_classes)
+    plans = plan(spec)
+    written = skipped = 0
+    train, valid = [], []
+    for p in plans:
+        k = int(p.id.rsplit("_", 1)[1])
+        (valid if k >= spec.clips_per_class - spec.num_valid else train).append(p.id)
+        path = videos / f"{p.id}.mp4"
+        if path.exists() and not overwrite:
+            skipped += 1
+            continue
+        encode_mp4(path, clip_frames(p, spec), clip_audio(p, spec), spec.fps, spec.sample_rate)
+        written += 1
+    save_bytes(train_split, "".join(f"{i}\n" for i in train).encode())
+    save_bytes(valid_split, "".join(f"{i}\n" for i in valid).encode())
+    save_bytes(root / "classes.txt", "".join(f"{c.name}\n" for c in classes).encode())
+    save_json(root / "events.json", {"fps": spec.fps, "spec": asdict(spec),
+                                     "onsets_s": {p.id: [o / spec.fps for o in p.onsets] for p in plans},
+                                     "event_seconds": {c.name: c.event_seconds for c in classes}})
+    with atomic_write(root / "README.md", "w") as f:
+        f.write(_readme(spec, classes))
+    return {"written": written, "skipped": skipped, "root": root, "videos": videos,
+            "train": train_split, "valid": valid_split}
+
+
+def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The `make_demo_data` stage: build the spec from the config, generate, say where the data went."""
+    if cfg["dataset"]["name"] != "demo":
+        raise ValueError(f"make_demo_data writes the demo data set, but dataset={cfg['dataset']['name']}: "
+                         f"drop the dataset override (the data goes to dataset=demo's root)")
+    spec = DemoSpec(num_classes=int(cfg["num_classes"]), clips_per_class=int(cfg["clips_per_class"]),
+                    valid_share=float(cfg["valid_share"]), seconds=float(cfg["seconds"]), size=int(cfg["size"]),
+                    fps=int(cfg["fps"]), sample_rate=int(cfg["sample_rate"]), seed=int(cfg["seed"]))
+    dataset = cfg["dataset"]
+    result = generate(dataset["root"], spec, dataset["videos"], dataset["splits"]["train"],
+                      dataset["splits"]["valid"], overwrite=bool(cfg["overwrite"]))
+    print(f"[make_demo_data] {result['written']} clips written, {result['skipped']} kept (already there): "
+          f"{spec.num_classes} classes x {spec.clips_per_class} clips of {spec.seconds:g} s\n"
+          f"  videos: {Path(result['videos']).resolve()}\n"
+          f"  splits: {Path(result['train']).resolve()}, {Path(result['valid']).resolve()}\n"
+          f"  about:  {(Path(result['root']) / 'README.md').resolve()}", flush=True)
+    return result
