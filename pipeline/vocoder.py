@@ -1,0 +1,98 @@
+"""Mel -> waveform for every sound-making stage: the MelGAN vocoder, or Griffin-Lim when there is none.
+
+    vocode = load_vocoder_or_griffinlim(cfg.vocoder_ckpt)        # None -> Griffin-Lim
+    wave = vocode(mel01)       # np (80, T) -> np float32 (256 * T,);  tensor (B, 80, T) -> tensor (B, 256 * T)
+
+The input is the [0, 1] mel the models produce ((x + 1) / 2 of their [-1, 1] output, spec §5.5); it is fed to
+MelGAN as is (no de-normalisation, no clamping, as the original). Output is 22050 Hz audio in [-1, 1].
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from pipeline.audio import fit_to_length
+
+SR = 22050  # the vocoder's sample rate
+HOP = 256   # samples per mel frame
+
+
+class Vocoder:
+    """Callable mel -> waveform. `generator` None means Griffin-Lim (`pipeline.mel.inverse_mel`).
+
+    Args:
+        generator: a MelGAN Generator (eval mode) or None.
+        device: where the generator runs ("cpu", "cuda", ...); defaults to its parameters' device.
+        batch_size: mels per generator call when given a larger batch (bounds memory on long inputs).
+        n_iter: Griffin-Lim iterations (the original's 32).
+    """
+
+    sample_rate = SR
+    hop_length = HOP
+
+    def __init__(self, generator: torch.nn.Module | None = None, device: str | torch.device | None = None,
+                 batch_size: int = 16, n_iter: int = 32):
+        self.generator = generator
+        self.batch_size = batch_size
+        self.n_iter = n_iter
+        if generator is not None:
+            self.device = torch.device(device) if device is not None else next(generator.parameters()).device
+            self.generator = generator.to(self.device).eval()
+        else:
+            self.device = torch.device("cpu")
+
+    @property
+    def name(self) -> str:
+        return "melgan" if self.generator is not None else "griffinlim"
+
+    def to(self, device: str | torch.device) -> "Vocoder":
+        if self.generator is not None:
+            self.device = torch.device(device)
+            self.generator.to(self.device)
+        return self
+
+    @torch.no_grad()
+    def _melgan(self, mel: torch.Tensor) -> torch.Tensor:
+        out = []
+        for chunk in mel.split(self.batch_size):
+            wave = self.generator(chunk.to(self.device, torch.float32))  # (b, 1, 256 * T)
+            out.append(wave.squeeze(1).float())
+        return torch.cat(out)  # (B, 256 * T)
+
+    def _griffinlim(self, mel: np.ndarray) -> np.ndarray:
+        from pipeline.mel import inverse_mel
+
+        wave = inverse_mel(mel, sr=SR, n_iter=self.n_iter)  # (256 * (T - 1),)
+        return fit_to_length(wave, HOP * mel.shape[-1]).astype(np.float32, copy=False)
+
+    def __call__(self, mel: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """np (80, T) -> np float32 (256 T,); tensor (B, 80, T) or (80, T) -> tensor (B, 256 T) or (256 T,)."""
+        is_tensor = isinstance(mel, torch.Tensor)
+        x = mel if is_tensor else torch.from_numpy(np.asarray(mel, dtype=np.float32))
+        single = x.dim() == 2
+        if single:
+            x = x.unsqueeze(0)  # (1, 80, T)
+        if x.dim() != 3 or x.shape[1] != 80:
+            raise ValueError(f"the vocoder wants a [0, 1] mel (80, T) or (B, 80, T), got {tuple(x.shape)}")
+        if self.generator is not None:
+            wave = self._melgan(x)
+        else:
+            mels = x.detach().cpu().float().numpy()
+            wave = torch.from_numpy(np.stack([self._griffinlim(m) for m in mels]))
+        if is_tensor:
+            wave = wave.to(mel.device)
+            return wave[0] if single else wave
+        wave = wave.cpu().numpy()
+        return wave[0] if single else wave
+
+
+def load_vocoder_or_griffinlim(ckpt: str | os.PathLike | None, device: str | torch.device = "cpu",
+                               **kwargs) -> Vocoder:
+    """A Vocoder from a MelGAN checkpoint (ours or the original's netG), or Griffin-Lim when `ckpt` is None/''."""
+    if ckpt in (None, ""):
+        return Vocoder(None, **kwargs)
+    from pipeline.pretrained import load_vocoder
+
+    return Vocoder(load_vocoder(ckpt, map_location="cpu"), device=device, **kwargs)
