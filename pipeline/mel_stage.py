@@ -38,9 +38,11 @@ def process_clip(clip: Clip, chain: str, length: int, spec_len: int, sample_rate
         save_npy(clip.outputs[1], wave.astype(np.float32, copy=False))
 
 
-def run(cfg: DictConfig) -> None:
-    """Extract mels for `cfg.split` (or every video when null) of `cfg.dataset`, shard `cfg.shard`."""
-    from hydra.core.hydra_config import HydraConfig
+def run(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
+    """Extract mels for `cfg.split` (or every video when null) of `cfg.dataset`, shard `cfg.shard`.
+
+    `run_dir` (for failures.jsonl) defaults to Hydra's run folder.
+    """
 
     if cfg.chain not in CHAINS:
         raise ValueError(f"chain={cfg.chain!r} is unknown: use one of {CHAINS}")
@@ -60,7 +62,11 @@ def run(cfg: DictConfig) -> None:
 
     clips = shard(list_clips(dataset["videos"], dataset["layout"], split_file, outputs), cfg.shard,
                   cfg.num_shards)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(run_dir)
     log.info("%d clips (shard %d of %d), chain=%s -> %s", len(clips), cfg.shard, cfg.num_shards, cfg.chain,
              cfg.features_dir)
     process = functools.partial(process_clip, chain=cfg.chain, length=cfg.length, spec_len=cfg.spec_len,
