@@ -1,4 +1,4 @@
-"""A small generated audio-visual data set in exactly the VAS on-disk layout (`python -m stages.make_demo_data`).
+"""A small generated audio-visual data set in exactly the VAS layout (`python -m stages.make_demo_data`).
 
 Every class has its own look (shape, colour, background texture) and its own sound (a tonal chirp, a noise
 burst, a harmonic tone, a click train; further classes reuse these with other pitches and hues). In each clip
@@ -13,11 +13,11 @@ so skipping clips that exist does not change the others.
 """
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import av
 import numpy as np
@@ -63,7 +63,7 @@ class DemoSpec:
 
     @property
     def num_frames(self) -> int:
-        return int(round(self.seconds * self.fps))
+        return round(self.seconds * self.fps)
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def plan(spec: DemoSpec) -> list[ClipPlan]:
     plans = []
     margin = spec.size // 5
     for c, cls in enumerate(class_list(spec.num_classes)):
-        event_frames = int(round(cls.event_seconds * spec.fps))
+        event_frames = round(cls.event_seconds * spec.fps)
         for k in range(spec.clips_per_class):
             seed = (spec.seed, c, k)
             rng = np.random.default_rng(seed)
@@ -144,11 +144,12 @@ def plan(spec: DemoSpec) -> list[ClipPlan]:
 
 def event_sound(cls: DemoClass, sr: int, rng: np.random.Generator) -> np.ndarray:
     """One event's sound, peak 0.5, with a sharp (<= 5 ms) attack so its onset is exact."""
-    n = int(round(cls.event_seconds * sr))
+    n = round(cls.event_seconds * sr)
     t = np.arange(n) / sr
     if cls.kind == "chirp":  # exponential sweep, 500 -> 2000 Hz
         f0, f1 = 500 * cls.pitch, 2000 * cls.pitch
-        phase = 2 * np.pi * f0 * cls.event_seconds / np.log(f1 / f0) * ((f1 / f0) ** (t / cls.event_seconds) - 1)
+        span = cls.event_seconds
+        phase = 2 * np.pi * f0 * span / np.log(f1 / f0) * ((f1 / f0) ** (t / span) - 1)
         wave = np.sin(phase) * np.hanning(2 * n)[n:] ** 0.3
     elif cls.kind == "noise":  # band-passed white noise burst, exponential decay
         from scipy.signal import butter, sosfilt
@@ -177,7 +178,7 @@ def clip_audio(p: ClipPlan, spec: DemoSpec) -> np.ndarray:
     """(samples,) float32 mono: quiet background noise plus the class sound at every onset."""
     sr = spec.sample_rate
     rng = np.random.default_rng((*p.seed, 1))
-    total = int(round(spec.seconds * sr))
+    total = round(spec.seconds * sr)
     audio = 0.004 * rng.standard_normal(total)  # never silent: extraction stages reject silence
     for onset in p.onsets:
         start = onset * sr // spec.fps  # the first sample of the onset frame
@@ -224,7 +225,7 @@ def clip_frames(p: ClipPlan, spec: DemoSpec) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size]
     background = _background(p, size)
     colour = np.array(p.cls.colour, dtype=np.float64)
-    event_frames = int(round(p.cls.event_seconds * spec.fps))
+    event_frames = round(p.cls.event_seconds * spec.fps)
     frames = np.empty((spec.num_frames, size, size, 3), dtype=np.uint8)
     for f in range(spec.num_frames):
         done = sum(1 for o in p.onsets if o <= f)  # events begun so far: the object moved that many times
@@ -240,13 +241,15 @@ def clip_frames(p: ClipPlan, spec: DemoSpec) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- files
 
-def encode_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, fps: int, sample_rate: int) -> None:
+def encode_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, fps: int,
+               sample_rate: int) -> None:
     """Mux RGB frames (H.264, yuv420p) and mono float audio (AAC) into an mp4, atomically."""
     with atomic_write(path) as f, av.open(f, mode="w", format="mp4") as container:
         video = container.add_stream("libx264", rate=fps)
         video.width, video.height = frames.shape[2], frames.shape[1]
         video.pix_fmt = "yuv420p"
-        video.options = {"crf": "18", "preset": "veryfast", "threads": "1"}  # one thread: same bytes every run
+        # one encoder thread: the same bytes on every run and machine load
+        video.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
         sound = container.add_stream("aac", rate=sample_rate, layout="mono")
         sound.bit_rate = 128_000
         for i, image in enumerate(frames):
@@ -269,7 +272,8 @@ def _readme(spec: DemoSpec, classes: list[DemoClass]) -> str:
                      f"(x{c.pitch:g} pitch), {c.event_seconds:g} s |" for c in classes)
     return (f"# Generated demo data set (VAS layout)\n\nMade by `python -m stages.make_demo_data` "
             f"(seed {spec.seed}): {spec.num_classes} classes x {spec.clips_per_class} clips "
-            f"({spec.clips_per_class - spec.num_valid} train + {spec.num_valid} valid) of {spec.seconds:g} s, "
+            f"({spec.clips_per_class - spec.num_valid} train + {spec.num_valid} valid) "
+            f"of {spec.seconds:g} s, "
             f"{spec.size}x{spec.size} at {spec.fps} fps, audio AAC mono {spec.sample_rate} Hz.\n\n"
             f"In every clip the object idles dimly; at each event it jumps to a new place and lights up for "
             f"exactly as long as its sound plays (onsets on frame boundaries; `events.json` lists them in "
@@ -320,8 +324,9 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"make_demo_data writes the demo data set, but dataset={cfg['dataset']['name']}: "
                          f"drop the dataset override (the data goes to dataset=demo's root)")
     spec = DemoSpec(num_classes=int(cfg["num_classes"]), clips_per_class=int(cfg["clips_per_class"]),
-                    valid_share=float(cfg["valid_share"]), seconds=float(cfg["seconds"]), size=int(cfg["size"]),
-                    fps=int(cfg["fps"]), sample_rate=int(cfg["sample_rate"]), seed=int(cfg["seed"]))
+                    valid_share=float(cfg["valid_share"]), seconds=float(cfg["seconds"]),
+                    size=int(cfg["size"]), fps=int(cfg["fps"]), sample_rate=int(cfg["sample_rate"]),
+                    seed=int(cfg["seed"]))
     dataset = cfg["dataset"]
     result = generate(dataset["root"], spec, dataset["videos"], dataset["splits"]["train"],
                       dataset["splits"]["valid"], overwrite=bool(cfg["overwrite"]))

@@ -1,4 +1,4 @@
-"""Generate a small audio-visual data set in the VAS layout: `python -m stages.make_demo_data [key=value ...]`."""
+"""Generate a small audio-visual data set in the VAS layout: `python -m stages.make_demo_data [key=value]`."""
 import hydra
 
 import pipeline.config  # noqa: F401  (registers resolvers)
