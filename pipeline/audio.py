@@ -17,7 +17,8 @@ from pipeline.extraction import ClipError
 from pipeline.io import atomic_write
 
 
-def load_audio(path: str | os.PathLike, sr: int = 22050, mono: bool = True, pcm16: bool = False) -> np.ndarray:
+def load_audio(path: str | os.PathLike, sr: int = 22050, mono: bool = True,
+               pcm16: bool = False) -> np.ndarray:
     """Decode the first audio stream of `path` (wav, flac, mp3, mp4...) and resample it with libswresample.
 
     Returns float32, shape (samples,) when `mono`, else (channels, samples). `pcm16` mimics the original's
@@ -34,10 +35,12 @@ def load_audio(path: str | os.PathLike, sr: int = 22050, mono: bool = True, pcm1
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError, ValueError) as error:
-        raise ClipError(f"corrupt file: {path} cannot be opened ({error}); re-download or re-encode it") from None
+        raise ClipError(f"corrupt file: {path} cannot be opened ({error}); re-download or re-encode it"
+                        ) from None
     with container:
         if not container.streams.audio:
-            raise ClipError(f"no audio stream: {path} has no audio track (a silent video); drop it from the split")
+            raise ClipError(f"no audio stream: {path} has no audio track (a silent video); "
+                            "drop it from the split")
         stream = container.streams.audio[0]
         fmt = "s16" if pcm16 else "flt"
         # pcm16: the wav demux step (16-bit at the source rate and layout), then mono / sr as `-ac 1 -ar sr`
@@ -100,7 +103,7 @@ def fit_to_length(wave: np.ndarray, n: int) -> np.ndarray:
 
 
 def save_wav(path: str | os.PathLike, wave: np.ndarray, sr: int, subtype: str | None = None) -> None:
-    """Write `wave` (samples,) or (channels, samples) atomically; the format follows the suffix (.wav, .flac)."""
+    """Write `wave` (samples,) or (channels, samples) atomically; the suffix picks the format (wav, flac)."""
     import soundfile
 
     path = Path(path)
@@ -128,4 +131,5 @@ def ffmpeg_binary() -> str:
             return found[0]
     raise FileNotFoundError(
         f"no ffmpeg 4.2.2 binary under {list(spec.submodule_search_locations)}/binaries: install exactly "
-        "imageio-ffmpeg==0.4.3 (other versions ship another ffmpeg and change the AAC numbers), or use chain=direct")
+        "imageio-ffmpeg==0.4.3 (other versions ship another ffmpeg and change the AAC numbers), "
+        "or use chain=direct")

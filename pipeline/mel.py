@@ -21,7 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.audio import ffmpeg_binary, fit_to_length, load_audio, loop_to_length, source_rate
+from pipeline.audio import (
+    ffmpeg_binary,
+    fit_to_length,
+    load_audio,
+    loop_to_length,
+    source_rate,
+)
 from pipeline.extraction import ClipError
 
 SR = 22050          # the original's sample rate
@@ -94,19 +100,21 @@ def inverse_mel(mel01: np.ndarray, sr: int = SR, n_iter: int = 32) -> np.ndarray
 
 def _ffmpeg(args: list[str], what: str, source: Path) -> str:
     cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if result.returncode != 0:
         stderr = result.stderr.strip()[-2000:]
-        reason = "no audio stream" if "does not contain any stream" in stderr or "matches no streams" in stderr \
-            else "corrupt file"
-        raise ClipError(f"{reason}: ffmpeg failed to {what} for {source} (exit {result.returncode}): {stderr}")
+        no_audio = "does not contain any stream" in stderr or "matches no streams" in stderr
+        reason = "no audio stream" if no_audio else "corrupt file"
+        raise ClipError(f"{reason}: ffmpeg failed to {what} for {source} (exit {result.returncode}): "
+                        f"{stderr}")
     return result.stderr
 
 
 def _probe_duration(path: Path, source: Path) -> str:
     """The 'Duration: hh:mm:ss.xx' string ffmpeg prints (the original parsed exactly this, 2 decimals)."""
     cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-i", str(path)]
-    text = subprocess.run(cmd, capture_output=True, text=True).stderr  # exits 1: no output file given
+    # exits 1 (no output file given) after printing the header we want
+    text = subprocess.run(cmd, check=False, capture_output=True, text=True).stderr
     match = re.search(r"Duration: (\d+:\d+:\d+(?:\.\d+)?)", text)
     if not match:
         raise ClipError(f"corrupt file: ffmpeg reports no duration for the audio of {source}: {text[-500:]}")
@@ -149,8 +157,8 @@ def original_chain_audio(path: str | os.PathLike, duration: int = 10, sr: int = 
                 "align the video to the audio", source)
         # 4. loop floor(10 / dur) + 1 extra times, stream copy
         n_repeat = int(duration // seconds + 1)
-        _ffmpeg(["-stream_loop", str(n_repeat), "-i", str(aligned), *quiet, "-c", "copy", "-fflags", "+genpts",
-                 str(repeat)], "loop the clip", source)
+        _ffmpeg(["-stream_loop", str(n_repeat), "-i", str(aligned), *quiet, "-c", "copy",
+                 "-fflags", "+genpts", str(repeat)], "loop the clip", source)
         # 5. cut to 10 s (second AAC re-encode)
         _ffmpeg(["-ss", "0", "-t", str(duration), "-i", str(repeat), *quiet, *encode, str(cut)],
                 "cut the clip to 10 s", source)
