@@ -80,9 +80,8 @@ def _build(arch: str, state_dict: Mapping[str, torch.Tensor], model_args: Mappin
     inferred = infer_melception_args(state_dict) if arch == "melception" else infer_vggishish_args(state_dict)
     accepted = set(inspect.signature(cls).parameters)
     args = {**inferred, **{k: v for k, v in model_args.items() if k in accepted}}
-    if cls is Melception:
-        args["init_weights"] = False  # every weight comes from the file
-    return cls(**args)
+    with torch.device("meta"):  # no time spent initialising weights that the file replaces
+        return cls(**args)
 
 
 def load_classifier(path: str | os.PathLike, kind: str | None = None,
@@ -110,5 +109,5 @@ def load_classifier(path: str | os.PathLike, kind: str | None = None,
     if kind is not None and arch != kind:
         raise ValueError(f"{path} holds a {arch} classifier, but {kind} was asked for")
     model = _build(arch, state_dict, model_args)
-    load_strictly(model, state_dict, path)
+    load_strictly(model, state_dict, path, assign=True)
     return model.eval()

@@ -35,8 +35,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"cannot read {path} as a weights-only torch checkpoint ({type(e).__name__}: {e})") from e
 
 
-def load_strictly(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> nn.Module:
-    """model.load_state_dict(strict) with an error that lists missing / unexpected keys and names the file."""
+def load_strictly(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                  assign: bool = False) -> nn.Module:
+    """model.load_state_dict(strict) with an error that lists missing / unexpected keys and names the file.
+
+    `assign` takes the file's tensors as they are (for a model built on the meta device).
+    """
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -47,7 +51,7 @@ def load_strictly(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path
                          f"{' ...' if len(missing) > 20 else ''} ({len(missing)}), unexpected keys "
                          f"{unexpected[:20]}{' ...' if len(unexpected) > 20 else ''} ({len(unexpected)}), "
                          f"shape mismatches {wrong[:20]} ({len(wrong)})")
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
     return model
 
 
