@@ -214,7 +214,9 @@ def load_codebook(path: str | os.PathLike, with_loss: bool = False, map_location
     with torch.device("meta"):  # no allocation or init: the checkpoint's tensors are assigned
         model = VQModel(**model_args)
     result = model.load_state_dict(model_state, strict=False, assign=True)
-    _raise_mismatch(path, "codebook", list(result.missing_keys), list(result.unexpected_keys))
+    # loss.* keys outside the discriminator and perceptual loss are never ours to ignore
+    stray = [] if with_loss else sorted(k for k in loss_state if not k.startswith(LOSS_PREFIXES))
+    _raise_mismatch(path, "codebook", list(result.missing_keys), list(result.unexpected_keys) + stray)
     device = model.quantize.embedding.weight.device
     model.code_counts = torch.zeros(model.n_embed, dtype=torch.long, device=device)
     if with_loss:
@@ -231,8 +233,6 @@ def load_codebook(path: str | os.PathLike, with_loss: bool = False, map_location
             p.requires_grad = False
         model.loss = loss
     elif loss_state:
-        other = sorted(k for k in loss_state if not k.startswith(LOSS_PREFIXES))
-        _raise_mismatch(path, "codebook", [], other)
         log.info("%s: ignoring %d loss.* tensors (discriminator/perceptual loss; pass with_loss=True to load them)",
                  path, len(loss_state))
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
