@@ -364,13 +364,18 @@ def mark_random(folder: Path) -> None:
                     "visual information. Re-extract with real weights before training.\n")
 
 
-def run(cfg) -> None:
-    """`stages.extract_features`: every (unfinished) clip of the data set -> its feature pickles."""
-    from hydra.core.hydra_config import HydraConfig
+def run(cfg, out_dir: str | os.PathLike | None = None) -> None:
+    """`stages.extract_features`: every (unfinished) clip of the data set -> its feature pickles.
 
+    The run folder (failures.jsonl, summary.json) is Hydra's output dir unless `out_dir` is given (tests).
+    """
     from pipeline.data.layout import feature_path, layout_of
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if out_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        out_dir = HydraConfig.get().runtime.output_dir
+    out_dir = Path(out_dir)
     fcfg = cfg.features
     kind = str(fcfg.name)
     _check_kind(kind)
