@@ -158,7 +158,8 @@ def sample_uncached(model, cond, num_tokens: int = 265, mode: str = "nopix", tem
     """The original's procedure (spec §4.6(2), §9.1): a zero-filled buffer, and for every step a full forward of
     [condition, the window's 5 * 53 - 1 buffer slots], reading the logits at the step's local position.
 
-    `steps` (positions) restricts the loop to those steps, for timing a sample of them; other slots stay 0.
+    `steps` (positions) restricts the loop to those steps, for timing a sample of them or spot-checking another
+    sampler: the other slots then hold `gt_tokens` where given (all of them, whatever the mode), else 0.
     """
     gpt = _gpt(model)
     B = _batch_size(cond, gt_tokens)
@@ -170,6 +171,8 @@ def sample_uncached(model, cond, num_tokens: int = 265, mode: str = "nopix", tem
     buffer = torch.zeros(B, max(num_tokens, H * W), dtype=torch.long, device=device)
     if n_prime:
         buffer[:, :n_prime] = gt_tokens[:, :n_prime].to(device)
+    if steps is not None and gt_tokens is not None:
+        buffer[:, :gt_tokens.shape[1]] = gt_tokens[:, :buffer.shape[1]].to(device)
     for pos in (steps if steps is not None else range(n_prime, num_tokens)):
         js = _window_start(pos // H, cols, W)
         c = window_cond(js)

@@ -18,6 +18,16 @@ def tiny_feats(feat_depth: int = 8, S: int = 3, **kw) -> GPTFeats:
                     **kw).eval()
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: a second thread only adds synchronisation (35x slower when the
+    cores are busy), so these tests run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def original_small(original_fixtures):
     ckpt = torch.load(original_fixtures / "transformer_small.ckpt", weights_only=True)["state_dict"]
