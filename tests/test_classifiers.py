@@ -67,7 +67,7 @@ def test_melception_layer_shapes_match_the_spec_table():
 
 
 def test_melception_features_agree_with_forward(melception):
-    x = torch.rand(1, 80, 80)
+    x = torch.rand(1, 40, 48)  # any size >= 40 x 40 runs; small keeps the test fast
     with torch.no_grad():
         feats = melception.features(x)
         logits = melception(x)
@@ -100,7 +100,7 @@ def test_load_original_melception_checkpoint(tmp_path, melception):
     _original_style(tmp_path / "melception-21-05-10T09-28-40.pt", melception)
     loaded = load_classifier(tmp_path / "melception-21-05-10T09-28-40.pt")
     assert isinstance(loaded, Melception) and not loaded.training and loaded.fc.out_features == 9
-    x = torch.rand(1, 80, 80)
+    x = torch.rand(1, 40, 48)  # any size >= 40 x 40 runs; small keeps the test fast
     with torch.no_grad():
         torch.testing.assert_close(loaded.features(x)["logits"], melception.features(x)["logits"])
     with pytest.raises(ValueError, match="vggishish"):
