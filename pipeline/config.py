@@ -9,14 +9,27 @@ import re
 from omegaconf import OmegaConf
 
 
-def run_name(override_dirname: str) -> str:
+# Overrides that say where or how a run executes, not what it computes: they stay out of run-folder names.
+EXCLUDED_PREFIXES = ("dataset", "paths.", "logger", "trainer", "hydra", "num_workers", "shard", "num_shards",
+                     "device", "resume", "split", "chain", "overwrite")
+
+
+def run_name(overrides) -> str:
     """A folder name for one run, derived from the command-line overrides (`default` when there are none).
 
-    `hydra.job.override_dirname` is deterministic, so a rerun or a SLURM requeue with the same overrides
-    lands in the same folder and resumes there.
+    Sorted `key=value` pairs joined by commas, leaving out `EXCLUDED_PREFIXES` (the data set is already a
+    folder level; trainer/logger/paths settings do not change what is computed). Deterministic, so a rerun
+    or a SLURM requeue with the same overrides lands in the same folder and resumes there.
     """
-    name = re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", override_dirname or "").strip("-")
-    return name or "default"
+    if isinstance(overrides, str):
+        overrides = [o for o in overrides.split(",") if o]
+    kept = []
+    for override in overrides or []:
+        key = str(override).lstrip("+~").split("=", 1)[0]
+        if not key.startswith(EXCLUDED_PREFIXES):
+            kept.append(str(override))
+    name = re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", ",".join(sorted(kept))).strip("-")
+    return name[:200] or "default"
 
 
 def block_size(num_tokens: int, num_cond: int) -> int:

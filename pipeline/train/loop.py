@@ -72,6 +72,13 @@ class Task:
     def log_media(self, batch: Any, logger: Logger, step: int, split: str) -> None:
         """Spectrogram images and audio for one batch (main process, eval mode, no grad)."""
 
+    def on_validation_start(self) -> None:
+        """Reset any tally that validation summarises (e.g. codebook usage)."""
+
+    def validation_summary(self) -> dict[str, float]:
+        """Metrics computed over the whole validation pass rather than per batch (e.g. codebook usage)."""
+        return {}
+
     # --- what to save --------------------------------------------------------------------------------
     def model_args(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -262,6 +269,7 @@ class Trainer:
     def validate(self, val_loader) -> dict[str, float]:
         for module in self.task.modules.values():
             module.eval()
+        self.task.on_validation_start()
         sums: dict[str, torch.Tensor] = {}
         count = torch.zeros((), device=self.device)
         first_batch = None
@@ -275,6 +283,7 @@ class Trainer:
             count += n
         count = self.accelerator.reduce(count, "sum")
         metrics = {k: float(self.accelerator.reduce(v, "sum") / count) for k, v in sums.items()}
+        metrics.update(self.task.validation_summary())
         metrics = {k if k.startswith("val/") else f"val/{k}": v for k, v in metrics.items()}
         self.logger.log_metrics(metrics, self.step)
         log.info("validation at step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

@@ -1,0 +1,1 @@
+"""One `Task` per training stage, handed to the shared `pipeline.train.Trainer`."""

@@ -1,0 +1,37 @@
+"""Run a training task from a stage's Hydra config: the run folder, seeding, logging, the trainer."""
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.train import Task, Trainer
+
+log = logging.getLogger(__name__)
+
+
+def run_dir() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.output_dir
+
+
+def train(task: Task, cfg: DictConfig, batch_size: int | None = None) -> dict[str, float]:
+    """Train `task` under `cfg.trainer` in the Hydra run folder; prints where the checkpoints are."""
+    folder = run_dir()
+    batch_size = batch_size or _batch_size(cfg)
+    trainer = Trainer(task, OmegaConf.to_container(cfg.trainer, resolve=True), folder,
+                      logger_cfg=OmegaConf.to_container(cfg.logger, resolve=True),
+                      config=OmegaConf.to_container(cfg, resolve=True), seed=int(cfg.seed), batch_size=batch_size)
+    metrics = trainer.fit()
+    if trainer.accelerator.is_main_process:
+        print(f"[{task.kind}] step {trainer.step}; checkpoints in {trainer.ckpt_dir}; "
+              + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    return metrics
+
+
+def _batch_size(cfg: DictConfig) -> int:
+    for group in ("codebook", "transformer", "vocoder", "classifier"):
+        if group in cfg and "optim" in cfg[group] and "batch_size" in cfg[group].optim:
+            return int(cfg[group].optim.batch_size)
+    raise ValueError("no batch size: set <model group>.optim.batch_size")

@@ -1,0 +1,20 @@
+"""Train the Spectrogram VQGAN codebook: `python -m stages.train_codebook dataset=vas [trainer=gpu]`.
+
+Several GPUs: `accelerate launch --multi_gpu --num_processes 4 -m stages.train_codebook dataset=vas trainer=gpu`.
+A rerun with the same overrides resumes from the run folder's checkpoints/last.pt.
+"""
+import hydra
+
+import pipeline.config  # noqa: F401  (registers resolvers)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train_codebook")
+def main(cfg) -> None:
+    from pipeline.tasks.codebook import CodebookTask
+    from pipeline.tasks.run import train
+
+    train(CodebookTask(cfg), cfg)
+
+
+if __name__ == "__main__":
+    main()
