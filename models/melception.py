@@ -19,6 +19,11 @@ from torch import nn
 FEATURE_NAMES: tuple[str, ...] = ("64", "192", "768", "2048", "logits_unbiased", "logits")
 
 
+def scaled(channels: int, width: float = 1.0) -> int:
+    """A layer's channel count under the width multiplier (1.0: torchvision's exact widths)."""
+    return channels if width == 1.0 else max(1, round(channels * width))
+
+
 class MelceptionOutputs(NamedTuple):
     logits: torch.Tensor
     aux_logits: torch.Tensor | None
@@ -39,15 +44,17 @@ class BasicConv2d(nn.Module):
 class InceptionA(nn.Module):
     """1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1; out = 224 + pool_features channels, same size."""
 
-    def __init__(self, in_channels: int, pool_features: int):
+    def __init__(self, in_channels: int, pool_features: int, width: float = 1.0):
         super().__init__()
-        self.branch1x1 = BasicConv2d(in_channels, 64, kernel_size=1)
-        self.branch5x5_1 = BasicConv2d(in_channels, 48, kernel_size=1)
-        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
-        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
-        self.branch_pool = BasicConv2d(in_channels, pool_features, kernel_size=1)
+        c = lambda n: scaled(n, width)  # noqa: E731
+        self.out_channels = c(64) + c(64) + c(96) + c(pool_features)
+        self.branch1x1 = BasicConv2d(in_channels, c(64), kernel_size=1)
+        self.branch5x5_1 = BasicConv2d(in_channels, c(48), kernel_size=1)
+        self.branch5x5_2 = BasicConv2d(c(48), c(64), kernel_size=5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, c(64), kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(c(64), c(96), kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(c(96), c(96), kernel_size=3, padding=1)
+        self.branch_pool = BasicConv2d(in_channels, c(pool_features), kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b1 = self.branch1x1(x)
@@ -60,12 +67,14 @@ class InceptionA(nn.Module):
 class InceptionB(nn.Module):
     """Grid reduction: 3x3/2 | 1x1-3x3-3x3/2 | maxpool/2; out = 480 + in_channels channels."""
 
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, width: float = 1.0):
         super().__init__()
-        self.branch3x3 = BasicConv2d(in_channels, 384, kernel_size=3, stride=2)
-        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
+        c = lambda n: scaled(n, width)  # noqa: E731
+        self.out_channels = c(384) + c(96) + in_channels
+        self.branch3x3 = BasicConv2d(in_channels, c(384), kernel_size=3, stride=2)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, c(64), kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(c(64), c(96), kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(c(96), c(96), kernel_size=3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b3 = self.branch3x3(x)
@@ -77,19 +86,21 @@ class InceptionB(nn.Module):
 class InceptionC(nn.Module):
     """Factorised 7x7 branches; 768 channels out, same size."""
 
-    def __init__(self, in_channels: int, channels_7x7: int):
+    def __init__(self, in_channels: int, channels_7x7: int, width: float = 1.0):
         super().__init__()
-        c7 = channels_7x7
-        self.branch1x1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        c = lambda n: scaled(n, width)  # noqa: E731
+        c7, c192 = c(channels_7x7), c(192)
+        self.out_channels = 4 * c192
+        self.branch1x1 = BasicConv2d(in_channels, c192, kernel_size=1)
         self.branch7x7_1 = BasicConv2d(in_channels, c7, kernel_size=1)
         self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7_3 = BasicConv2d(c7, c192, kernel_size=(7, 1), padding=(3, 0))
         self.branch7x7dbl_1 = BasicConv2d(in_channels, c7, kernel_size=1)
         self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
         self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
         self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
-        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch7x7dbl_5 = BasicConv2d(c7, c192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch_pool = BasicConv2d(in_channels, c192, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b1 = self.branch1x1(x)
@@ -104,14 +115,16 @@ class InceptionC(nn.Module):
 class InceptionD(nn.Module):
     """Grid reduction: 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | maxpool/2; out = 512 + in_channels channels."""
 
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, width: float = 1.0):
         super().__init__()
-        self.branch3x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
-        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
-        self.branch7x7x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
-        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
+        c = lambda n: scaled(n, width)  # noqa: E731
+        self.out_channels = c(320) + c(192) + in_channels
+        self.branch3x3_1 = BasicConv2d(in_channels, c(192), kernel_size=1)
+        self.branch3x3_2 = BasicConv2d(c(192), c(320), kernel_size=3, stride=2)
+        self.branch7x7x3_1 = BasicConv2d(in_channels, c(192), kernel_size=1)
+        self.branch7x7x3_2 = BasicConv2d(c(192), c(192), kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(c(192), c(192), kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(c(192), c(192), kernel_size=3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b3 = self.branch3x3_2(self.branch3x3_1(x))
@@ -123,17 +136,20 @@ class InceptionD(nn.Module):
 class InceptionE(nn.Module):
     """Expanded filter bank with split 1x3 / 3x1 outputs; 2048 channels out, same size."""
 
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, width: float = 1.0):
         super().__init__()
-        self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
-        self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
-        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
-        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-        self.branch3x3dbl_1 = BasicConv2d(in_channels, 448, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
-        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
-        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
+        c = lambda n: scaled(n, width)  # noqa: E731
+        c384 = c(384)
+        self.out_channels = c(320) + 4 * c384 + c(192)
+        self.branch1x1 = BasicConv2d(in_channels, c(320), kernel_size=1)
+        self.branch3x3_1 = BasicConv2d(in_channels, c384, kernel_size=1)
+        self.branch3x3_2a = BasicConv2d(c384, c384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(c384, c384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, c(448), kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(c(448), c384, kernel_size=3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(c384, c384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(c384, c384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv2d(in_channels, c(192), kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b1 = self.branch1x1(x)
@@ -148,12 +164,13 @@ class InceptionE(nn.Module):
 class InceptionAux(nn.Module):
     """Auxiliary head on Mixed_6e: avgpool 5/3 -> 1x1 128 -> 5x5 768 -> global pool -> fc."""
 
-    def __init__(self, in_channels: int, num_classes: int):
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0):
         super().__init__()
-        self.conv0 = BasicConv2d(in_channels, 128, kernel_size=1)
-        self.conv1 = BasicConv2d(128, 768, kernel_size=5)
+        c = lambda n: scaled(n, width)  # noqa: E731
+        self.conv0 = BasicConv2d(in_channels, c(128), kernel_size=1)
+        self.conv1 = BasicConv2d(c(128), c(768), kernel_size=5)
         self.conv1.stddev = 0.01  # init std read by Melception.reset_parameters (as torchvision)
-        self.fc = nn.Linear(768, num_classes)
+        self.fc = nn.Linear(c(768), num_classes)
         self.fc.stddev = 0.001
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,33 +188,39 @@ class Melception(nn.Module):
         aux_logits: build the auxiliary head (`AuxLogits.*`), as the original (its checkpoint holds it).
         dropout: dropout before fc (torchvision's 0.5).
         init_weights: torchvision's init (truncated normal std 0.1 for convs / fc, BN 1 / 0).
+        width: channel multiplier of every conv (1.0: the paper's Melception). A narrower Melception (e.g. 0.125
+            for CPU tests and the demo) keeps the layers, names, strides and feature names; only the channel
+            counts shrink, so its '2048' feature has fewer dimensions (`self.num_features`).
     """
 
     def __init__(self, num_classes: int = 309, aux_logits: bool = True, dropout: float = 0.5,
-                 init_weights: bool = True):
+                 init_weights: bool = True, width: float = 1.0):
         super().__init__()
-        self.Conv2d_1a_3x3 = BasicConv2d(1, 32, kernel_size=3, stride=2)
-        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
-        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        c = lambda n: scaled(n, width)  # noqa: E731
+        self.Conv2d_1a_3x3 = BasicConv2d(1, c(32), kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(c(32), c(32), kernel_size=3)
+        self.Conv2d_2b_3x3 = BasicConv2d(c(32), c(64), kernel_size=3, padding=1)
         self.maxpool1 = nn.Identity()  # Melception drops the ImageNet max-pools
-        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
-        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+        self.Conv2d_3b_1x1 = BasicConv2d(c(64), c(80), kernel_size=1)
+        self.Conv2d_4a_3x3 = BasicConv2d(c(80), c(192), kernel_size=3)
         self.maxpool2 = nn.Identity()
-        self.Mixed_5b = InceptionA(192, pool_features=32)
-        self.Mixed_5c = InceptionA(256, pool_features=64)
-        self.Mixed_5d = InceptionA(288, pool_features=64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = InceptionC(768, channels_7x7=128)
-        self.Mixed_6c = InceptionC(768, channels_7x7=160)
-        self.Mixed_6d = InceptionC(768, channels_7x7=160)
-        self.Mixed_6e = InceptionC(768, channels_7x7=192)
-        self.AuxLogits = InceptionAux(768, num_classes) if aux_logits else None
-        self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = InceptionE(1280)
-        self.Mixed_7c = InceptionE(2048)
+        self.Mixed_5b = InceptionA(c(192), pool_features=32, width=width)  # 256 channels at width 1
+        self.Mixed_5c = InceptionA(self.Mixed_5b.out_channels, pool_features=64, width=width)  # 288
+        self.Mixed_5d = InceptionA(self.Mixed_5c.out_channels, pool_features=64, width=width)  # 288
+        self.Mixed_6a = InceptionB(self.Mixed_5d.out_channels, width=width)  # 768
+        self.Mixed_6b = InceptionC(self.Mixed_6a.out_channels, channels_7x7=128, width=width)
+        self.Mixed_6c = InceptionC(self.Mixed_6b.out_channels, channels_7x7=160, width=width)
+        self.Mixed_6d = InceptionC(self.Mixed_6c.out_channels, channels_7x7=160, width=width)
+        self.Mixed_6e = InceptionC(self.Mixed_6d.out_channels, channels_7x7=192, width=width)  # 768
+        c6 = self.Mixed_6e.out_channels
+        self.AuxLogits = InceptionAux(c6, num_classes, width=width) if aux_logits else None
+        self.Mixed_7a = InceptionD(c6, width=width)  # 1280
+        self.Mixed_7b = InceptionE(self.Mixed_7a.out_channels, width=width)  # 2048
+        self.Mixed_7c = InceptionE(self.Mixed_7b.out_channels, width=width)  # 2048
+        self.num_features = self.Mixed_7c.out_channels  # 2048 at width 1
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(2048, num_classes)
+        self.fc = nn.Linear(self.num_features, num_classes)
         if init_weights:
             self.reset_parameters()
 
