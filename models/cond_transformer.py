@@ -41,7 +41,8 @@ class Net2NetTransformer(nn.Module):
         """Spectrograms (B, 1, F, T) or (B, F, T) in [-1, 1] -> token sequences (B, F' * T') in column-major order."""
         if x.dim() == 3:
             x = x.unsqueeze(1)  # (B, 1, F, T)
-        indices = self.first_stage_model.encode_indices(x.float())  # (B, F', T') raster
+        with torch.autocast(x.device.type, enabled=False):  # the frozen codebook picks codes in fp32 under AMP
+            indices = self.first_stage_model.encode_indices(x.float())  # (B, F', T') raster
         return self.first_stage_permuter(indices.reshape(indices.shape[0], -1))  # (B, F' * T')
 
     def loss_from_tokens(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,200 @@
+"""Training the stage-2 transformer: a GPT over the frozen codebook's tokens, conditioned on features or a class.
+
+The wrapper (models.cond_transformer.Net2NetTransformer) holds the frozen codebook, the column-major permuter and
+the GPT; only the GPT's parameters are optimised (AdamW, betas (0.9, 0.95), the original's two weight-decay
+groups, lr = accumulation x processes x batch x base lr). Checkpoints are self-contained like the original's:
+`state_dict` has `first_stage_model.*` (the codebook), `first_stage_permuter.*` and `transformer.*`, plus
+`codebook: {"model_args", "source"}`, `features` (the features config the model was trained on: kind, depth,
+weights, preprocessing) and `sampling` (the preset's sampling defaults), so that `load_transformer(path)` and the
+sample stage need nothing else.
+
+Every mismatch that can be seen from the files (a resumed last.pt trained with another condition size, a codebook
+whose size is not the transformer's vocabulary, class ids beyond n_classes) is reported in `preflight`, before the
+trainer starts.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.data import ConditionedDataset
+from pipeline.pretrained.transformer import build_transformer, check_compatible, model_args_from_config
+from pipeline.tasks.codebook import scaled_lr
+from pipeline.tasks.media import log_spectrograms
+from pipeline.train import Task
+
+log = logging.getLogger(__name__)
+
+
+def batch_condition(batch: Mapping[str, Any], condition: str, device: torch.device | None = None) -> torch.Tensor:
+    """The GPT's condition from a collated ConditionedDataset batch.
+
+    features / none: `feature` (B, S, D) -> (B, D, S) float32 (GPTFeats' Conv1d layout); class: `target` (B,) int64.
+    """
+    if condition == "class":
+        cond = torch.as_tensor(batch["target"]).long()  # (B,)
+    else:
+        cond = torch.as_tensor(batch["feature"]).float().permute(0, 2, 1)  # (B, S, D) -> (B, D, S)
+    return cond.to(device) if device is not None else cond
+
+
+def features_record(features_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The features config as plain containers (what the sample stage needs to extract the same features)."""
+    record = OmegaConf.to_container(features_cfg, resolve=True) if OmegaConf.is_config(features_cfg) \
+        else dict(features_cfg)
+    if record.get("weights") == "???":
+        record["weights"] = None  # training reads pickles; the sample stage asks for weights when it needs them
+    return record
+
+
+def read_model_args(path: str | Path) -> dict[str, Any]:
+    """`model_args` of one of our checkpoints without reading its tensors into memory (mmap)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(ckpt, dict) or "model_args" not in ckpt:
+        raise ValueError(f"{path} holds no model_args: not a checkpoint of this pipeline")
+    return dict(ckpt["model_args"])
+
+
+def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
+    """Checks the config against the files before any work starts; returns the frozen codebook.
+
+    - a `checkpoints/last.pt` being resumed must have the configured sizes (check_compatible);
+    - `codebook.ckpt` must exist and have `transformer.vocab_size` codes;
+    - a class condition needs `transformer.n_classes` covering the data set's classes.
+    """
+    tcfg = cfg.transformer
+    if run_dir is not None:
+        last = Path(run_dir) / "checkpoints" / "last.pt"
+        if last.exists():
+            check_compatible(read_model_args(last), tcfg, source=f"{last} (being resumed)")
+    path = Path(str(cfg.codebook.ckpt))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"codebook.ckpt={path} does not exist: train the codebook first (`python -m stages.train_codebook "
+            f"dataset={cfg.dataset.name}`, whose run with no overrides is the default path) or pass "
+            f"codebook.ckpt=PATH (ours or the original's .ckpt)")
+    from pipeline.pretrained import load_codebook
+
+    codebook = load_codebook(path)
+    if int(codebook.n_embed) != int(tcfg.vocab_size):
+        raise ValueError(f"codebook {path} has {codebook.n_embed} codes but transformer.vocab_size is "
+                         f"{tcfg.vocab_size}: set transformer.vocab_size={codebook.n_embed} or use the matching "
+                         f"codebook")
+    if tcfg.condition == "class" and tcfg.get("n_classes") is None:
+        raise ValueError("transformer.condition=class needs transformer.n_classes (VAS 8, VGGSound 309)")
+    return codebook
+
+
+class TransformerTask(Task):
+    """The GPT of a Net2NetTransformer over a frozen codebook ("model" is the whole wrapper)."""
+
+    kind = "transformer"
+    monitor = "val/loss"
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tcfg = cfg.transformer
+        self.condition = str(self.tcfg.condition)
+        if run_dir is None:
+            from pipeline.tasks.run import run_dir as hydra_run_dir
+
+            run_dir = hydra_run_dir()
+        self.codebook = preflight(cfg, run_dir)
+        self.vocode = None
+
+    def build(self) -> None:
+        codebook = self.codebook
+        codebook.loss = None  # inside the transformer the codebook has no loss (the original's DummyLoss)
+        torch.manual_seed(int(self.cfg.seed))
+        wrapper = build_transformer(self.model_args(), codebook)
+        optim = self.tcfg.optim
+        lr = scaled_lr(optim.base_learning_rate, optim.batch_size, self.trainer.cfg.get("grad_accum", 1),
+                       self.trainer.num_processes)
+        log.info("learning rate %.3g (base %.3g x batch x accumulation x processes); %.2f M trainable parameters",
+                 lr, optim.base_learning_rate, sum(p.numel() for p in wrapper.transformer.parameters()) / 1e6)
+        self.modules = {"model": wrapper}
+        groups = wrapper.transformer_param_groups(float(optim.weight_decay))
+        self.optimizers = {"transformer": torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas))}
+
+    # --- data --------------------------------------------------------------------------------------------------
+    def _dataset(self, split: str, train: bool) -> ConditionedDataset:
+        data = self.cfg.data
+        ds = ConditionedDataset(self.cfg.dataset, self.cfg.features, split, int(self.tcfg.feat_sample_size),
+                                condition=self.condition, random_crop=bool(data.random_crop) and train,
+                                spec_len=int(data.spec_len), crop_len=int(data.crop_len))
+        if self.condition == "class" and ds.targets and max(ds.targets) >= int(self.tcfg.n_classes):
+            raise ValueError(f"split {split!r} has class ids up to {max(ds.targets)} ({len(ds.classes)} classes) but "
+                             f"transformer.n_classes is {self.tcfg.n_classes}: set transformer.n_classes="
+                             f"{len(ds.classes)}")
+        return ds
+
+    def train_dataset(self):
+        return self._dataset(self.cfg.data.train_split, train=True)
+
+    def val_dataset(self):
+        return self._dataset(self.cfg.data.val_split, train=False)
+
+    # --- steps -------------------------------------------------------------------------------------------------
+    def _inputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x = batch["image"].float().unsqueeze(1)  # (B, 1, 80, 848)
+        return x, batch_condition(batch, self.condition, x.device)
+
+    def train_step(self, batch, step: int) -> dict[str, torch.Tensor]:
+        x, cond = self._inputs(batch)
+        with self.trainer.autocast():
+            loss = self.modules["model"](x, cond)  # codes in fp32 inside, cross-entropy over B x 265 tokens
+        self.trainer.backward(loss)
+        self.trainer.clip_grad("model")
+        self.optimizers["transformer"].step()
+        self.optimizers["transformer"].zero_grad(set_to_none=True)
+        return {"train/loss": loss.detach()}
+
+    def val_step(self, batch) -> dict[str, torch.Tensor]:
+        x, cond = self._inputs(batch)
+        with self.trainer.autocast():
+            loss = self.trainer.unwrap("model")(x, cond)
+        return {"val/loss": loss.detach()}
+
+    def log_media(self, batch, logger, step: int, split: str) -> None:
+        """Inputs, their codebook reconstructions and a sample (cached sampler, from scratch) per condition."""
+        from pipeline.sampling import sample
+
+        if self.vocode is None:
+            from pipeline.vocoder import load_vocoder_or_griffinlim
+
+            self.vocode = load_vocoder_or_griffinlim(self.cfg.get("vocoder_ckpt"))
+        n = int(self.cfg.get("media_samples", 2))
+        model = self.trainer.unwrap("model")
+        x, cond = self._inputs(batch)
+        x, cond = x[:n], cond[:n]
+        sampling = self.tcfg.sampling
+        tokens = sample(model, cond, num_tokens=model.num_tokens, temperature=float(sampling.temperature),
+                        top_k=sampling.top_k, top_p=sampling.top_p)
+        specs = {"inputs": x, "reconstructions": model.decode_to_spec(model.encode_to_tokens(x)),
+                 "samples_nopix": model.decode_to_spec(tokens)}
+        log_spectrograms(logger, step, split, specs, vocode=self.vocode, max_items=n)
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+    def model_args(self) -> dict[str, Any]:
+        return model_args_from_config(self.tcfg)
+
+    def extra_checkpoint(self) -> dict[str, Any]:
+        model = self.trainer.unwrap("model")
+        return {
+            "version": 1,
+            "codebook": {"model_args": dict(model.first_stage_model.model_args), "source": str(self.cfg.codebook.ckpt)},
+            "features": features_record(self.cfg.features) if self.condition != "class" else None,
+            "sampling": OmegaConf.to_container(self.tcfg.sampling, resolve=True),
+            "dataset": {"name": str(self.cfg.dataset.name)},
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.trainer.unwrap("model").state_dict())  # transformer.*, first_stage_*: the original's layout
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        self.trainer.unwrap("model").load_state_dict(dict(state_dict), strict=True)

@@ -1,0 +1,165 @@
+"""The train_transformer stage on a tiny generated data set: the loss falls, best/last and resume, a submitit
+sweep, and the checks made before any work starts. Its helpers (tiny data set, codebook and transformer
+checkpoints, a short video) are shared with tests/test_sample_stage.py."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pipeline.io import save_npy, save_pickle, save_torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("chirp", "noise")
+FEATURES = "efficientnet_lite0"   # dataset=demo's features; the files are made here, no network runs
+FEAT_FOLDER = "feature_efficientnet_lite0_dim1280_21.5fps"
+DEPTH = 1280
+
+
+def make_dataset(root: Path, train: int = 3, valid: int = 1, seed: int = 0) -> Path:
+    """`<root>` in the demo (VAS) layout with mels (80, 860) and features (215, 1280) per clip.
+
+    Each class has its own mel pattern (a band sweeping in time) and its own feature mean, so a GPT learns fast.
+    """
+    rng = np.random.default_rng(seed)
+    rows = {"train": [], "valid": []}
+    for c, label in enumerate(CLASSES):
+        for k in range(train + valid):
+            clip = f"video_{k:05d}"
+            mel = np.full((80, 860), 0.1, np.float32)
+            t = np.arange(860)
+            band = (20 + 30 * c + 10 * np.sin(2 * np.pi * t / (200 + 100 * c))).astype(int)
+            for dt in range(6):
+                mel[np.clip(band + dt, 0, 79), t] = 0.9
+            mel += 0.02 * rng.standard_normal(mel.shape).astype(np.float32)
+            save_npy(root / "features" / label / "melspec_10s_22050hz" / f"{clip}_mel.npy", mel)
+            feats = (c + 0.1 * rng.standard_normal((215, DEPTH))).astype(np.float32)
+            save_pickle(root / "features" / label / FEAT_FOLDER / f"{clip}.pkl", feats)
+            rows["train" if k < train else "valid"].append(f"{label}/{clip}")
+    for split, ids in rows.items():
+        (root / f"demo_{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+def make_codebook(path: Path) -> Path:
+    """A tiny codebook (conf/codebook/tiny.yaml, random weights) saved as our checkpoint."""
+    from pipeline.pretrained.codebook import build_codebook, codebook_checkpoint
+
+    torch.manual_seed(0)
+    model = build_codebook(OmegaConf.load(ROOT / "conf" / "codebook" / "tiny.yaml").model)
+    save_torch(path, codebook_checkpoint(model))
+    return path
+
+
+def tiny_transformer_cfg(feat_sample_size: int = 5, depth: int = DEPTH, condition: str = "features"):
+    import pipeline.config  # noqa: F401
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train_transformer", overrides=[
+            "dataset=demo", "logger=none", f"transformer.feat_sample_size={feat_sample_size}",
+            f"transformer.condition={condition}", "codebook.ckpt=unused"])
+    cfg.transformer.feat_depth = depth
+    if condition == "class":
+        cfg.transformer.n_classes = len(CLASSES)
+    return cfg
+
+
+def make_transformer(path: Path, codebook: Path, features: dict, feat_sample_size: int = 5,
+                     condition: str = "features") -> Path:
+    """A tiny random transformer saved in our checkpoint format (what the training stage writes)."""
+    from pipeline.pretrained import load_codebook
+    from pipeline.pretrained.transformer import build_transformer, model_args_from_config
+
+    cfg = tiny_transformer_cfg(feat_sample_size, int(features["depth"]), condition)
+    torch.manual_seed(0)
+    vq = load_codebook(codebook)
+    args = model_args_from_config(cfg.transformer)
+    model = build_transformer(args, vq)
+    save_torch(path, {"format": "specvqgan-pipeline", "kind": "transformer", "version": 1, "model_args": args,
+                      "state_dict": model.state_dict(),
+                      "codebook": {"model_args": vq.model_args, "source": str(codebook)},
+                      "features": None if condition == "class" else dict(features),
+                      "sampling": {"temperature": 1.0, "top_k": 16, "top_p": None, "mode": "nopix"}})
+    return path
+
+
+def write_video(path: Path, seconds: float, fps: int = 10, audio: bool = True, size: int = 32) -> Path:
+    """A small mp4 (H.264, optional mono AAC at 22050 Hz) with moving grey levels."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=Fraction(fps))
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        stream = out.add_stream("aac", rate=22050) if audio else None
+        if stream is not None:
+            stream.layout = "mono"
+        for i in range(int(round(seconds * fps))):
+            image = np.full((size, size, 3), (i * 8) % 256, np.uint8)
+            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(video.encode())
+        if stream is not None:
+            t = np.arange(int(seconds * 22050)) / 22050
+            frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],
+                                               format="flt", layout="mono")
+            frame.sample_rate = 22050
+            out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- the tests
+def _stage(outputs: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SPECVQGAN_OUTPUTS": str(outputs), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "stages.train_transformer", "dataset=demo", "logger=none",
+                             "trainer=cpu", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=timeout, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture
+def demo(outputs: Path) -> Path:
+    make_dataset(outputs / "demo_data")
+    return make_codebook(outputs / "codebook.pt")
+
+
+def _val_losses(log_text: str) -> list[float]:
+    return [float(v) for v in re.findall(r"validation at step \d+: .*?val/loss=([0-9.]+)", log_text)]
+
+
+def test_stage_trains_the_loss_falls_and_a_rerun_resumes(demo, outputs):
+    args = [f"codebook.ckpt={demo}", "trainer.max_steps=40", "trainer.val_every=10", "trainer.log_every=10"]
+    _stage(outputs, *args)
+    run = outputs / "train_transformer" / "demo" / "default"  # codebook.ckpt and trainer.* stay out of the name
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
+    losses = _val_losses((run / "train_transformer.log").read_text())
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.5, losses  # from about ln(32) = 3.47
+
+    ckpt = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["kind"] == "transformer" and ckpt["model_args"]["block_size"] == 270
+    assert ckpt["features"]["name"] == FEATURES and ckpt["features"]["depth"] == DEPTH
+    keys = set(ckpt["state_dict"])
+    assert {"first_stage_permuter.forward_shuffle_idx", "transformer.embedder.weight",
+            "first_stage_model.quantize.embedding.weight"} <= keys
+    assert not any(k.startswith("first_stage_model.loss.") for k in keys)
+    from pipeline.pretrained import load_transformer
+
+    model = load_transformer(run / "checkpoints" / "best.pt")  # self-contained: no codebook path needed
+    assert model.transformer.embedder.weight.shape == (64, DEPTH, 1)
+
+    result = _stage(outputs, *args[:1], "trainer.max_steps=45", "trainer.val_every=10")
+    log_text = (run / "train_transformer.log").read_text()
+    assert "resumed from" in log_text and "at step 40" in log_text
+    assert "step 45" in result.stdout
