@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import torch
+from torch.nn.utils import parametrize
 
 from pipeline.audio import fit_to_length
 
@@ -56,9 +57,10 @@ class Vocoder:
     @torch.no_grad()
     def _melgan(self, mel: torch.Tensor) -> torch.Tensor:
         out = []
-        for chunk in mel.split(self.batch_size):
-            wave = self.generator(chunk.to(self.device, torch.float32))  # (b, 1, 256 * T)
-            out.append(wave.squeeze(1).float())
+        with parametrize.cached():  # weight-normed weights computed once per call, not once per chunk
+            for chunk in mel.split(self.batch_size):
+                wave = self.generator(chunk.to(self.device, torch.float32))  # (b, 1, 256 * T)
+                out.append(wave.squeeze(1).float())
         return torch.cat(out)  # (B, 256 * T)
 
     def _griffinlim(self, mel: np.ndarray) -> np.ndarray:
