@@ -7,7 +7,7 @@ without bias). The module is frozen; as in the original release its weights are 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

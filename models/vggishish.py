@@ -5,7 +5,7 @@ checkpoints load strictly. The same `features` stack is the LPAPS trunk (models/
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

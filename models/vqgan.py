@@ -7,7 +7,7 @@ grid of codes through 4 stride-2 downsamplings.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,7 @@ original's `loss.*` state-dict layout when the loss is kept as `VQModel.loss`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,11 +61,13 @@ class VQLPAPSWithDiscriminator(nn.Module):
         if use_actnorm or disc_conditional:
             raise NotImplementedError("use_actnorm / disc_conditional are off in every SpecVQGAN config and "
                                       "not implemented here; set them to false")
-        self.config = dict(disc_start=disc_start, codebook_weight=codebook_weight, pixelloss_weight=pixelloss_weight,
-                           disc_num_layers=disc_num_layers, disc_in_channels=disc_in_channels,
-                           disc_factor=disc_factor, disc_weight=disc_weight, perceptual_weight=perceptual_weight,
-                           disc_ndf=disc_ndf, disc_loss=disc_loss, min_adapt_weight=min_adapt_weight,
-                           max_adapt_weight=max_adapt_weight, lpaps_layers=list(lpaps_layers), n_mels=n_mels)
+        self.config = {  # the constructor kwargs (without the stats tensors, which live in buffers)
+            "disc_start": disc_start, "codebook_weight": codebook_weight, "pixelloss_weight": pixelloss_weight,
+            "disc_num_layers": disc_num_layers, "disc_in_channels": disc_in_channels, "disc_factor": disc_factor,
+            "disc_weight": disc_weight, "perceptual_weight": perceptual_weight, "disc_ndf": disc_ndf,
+            "disc_loss": disc_loss, "min_adapt_weight": min_adapt_weight, "max_adapt_weight": max_adapt_weight,
+            "lpaps_layers": list(lpaps_layers), "n_mels": n_mels,
+        }
         self.codebook_weight = codebook_weight
         self.pixel_weight = pixelloss_weight
         self.perceptual_weight = perceptual_weight

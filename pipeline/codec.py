@@ -63,7 +63,7 @@ class Header:
                             self.n_samples, self.n_tokens)
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "input") -> "Header":
+    def from_bytes(cls, data: bytes, source: str = "input") -> Header:
         if len(data) < _HEADER.size or data[:4] != MAGIC:
             raise CodecError(f"{source} is not a SpecVQGAN codec file (no {MAGIC!r} header); "
                              f"encode audio with `mode=encode` first")

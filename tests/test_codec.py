@@ -12,8 +12,19 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipeline.audio import load_audio
-from pipeline.codec import (CodecError, Header, bits_per_code, check_codebook, codebook_identity, decode_file,
-                            encode_file, pack_codes, read_codes, run, unpack_codes)
+from pipeline.codec import (
+    CodecError,
+    Header,
+    bits_per_code,
+    check_codebook,
+    codebook_identity,
+    decode_file,
+    encode_file,
+    pack_codes,
+    read_codes,
+    run,
+    unpack_codes,
+)
 from pipeline.mel import mel_spectrogram
 from pipeline.pretrained.codebook import build_codebook, codebook_checkpoint, load_codebook
 from pipeline.vocoder import Vocoder

@@ -138,22 +138,25 @@ def infer_model_args(state: Mapping[str, torch.Tensor], resolution: int = 848) -
     attn_levels = [i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in state]
     z_channels = int(state["decoder.conv_in.weight"].shape[1])
     n_embed, embed_dim = state["quantize.embedding.weight"].shape
-    ddconfig = dict(double_z=int(state["encoder.conv_out.weight"].shape[0]) == 2 * z_channels,
-                    z_channels=z_channels, resolution=resolution, in_channels=int(in_channels),
-                    out_ch=int(state["decoder.conv_out.weight"].shape[0]), ch=int(ch), ch_mult=ch_mult,
-                    num_res_blocks=num_res_blocks, attn_resolutions=[resolution // 2 ** i for i in attn_levels],
-                    dropout=0.0, norm_groups=32)
+    ddconfig = {
+        "double_z": int(state["encoder.conv_out.weight"].shape[0]) == 2 * z_channels,
+        "z_channels": z_channels, "resolution": resolution, "in_channels": int(in_channels),
+        "out_ch": int(state["decoder.conv_out.weight"].shape[0]), "ch": int(ch), "ch_mult": ch_mult,
+        "num_res_blocks": num_res_blocks, "attn_resolutions": [resolution // 2 ** i for i in attn_levels],
+        "dropout": 0.0, "norm_groups": 32,
+    }
     return {"ddconfig": ddconfig, "n_embed": int(n_embed), "embed_dim": int(embed_dim), "beta": 0.25}
 
 
 def infer_loss_args(loss_state: Mapping[str, torch.Tensor]) -> dict:
     """Loss kwargs that shapes determine (PatchGAN size, LPAPS presence and trunk) from `loss.*` tensors."""
-    convs = _indices({k: v for k, v in loss_state.items() if v.dim() == 4}, r"loss\.discriminator\.main\.(\d+)\.weight")
+    four_d = {k: v for k, v in loss_state.items() if v.dim() == 4}
+    convs = _indices(four_d, r"loss\.discriminator\.main\.(\d+)\.weight")
     if not convs:
         raise ValueError("no loss.discriminator.* weights to build the loss from")
     first = loss_state[f"loss.discriminator.main.{convs[0]}.weight"]
-    args: dict[str, Any] = dict(disc_ndf=int(first.shape[0]), disc_in_channels=int(first.shape[1]),
-                                disc_num_layers=len(convs) - 2)
+    args: dict[str, Any] = {"disc_ndf": int(first.shape[0]), "disc_in_channels": int(first.shape[1]),
+                            "disc_num_layers": len(convs) - 2}
     slices = _indices(loss_state, r"loss\.perceptual_loss\.net\.slice(\d+)\.")
     if not slices:
         args["perceptual_weight"] = 0.0
