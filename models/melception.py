@@ -10,7 +10,8 @@ returns the pooled intermediate maps '64', '192', '768', the 2048-d pool '2048',
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,7 @@ class InceptionA(nn.Module):
 
     def __init__(self, in_channels: int, pool_features: int, width: float = 1.0):
         super().__init__()
-        c = lambda n: scaled(n, width)  # noqa: E731
+        c = lambda n: scaled(n, width)
         self.out_channels = c(64) + c(64) + c(96) + c(pool_features)
         self.branch1x1 = BasicConv2d(in_channels, c(64), kernel_size=1)
         self.branch5x5_1 = BasicConv2d(in_channels, c(48), kernel_size=1)
@@ -69,7 +70,7 @@ class InceptionB(nn.Module):
 
     def __init__(self, in_channels: int, width: float = 1.0):
         super().__init__()
-        c = lambda n: scaled(n, width)  # noqa: E731
+        c = lambda n: scaled(n, width)
         self.out_channels = c(384) + c(96) + in_channels
         self.branch3x3 = BasicConv2d(in_channels, c(384), kernel_size=3, stride=2)
         self.branch3x3dbl_1 = BasicConv2d(in_channels, c(64), kernel_size=1)
@@ -88,7 +89,7 @@ class InceptionC(nn.Module):
 
     def __init__(self, in_channels: int, channels_7x7: int, width: float = 1.0):
         super().__init__()
-        c = lambda n: scaled(n, width)  # noqa: E731
+        c = lambda n: scaled(n, width)
         c7, c192 = c(channels_7x7), c(192)
         self.out_channels = 4 * c192
         self.branch1x1 = BasicConv2d(in_channels, c192, kernel_size=1)
@@ -117,7 +118,7 @@ class InceptionD(nn.Module):
 
     def __init__(self, in_channels: int, width: float = 1.0):
         super().__init__()
-        c = lambda n: scaled(n, width)  # noqa: E731
+        c = lambda n: scaled(n, width)
         self.out_channels = c(320) + c(192) + in_channels
         self.branch3x3_1 = BasicConv2d(in_channels, c(192), kernel_size=1)
         self.branch3x3_2 = BasicConv2d(c(192), c(320), kernel_size=3, stride=2)
@@ -138,7 +139,7 @@ class InceptionE(nn.Module):
 
     def __init__(self, in_channels: int, width: float = 1.0):
         super().__init__()
-        c = lambda n: scaled(n, width)  # noqa: E731
+        c = lambda n: scaled(n, width)
         c384 = c(384)
         self.out_channels = c(320) + 4 * c384 + c(192)
         self.branch1x1 = BasicConv2d(in_channels, c(320), kernel_size=1)
@@ -166,7 +167,7 @@ class InceptionAux(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0):
         super().__init__()
-        c = lambda n: scaled(n, width)  # noqa: E731
+        c = lambda n: scaled(n, width)
         self.conv0 = BasicConv2d(in_channels, c(128), kernel_size=1)
         self.conv1 = BasicConv2d(c(128), c(768), kernel_size=5)
         self.conv1.stddev = 0.01  # init std read by Melception.reset_parameters (as torchvision)
@@ -196,7 +197,7 @@ class Melception(nn.Module):
     def __init__(self, num_classes: int = 309, aux_logits: bool = True, dropout: float = 0.5,
                  init_weights: bool = True, width: float = 1.0):
         super().__init__()
-        c = lambda n: scaled(n, width)  # noqa: E731
+        c = lambda n: scaled(n, width)
         self.Conv2d_1a_3x3 = BasicConv2d(1, c(32), kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(c(32), c(32), kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(c(32), c(64), kernel_size=3, padding=1)

@@ -11,7 +11,7 @@ is recomputed at every forward, so it is a no-op (spec §11.14); we keep torch's
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -13,7 +13,7 @@ The procedures follow the original (torch-fidelity's FID/ISc/KID as adapted in `
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.linalg
@@ -126,7 +126,7 @@ def kid(features_1, features_2, subsets: int = 100, subset_size: int = 1000, deg
     for i in range(subsets):
         x = f1[rng.choice(len(f1), size, replace=False)]
         y = f2[rng.choice(len(f2), size, replace=False)]
-        kernel = lambda a, b: polynomial_kernel(a, b, degree, gamma, coef0)  # noqa: E731
+        kernel = lambda a, b: polynomial_kernel(a, b, degree, gamma, coef0)
         mmds[i] = mmd2_unbiased(kernel(x, x), kernel(x, y), kernel(y, y))
     return {"kernel_inception_distance_mean": float(np.mean(mmds)),
             "kernel_inception_distance_std": float(np.std(mmds))}

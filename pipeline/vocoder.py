@@ -48,7 +48,7 @@ class Vocoder:
     def name(self) -> str:
         return "melgan" if self.generator is not None else "griffinlim"
 
-    def to(self, device: str | torch.device) -> "Vocoder":
+    def to(self, device: str | torch.device) -> Vocoder:
         if self.generator is not None:
             self.device = torch.device(device)
             self.generator.to(self.device)

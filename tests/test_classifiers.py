@@ -10,7 +10,7 @@ from models.vggishish import VGGishish
 from pipeline.pretrained import load_classifier
 from pipeline.train.checkpoint import save_checkpoint
 
-SMALL_VGG = dict(conv_layers=(4, "MP", 8, 8, "MP", 8), num_classes=7, hidden=16)
+SMALL_VGG = {"conv_layers": (4, "MP", 8, 8, "MP", 8), "num_classes": 7, "hidden": 16}
 
 
 def _fast_melception(num_classes: int) -> Melception:

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.melgan import (Discriminator, Generator, discriminator_hinge_loss, feature_matching_loss,
-                           from_legacy_weight_norm, generator_loss, to_legacy_weight_norm)
+from models.melgan import (
+    Discriminator,
+    Generator,
+    discriminator_hinge_loss,
+    feature_matching_loss,
+    from_legacy_weight_norm,
+    generator_loss,
+    to_legacy_weight_norm,
+)
 from pipeline.pretrained import load_vocoder
 from pipeline.train.checkpoint import save_checkpoint
 from pipeline.vocoder import load_vocoder_or_griffinlim

@@ -98,7 +98,7 @@ def test_inception_score_matches_direct_loop():
 def _kid_loop(f1, f2, subsets, size, seed=2020):
     rng = np.random.RandomState(seed)
     d = f1.shape[1]
-    k = lambda a, b: (float(np.dot(a, b)) / d + 1) ** 3  # noqa: E731
+    k = lambda a, b: (float(np.dot(a, b)) / d + 1) ** 3
     values = []
     for _ in range(subsets):
         x = f1[rng.choice(len(f1), size, replace=False)]
@@ -134,7 +134,7 @@ def test_mkl_matches_direct_loop():
     real = rng.randn(3, 6)
     fake_keys = ["b", "a", "a", "c", "b"]
     fake = rng.randn(5, 6)
-    softmax = lambda v: np.exp(v) / np.exp(v).sum()  # noqa: E731
+    softmax = lambda v: np.exp(v) / np.exp(v).sum()
     total = 0.0
     for key, f in zip(fake_keys, fake):
         pr, pf = softmax(real[real_keys.index(key)]), softmax(f)

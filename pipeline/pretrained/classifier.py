@@ -13,7 +13,8 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
