@@ -354,8 +354,11 @@ class ClipJob:
         return _MODELS[key]
 
     def __call__(self, clip: Clip) -> None:
-        if self.threads:
+        if self.threads:  # worker processes share the cores: no oversubscription by torch or OpenCV
+            import cv2
+
             torch.set_num_threads(self.threads)
+            cv2.setNumThreads(self.threads)
         streams = extract_streams(clip.source, self.kind, self.model(), self.prep,
                                   batch_size=self.batch_size, device=self.device)
         for name, path in zip(self.outputs, clip.outputs):
