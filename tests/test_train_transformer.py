@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-
 from fractions import Fraction
 from pathlib import Path
 
@@ -61,8 +60,9 @@ def make_codebook(path: Path) -> Path:
 
 
 def tiny_transformer_cfg(feat_sample_size: int = 5, depth: int = DEPTH, condition: str = "features"):
-    import pipeline.config  # noqa: F401
     from hydra import compose, initialize_config_dir
+
+    import pipeline.config  # noqa: F401
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train_transformer", overrides=[
@@ -78,7 +78,10 @@ def make_transformer(path: Path, codebook: Path, features: dict, feat_sample_siz
                      condition: str = "features") -> Path:
     """A tiny random transformer saved in our checkpoint format (what the training stage writes)."""
     from pipeline.pretrained import load_codebook
-    from pipeline.pretrained.transformer import build_transformer, model_args_from_config
+    from pipeline.pretrained.transformer import (
+        build_transformer,
+        model_args_from_config,
+    )
 
     cfg = tiny_transformer_cfg(feat_sample_size, int(features["depth"]), condition)
     torch.manual_seed(0)
@@ -93,22 +96,25 @@ def make_transformer(path: Path, codebook: Path, features: dict, feat_sample_siz
     return path
 
 
-def write_video(path: Path, seconds: float, fps: int = 10, audio: bool = True, size: int = 32) -> Path:
-    """A small mp4 (H.264, optional mono AAC at 22050 Hz) with moving grey levels."""
+def write_video(path: Path, seconds: float, fps: int = 10, audio: bool = True, size: int = 32,
+                picture: bool = True) -> Path:
+    """A small mp4 (H.264, optional mono AAC at 22050 Hz) with moving grey levels; picture=False: sound only."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=Fraction(fps))
-        video.width = video.height = size
-        video.pix_fmt = "yuv420p"
+        if picture:
+            video = out.add_stream("libx264", rate=Fraction(fps))
+            video.width = video.height = size
+            video.pix_fmt = "yuv420p"
         stream = out.add_stream("aac", rate=22050) if audio else None
         if stream is not None:
             stream.layout = "mono"
-        for i in range(int(round(seconds * fps))):
+        for i in range(round(seconds * fps) if picture else 0):
             image = np.full((size, size, 3), (i * 8) % 256, np.uint8)
             out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        out.mux(video.encode())
+        if picture:
+            out.mux(video.encode())
         if stream is not None:
             t = np.arange(int(seconds * 22050)) / 22050
             frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],

@@ -15,14 +15,19 @@ trainer starts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data import ConditionedDataset
-from pipeline.pretrained.transformer import build_transformer, check_compatible, model_args_from_config
+from pipeline.pretrained.transformer import (
+    build_transformer,
+    check_compatible,
+    model_args_from_config,
+)
 from pipeline.tasks.codebook import scaled_lr
 from pipeline.tasks.media import log_spectrograms
 from pipeline.train import Task

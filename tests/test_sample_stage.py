@@ -1,0 +1,128 @@
+"""The sample stage on tiny models made on the spot: a data set split in the original's layout (skip on rerun,
+settings guard, half mode), a user's video through the Hydra entry point (wav + mp4 with sound of the video's
+length), and the errors for a video without frames, a too short one and features of the wrong depth."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pipeline.extraction import ClipError
+from pipeline.io import save_pickle
+from pipeline.sample_stage import run
+from tests.test_train_transformer import (
+    ROOT,
+    make_codebook,
+    make_dataset,
+    make_transformer,
+    write_video,
+)
+
+
+def features_preset(name: str) -> dict:
+    """conf/features/<name>.yaml merged over its defaults, as plain containers."""
+    cfg = OmegaConf.load(ROOT / "conf" / "features" / f"{name}.yaml")
+    parents = [OmegaConf.load(ROOT / "conf" / "features" / f"{p}.yaml") for p in cfg.pop("defaults", [])
+               if p != "_self_"]
+    return OmegaConf.to_container(OmegaConf.merge(*parents, cfg))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: a second torch thread only adds synchronisation."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def models(outputs: Path, tmp_path: Path) -> dict[str, Path]:
+    make_dataset(outputs / "demo_data", train=1, valid=1)
+    codebook = make_codebook(tmp_path / "codebook.pt")
+    return {"split": make_transformer(tmp_path / "t_effnet.pt", codebook, features_preset("efficientnet_lite0")),
+            "video": make_transformer(tmp_path / "t_rn50.pt", codebook, features_preset("resnet50_tiny"), 1)}
+
+
+@pytest.fixture
+def melgan(original_fixtures) -> str:
+    """The original's small MelGAN generator: a real vocoder much faster than Griffin-Lim on CPU."""
+    return f"vocoder_ckpt={original_fixtures / 'melgan_netG_small.pt'}"
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("sample", overrides=["dataset=demo", "logger=none", "device=cpu", *overrides])
+
+
+def test_split_layout_manifest_skip_and_settings_guard(models, melgan, tmp_path):
+    cfg = _cfg(f"transformer_ckpt={models['split']}", "batch_size=2", melgan)
+    result = run(cfg, run_dir=tmp_path / "run")
+    out = tmp_path / "run" / "samples" / "valid"
+    assert result["written"] == 2 and result["skipped"] == 0
+    for target in (0, 1):
+        for k in (0,):
+            mel = np.load(out / f"cls_{target}" / f"video_00001_mel_sample_{k}.npy")
+            assert mel.shape == (80, 848) and mel.dtype == np.float32
+            wave, sr = sf.read(out / f"cls_{target}" / f"video_00001_mel_sample_{k}.wav")
+            assert sr == 22050 and wave.shape == (848 * 256,)
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert len(rows) == 2 and {r["clip_id"] for r in rows} == {"chirp/video_00001", "noise/video_00001"}
+    assert rows[0]["npy"] == "cls_0/video_00001_mel_sample_0.npy" and rows[0]["label"] == "chirp"
+
+    stamp = (out / "cls_0" / "video_00001_mel_sample_0.npy").stat().st_mtime_ns
+    assert run(cfg, run_dir=tmp_path / "run") == {"written": 0, "skipped": 2, "out": out}
+    assert (out / "cls_0" / "video_00001_mel_sample_0.npy").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="other settings.*temperature"):
+        run(_cfg(f"transformer_ckpt={models['split']}", "temperature=0.5"), run_dir=tmp_path / "run")
+
+    half = run(_cfg(f"transformer_ckpt={models['split']}", "mode=half", "write_wav=false", "samples_per_clip=2"),
+               run_dir=tmp_path / "h")
+    assert half["written"] == 4 and not list((tmp_path / "h").rglob("*.wav"))
+    assert (tmp_path / "h" / "samples" / "valid" / "cls_1" / "video_00001_mel_sample_1.npy").exists()
+
+
+def _audio_seconds(path: Path) -> float:
+    import av
+
+    with av.open(str(path)) as container:
+        assert container.streams.video, f"{path} lost its picture"
+        stream = container.streams.audio[0]
+        return sum(frame.samples for frame in container.decode(stream)) / stream.rate
+
+
+def test_user_video_through_the_stage_gives_a_wav_and_an_mp4(models, melgan, outputs, tmp_path):
+    video = write_video(tmp_path / "in" / "clip.mp4", 2.0)
+    env = {**os.environ, "SPECVQGAN_OUTPUTS": str(outputs), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "stages.sample", "dataset=demo", "logger=none", "device=cpu",
+                             f"video={video}", f"transformer_ckpt={models['video']}", melgan], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    (wav,) = (outputs / "sample" / "demo").rglob("clip_sample_0.wav")
+    wave, sr = sf.read(wav)
+    assert sr == 22050 and abs(len(wave) / sr - 2.0) < 0.05  # cut to the video's length
+    assert abs(_audio_seconds(wav.with_suffix(".mp4")) - 2.0) < 0.1
+    assert wav.with_suffix(".npy").exists()
+
+
+def test_user_input_errors(models, tmp_path):
+    cfg = _cfg(f"transformer_ckpt={models['video']}")
+    no_frames = write_video(tmp_path / "sound_only.mp4", 1.0, picture=False)
+    with pytest.raises(ClipError, match="sound_only.mp4 has no video stream"):
+        run(OmegaConf.merge(cfg, {"video": str(no_frames)}), run_dir=tmp_path / "run")
+    short = write_video(tmp_path / "short.mp4", 0.5)
+    with pytest.raises(ValueError, match="0.50 s long.*at least 1 s"):
+        run(OmegaConf.merge(cfg, {"video": str(short)}), run_dir=tmp_path / "run")
+    save_pickle(tmp_path / "wrong.pkl", np.zeros((215, 2048), np.float32))
+    with pytest.raises(ValueError, match=r"wrong.pkl: features of shape \(215, 2048\).*\(frames, 256\) resnet50"):
+        run(OmegaConf.merge(cfg, {"features_file": str(tmp_path / "wrong.pkl")}), run_dir=tmp_path / "run")
