@@ -49,7 +49,8 @@ def main() -> None:
 
         cv2.setNumThreads(1)  # one core per clip: data-set runs parallelise over clips (num_workers)
         rng = np.random.default_rng(0)
-        greys = [cv2.GaussianBlur((rng.random((256, 340)) * 255).astype(np.uint8), (7, 7), 2) for _ in range(3)]
+        base = cv2.GaussianBlur((rng.random((256, 340)) * 255).astype(np.uint8), (9, 9), 3)
+        greys = [np.roll(base, 2 * i, axis=1) for i in range(3)]  # a texture moving 2 px per frame
         start = time.perf_counter()
         consecutive_flows(greys)
         pair = (time.perf_counter() - start) / 2
