@@ -62,7 +62,7 @@ class BNInception(nn.Module):
         self.in_channels = in_channels
 
         def ch(c: int) -> int:
-            return max(1, int(round(c * width))) if c else 0
+            return max(1, round(c * width)) if c else 0
 
         self._plan: list[tuple] = []  # (block, input channels) for forward
         self._conv("conv1_7x7_s2", in_channels, ch(64), 7, stride=2, padding=3)

@@ -8,7 +8,7 @@ strictly. `fc` is kept (it is in the state dict) but `forward` stops before it.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -25,9 +25,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ class Preprocessing:
     flow_bound: float = 20.0               # bninception: flow clipped to +-bound before mapping to 0..255
 
     @classmethod
-    def for_kind(cls, kind: str, **overrides: Any) -> "Preprocessing":
+    def for_kind(cls, kind: str, **overrides: Any) -> Preprocessing:
         _check_kind(kind)
         base = cls(loop_to=10.0, extra_frames=2, tile=False) if kind == "bninception" else cls()
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -87,7 +88,7 @@ class Preprocessing:
         return dataclasses.replace(base, **overrides)
 
     @classmethod
-    def from_cfg(cls, features_cfg: Mapping[str, Any]) -> "Preprocessing":
+    def from_cfg(cls, features_cfg: Mapping[str, Any]) -> Preprocessing:
         """From `cfg.features`: fps, feat_len and the `preprocessing` block."""
         extra = dict(features_cfg.get("preprocessing") or {})
         return cls.for_kind(str(features_cfg["name"]), fps=float(features_cfg["fps"]),
@@ -106,14 +107,14 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except UnicodeDecodeError:  # a Python 2 pickle (the 2017 BN-Inception file)
         obj = torch.load(path, map_location="cpu", weights_only=True, encoding="latin1")
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise ValueError(f"cannot read weights {path} ({type(error).__name__}: {error}): is it a torch "
                          f"state dict?") from error
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+        raise TypeError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
 
 

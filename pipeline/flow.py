@@ -14,7 +14,8 @@ scales with the pixel count, so tests use small frames.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def consecutive_flows(greys: Sequence[np.ndarray], bound: float = BOUND) -> list
     """Flow from each grey frame (H, W uint8) to the next: len(greys) - 1 images of (H, W, 2) uint8."""
     estimator = tvl1()
     out = []
-    for prev, curr in zip(greys[:-1], greys[1:]):
+    for prev, curr in itertools.pairwise(greys):
         flow = estimator.calc(prev, curr, None)  # (H, W, 2) float32: x (right), y (down) displacement
         out.append(flow_to_uint8(flow, bound))
     return out

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def _open(path: str | os.PathLike):
         raise ClipError(f"video {path} does not exist")
     try:
         container = av.open(str(path))
-    except Exception as error:  # noqa: BLE001 - PyAV raises many error types for bad files
+    except Exception as error:
         raise ClipError(f"cannot open video {path} ({type(error).__name__}: {error}): the file is corrupt "
                         f"or not a video; re-download or re-encode it") from error
     if not container.streams.video:
@@ -58,7 +58,7 @@ def frame_times(path: str | os.PathLike) -> np.ndarray:
         tb = stream.time_base
         try:
             pts = [p.pts for p in container.demux(stream) if p.pts is not None and p.size > 0]
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             raise ClipError(f"cannot read the packets of {path} ({type(error).__name__}: {error}): the file "
                             f"is corrupt; re-download or re-encode it") from error
     if not pts:
@@ -91,7 +91,7 @@ def sample_indices(
         raise ValueError(f"fps must be positive, got {fps}")
     duration = clip_duration(times)
     total = float(loop_to) if loop_to else duration
-    count = int(math.floor(total * fps + 0.5)) + int(extra)
+    count = math.floor(total * fps + 0.5) + int(extra)
     t = np.arange(count, dtype=np.float64) / fps  # (N,) output frame times
     t = np.minimum(t, total - 1e-6)  # past the end: the last frame stays on screen
     if loop_to:
@@ -127,7 +127,7 @@ def read_frames(
                     kept[j] = transform(image) if transform is not None else image
                 if j >= last:
                     break
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             raise ClipError(f"cannot decode frame {j + 1} of {path} ({type(error).__name__}: {error}): the "
                             f"file is corrupt; re-download or re-encode it") from error
     if j < last:
@@ -172,7 +172,7 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     h, w = image.shape[:2]
     if h < size or w < size:
         raise ValueError(f"cannot crop {size}x{size} out of a {w}x{h} frame")
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    top, left = round((h - size) / 2.0), round((w - size) / 2.0)
     return image[top:top + size, left:left + size]
 
 

@@ -27,7 +27,7 @@ def _counting_video(path, n: int, fps: float, size=(48, 64)) -> None:
 
 
 def _index_of(frame: np.ndarray) -> int:
-    return int(round(float(frame.mean()) / 8))
+    return round(float(frame.mean()) / 8)
 
 
 def test_frame_times_of_a_generated_clip(tmp_path):
