@@ -1,9 +1,10 @@
 """The Net2Net-style wrapper of stage 2: a frozen codebook, the column-major permuter and the GPT (spec §4.4).
 
-State-dict layout (the original's): `first_stage_model.*` (a VQModel without `loss.*`), `first_stage_permuter.*`,
-`transformer.*`. The condition (features (B, D, S) or class ids (B,)) goes to the GPT as it is; the original's
-cond stages (RawFeatsStage, ClassOnlyStage) are identities without parameters.
+State-dict layout (the original's): `first_stage_model.*` (a VQModel without `loss.*`),
+`first_stage_permuter.*`, `transformer.*`. The condition (features (B, D, S) or class ids (B,)) goes to the
+GPT as it is; the original's cond stages (RawFeatsStage, ClassOnlyStage) are identities without parameters.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,7 +18,9 @@ from models.permuter import ColumnMajor
 class Net2NetTransformer(nn.Module):
     """Codebook (frozen, always in eval mode) + permuter + GPT; only `transformer` is trained."""
 
-    def __init__(self, first_stage_model: nn.Module, transformer: GPT, permuter: ColumnMajor | None = None) -> None:
+    def __init__(
+        self, first_stage_model: nn.Module, transformer: GPT, permuter: ColumnMajor | None = None
+    ) -> None:
         super().__init__()
         self.first_stage_model = first_stage_model
         self.first_stage_permuter = permuter if permuter is not None else ColumnMajor()
@@ -38,22 +41,24 @@ class Net2NetTransformer(nn.Module):
 
     @torch.no_grad()
     def encode_to_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Spectrograms (B, 1, F, T) or (B, F, T) in [-1, 1] -> token sequences (B, F' * T') in column-major order."""
+        """Spectrograms (B, 1, F, T) or (B, F, T) in [-1, 1] -> tokens (B, F' * T'), column-major."""
         if x.dim() == 3:
             x = x.unsqueeze(1)  # (B, 1, F, T)
-        with torch.autocast(x.device.type, enabled=False):  # the frozen codebook picks codes in fp32 under AMP
+        with torch.autocast(
+            x.device.type, enabled=False
+        ):  # the frozen codebook picks codes in fp32 under AMP
             indices = self.first_stage_model.encode_indices(x.float())  # (B, F', T') raster
         return self.first_stage_permuter(indices.reshape(indices.shape[0], -1))  # (B, F' * T')
 
     def loss_from_tokens(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the GPT over every token (spec §4.4).
 
-        Input: S condition embeddings + tokens z_0 .. z_{L-2}; logits from position S - 1 on, so output S - 1 + i
-        predicts z_i (z_0 from the last condition position); the mean over B x L targets.
+        Input: S condition embeddings + tokens z_0 .. z_{L-2}; logits from position S - 1 on, so output S - 1
+        + i predicts z_i (z_0 from the last condition position); the mean over B x L targets.
         """
         S = self.transformer.condition_length(cond)
         logits = self.transformer(tokens[:, :-1], cond)  # (B, S + L - 1, vocab)
-        logits = logits[:, S - 1:]  # (B, L, vocab)
+        logits = logits[:, S - 1 :]  # (B, L, vocab)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -62,7 +67,7 @@ class Net2NetTransformer(nn.Module):
 
     @torch.no_grad()
     def decode_to_spec(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token sequences (B, H * W') in column-major order -> spectrograms (B, 1, 16 H, 16 W') in [-1, 1]-ish.
+        """Tokens (B, H * W') in column-major order -> spectrograms (B, 1, 16 H, 16 W') in [-1, 1]-ish.
 
         W' may be any whole number of columns (longer samples decode as one wider grid).
         """
@@ -71,8 +76,8 @@ class Net2NetTransformer(nn.Module):
         return self.first_stage_model.decode_code(raster.view(tokens.shape[0], H, -1))  # (B, 1, 16 H, 16 W')
 
     def transformer_param_groups(self, weight_decay: float = 0.01) -> list[dict]:
-        """AdamW groups (spec §4.5): decay for the weights of every nn.Linear in the transformer; none for biases,
-        LayerNorm and Embedding weights, the condition embedder and `pos_emb`."""
+        """AdamW groups (spec §4.5): decay for the weights of every nn.Linear in the transformer; none for
+        biases, LayerNorm and Embedding weights, the condition embedder and `pos_emb`."""
         decay = set()
         for module_name, module in self.transformer.named_modules():
             if isinstance(module, nn.Linear):

@@ -1,9 +1,10 @@
 """The stage-2 transformer: minGPT with the original's parameter names, plus a key/value cache.
 
-State-dict layout (the original's, spec §4.8): `tok_emb`, `pos_emb` (1, block_size, n_embd), `blocks.{i}.{ln1, ln2,
-attn.{key, query, value, proj}, attn.mask, mlp.0, mlp.2}`, `ln_f`, `head` (no bias), and the condition's `embedder`.
-The causal `attn.mask` buffer (1, 1, block_size, block_size) is saved, as in the original, so that checkpoints load
-strictly; the fast path uses SDPA's own causal masking, the mask is read only when attention maps are requested.
+State-dict layout (the original's, spec §4.8): `tok_emb`, `pos_emb` (1, block_size, n_embd), `blocks.{i}.{ln1,
+ln2, attn.{key, query, value, proj}, attn.mask, mlp.0, mlp.2}`, `ln_f`, `head` (no bias), and the condition's
+`embedder`. The causal `attn.mask` buffer (1, 1, block_size, block_size) is saved, as in the original, so that
+checkpoints load strictly; the fast path uses SDPA's own causal masking, the mask is read only when attention
+maps are requested.
 
 Conditioning (spec §4.2, §4.7): the condition's S embeddings come first, the tokens after them, and learned
 positions are added to the concatenation. The whole sequence is causally masked, condition included.
@@ -11,6 +12,7 @@ positions are added to the concatenation. The whole sequence is causally masked,
 - `GPTClass`: class ids (B,) or (B, 1) -> nn.Embedding(n_classes, n_embd) -> (B, 1, n_embd).
 - "No Feats" is a `GPTFeats` fed random U[0, 1) vectors (the data layer draws them).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +27,8 @@ from torch import nn
 class KVCache:
     """Preallocated keys and values of every layer, filled left to right.
 
-    `k` and `v` are (n_layer, B, n_head, max_len, head_dim); `length` positions hold valid entries. New entries are
-    written in place, so a step costs no copy of the cache.
+    `k` and `v` are (n_layer, B, n_head, max_len, head_dim); `length` positions hold valid entries. New
+    entries are written in place, so a step costs no copy of the cache.
     """
 
     k: torch.Tensor
@@ -44,8 +46,9 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with separate key/query/value projections (minGPT naming)."""
 
-    def __init__(self, n_embd: int, n_head: int, block_size: int, attn_pdrop: float = 0.0,
-                 resid_pdrop: float = 0.0) -> None:
+    def __init__(
+        self, n_embd: int, n_head: int, block_size: int, attn_pdrop: float = 0.0, resid_pdrop: float = 0.0
+    ) -> None:
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd {n_embd} is not divisible by n_head {n_head}")
@@ -57,18 +60,22 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(resid_pdrop)
         self.proj = nn.Linear(n_embd, n_embd)
         # saved in the state dict like the original's, which ties a checkpoint to its block_size
-        self.register_buffer("mask", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size))
+        self.register_buffer(
+            "mask", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size)
+        )
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         return x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, n_head, T, head_dim)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, cache: KVCache | None = None,
-                layer: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False, cache: KVCache | None = None, layer: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, C) -> (y (B, T, C), attention (B, n_head, T, T) or None).
 
-        With `cache`, x holds the positions `cache.length .. cache.length + T - 1`; their keys and values are written
-        into the cache and the queries attend to every cached position before them (the caller advances `length`).
+        With `cache`, x holds the positions `cache.length .. cache.length + T - 1`; their keys and values are
+        written into the cache and the queries attend to every cached position before them (the caller
+        advances `length`).
         """
         B, T, C = x.shape
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
@@ -92,8 +99,9 @@ class CausalSelfAttention(nn.Module):
             att = self.attn_drop(F.softmax(scores, dim=-1))
             y = att @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               dropout_p=self.attn_drop.p if self.training else 0.0)
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.attn_drop.p if self.training else 0.0
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, n_head * head_dim)
         return self.resid_drop(self.proj(y)), att
 
@@ -101,8 +109,9 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    def __init__(self, n_embd: int, n_head: int, block_size: int, attn_pdrop: float = 0.0,
-                 resid_pdrop: float = 0.0) -> None:
+    def __init__(
+        self, n_embd: int, n_head: int, block_size: int, attn_pdrop: float = 0.0, resid_pdrop: float = 0.0
+    ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(n_embd)
         self.ln2 = nn.LayerNorm(n_embd)
@@ -114,8 +123,9 @@ class Block(nn.Module):
             nn.Dropout(resid_pdrop),
         )
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, cache: KVCache | None = None,
-                layer: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False, cache: KVCache | None = None, layer: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         a, att = self.attn(self.ln1(x), return_attention, cache, layer)
         x = x + a
         x = x + self.mlp(self.ln2(x))
@@ -128,8 +138,17 @@ class GPT(nn.Module):
     Dropouts default to 0, as in every original config (spec §4.2).
     """
 
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int = 24, n_head: int = 16, n_embd: int = 1024,
-                 embd_pdrop: float = 0.0, resid_pdrop: float = 0.0, attn_pdrop: float = 0.0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        n_layer: int = 24,
+        n_head: int = 16,
+        n_embd: int = 1024,
+        embd_pdrop: float = 0.0,
+        resid_pdrop: float = 0.0,
+        attn_pdrop: float = 0.0,
+    ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.block_size = block_size
@@ -137,8 +156,9 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(vocab_size, n_embd)
         self.pos_emb = nn.Parameter(torch.zeros(1, block_size, n_embd))
         self.drop = nn.Dropout(embd_pdrop)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head, block_size, attn_pdrop, resid_pdrop)
-                                      for _ in range(n_layer)])
+        self.blocks = nn.Sequential(
+            *[Block(n_embd, n_head, block_size, attn_pdrop, resid_pdrop) for _ in range(n_layer)]
+        )
         self.ln_f = nn.LayerNorm(n_embd)
         self.head = nn.Linear(n_embd, vocab_size, bias=False)
         self.apply(self._init_weights)
@@ -153,7 +173,8 @@ class GPT(nn.Module):
             module.bias.data.zero_()
             module.weight.data.fill_(1.0)
 
-    # --- condition -------------------------------------------------------------------------------------------
+    # --- condition
+    # -------------------------------------------------------------------------------------------
     def embed_condition(self, cond: torch.Tensor | None) -> torch.Tensor | None:
         """The condition's embeddings (B, S, n_embd); the plain GPT has no condition."""
         return None
@@ -162,25 +183,31 @@ class GPT(nn.Module):
         """S, the number of positions the condition takes."""
         return 0
 
-    # --- forward ---------------------------------------------------------------------------------------------
+    # --- forward
+    # ---------------------------------------------------------------------------------------------
     def embed(self, idx: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """[condition embeddings, token embeddings] (B, S + T, n_embd), before positions are added."""
         tokens = self.tok_emb(idx)  # (B, T, n_embd)
         prefix = self.embed_condition(cond)
         return tokens if prefix is None else torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
 
-    def forward_embeddings(self, x: torch.Tensor, return_attention: bool = False, cache: KVCache | None = None,
-                           last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_embeddings(
+        self,
+        x: torch.Tensor,
+        return_attention: bool = False,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Embeddings (B, T, n_embd) -> logits (B, T, vocab) and the last layer's attention.
 
-        With `cache`, x holds positions `cache.length ..`; the cache is advanced by T. `last_only` computes the
-        head for the last position only (B, 1, vocab).
+        With `cache`, x holds positions `cache.length ..`; the cache is advanced by T. `last_only` computes
+        the head for the last position only (B, 1, vocab).
         """
         B, T, _ = x.shape
         start = cache.length if cache is not None else 0
         if start + T > self.block_size:
             raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.block_size}")
-        x = self.drop(x + self.pos_emb[:, start:start + T])
+        x = self.drop(x + self.pos_emb[:, start : start + T])
         att = None
         for i, block in enumerate(self.blocks):
             x, att = block(x, return_attention and i == len(self.blocks) - 1, cache, i)
@@ -191,27 +218,30 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x)), att
 
     def forward(self, idx: torch.Tensor, cond: torch.Tensor | None = None, return_attention: bool = False):
-        """idx (B, T) int64 and the condition -> logits (B, S + T, vocab) [, attention (B, n_head, S+T, S+T)]."""
+        """idx (B, T) int64 and the condition -> logits (B, S+T, vocab) [, attention (B, heads, S+T, S+T)]."""
         logits, att = self.forward_embeddings(self.embed(idx, cond), return_attention)
         return (logits, att) if return_attention else logits
 
-    # --- incremental decoding --------------------------------------------------------------------------------
+    # --- incremental decoding
+    # --------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache for `batch_size` sequences of up to `max_len` (default block_size) positions."""
         max_len = max_len or self.block_size
         p = self.pos_emb
         shape = (self.n_layer, batch_size, self.n_head, max_len, self.n_embd // self.n_head)
-        return KVCache(torch.empty(shape, dtype=p.dtype, device=p.device),
-                       torch.empty(shape, dtype=p.dtype, device=p.device))
+        return KVCache(
+            torch.empty(shape, dtype=p.dtype, device=p.device),
+            torch.empty(shape, dtype=p.dtype, device=p.device),
+        )
 
     def prefill(self, idx: torch.Tensor, cond: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
-        """Resets the cache, runs [condition, idx] through it and returns the last position's logits (B, vocab)."""
+        """Resets the cache, runs [condition, idx] through it -> the last position's logits (B, vocab)."""
         cache.reset()
         logits, _ = self.forward_embeddings(self.embed(idx, cond), cache=cache, last_only=True)
         return logits[:, -1]
 
     def step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Appends tokens idx (B,) or (B, T) after the cached positions -> the last position's logits (B, vocab)."""
+        """Appends tokens idx (B,) or (B, T) after the cached ones -> the last logits (B, vocab)."""
         if idx.dim() == 1:
             idx = idx[:, None]  # (B, 1)
         logits, _ = self.forward_embeddings(self.tok_emb(idx), cache=cache, last_only=True)
@@ -228,8 +258,10 @@ class GPTFeats(GPT):
 
     def embed_condition(self, cond: torch.Tensor | None) -> torch.Tensor:
         if cond is None or cond.dim() != 3:
-            raise ValueError(f"GPTFeats needs features (B, feat_depth, S), got "
-                             f"{None if cond is None else tuple(cond.shape)}")
+            raise ValueError(
+                f"GPTFeats needs features (B, feat_depth, S), got "
+                f"{None if cond is None else tuple(cond.shape)}"
+            )
         w = self.embedder.weight
         return self.embedder(cond.to(w.dtype)).permute(0, 2, 1)  # (B, n_embd, S) -> (B, S, n_embd)
 
@@ -254,7 +286,7 @@ class GPTClass(GPT):
 
 
 def build_gpt(condition: str = "features", **kwargs) -> GPT:
-    """`condition` features|none -> GPTFeats, class -> GPTClass, unconditional -> GPT; kwargs are the model's."""
+    """`condition` features|none -> GPTFeats, class -> GPTClass, unconditional -> GPT; kwargs: the model's."""
     if condition in ("features", "none"):
         kwargs.pop("n_classes", None)
         return GPTFeats(**kwargs)

@@ -1,8 +1,10 @@
 """Token order of the codebook grid (spec §4.3): column-major over a 5 (frequency) x 53 (time) grid.
 
-The quantiser's raster index is r = f * W + t (row f = frequency, 0 = lowest band; column t = time). The sequence
-position is p = t * H + f: time left to right, and within a column the H rows from low to high frequency.
+The quantiser's raster index is r = f * W + t (row f = frequency, 0 = lowest band; column t = time). The
+sequence position is p = t * H + f: time left to right, and within a column the H rows from low to high
+frequency.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,25 +4,28 @@ Both functions return tokens (B, num_tokens) int64 in sequence (column-major) or
 `decode_to_spec` turns them into spectrograms.
 
 The original (spec §4.6(2), §9.1) recomputes the whole sequence for every token. For step (i, j) (row i of
-column j) it forwards [condition, the tokens of a 5 x 53 window] whose first column is
-js = clamp(j - 26, 0, cols - 53) and reads the logits at the local position (j - js) * 5 + i. For 265 tokens js is
-always 0 and this is the plain 10-s sampler. Because the mask is causal, only the window's tokens before the
-local position matter, so a sampler may instead keep the keys and values of [condition, window tokens so far].
+column j) it forwards [condition, the tokens of a 5 x 53 window] whose first column is js = clamp(j - 26, 0,
+cols - 53) and reads the logits at the local position (j - js) * 5 + i. For 265 tokens js is always 0 and this
+is the plain 10-s sampler. Because the mask is causal, only the window's tokens before the local position
+matter, so a sampler may instead keep the keys and values of [condition, window tokens so far].
 
-`sample` does so, and is exact (greedy tokens equal the reference's): while the window stays put it appends one
-token per step to a preallocated cache; when the window moves (once per new column after column 26, all 5 rows
-of a column share one window) positions shift under the learned position embeddings, so it rebuilds the cache
-with one batched forward over [condition, the 26 columns before j] (S + 130 positions) and then steps through
-the column's 5 rows. A 10-s clip costs one prefill plus 265 single-token steps; W = 53k columns cost one prefill
-per column after the first 27.
+`sample` does so, and is exact (greedy tokens equal the reference's): while the window stays put it appends
+one token per step to a preallocated cache; when the window moves (once per new column after column 26, all 5
+rows of a column share one window) positions shift under the learned position embeddings, so it rebuilds the
+cache with one batched forward over [condition, the 26 columns before j] (S + 130 positions) and then steps
+through the column's 5 rows. A 10-s clip costs one prefill plus 265 single-token steps; W = 53k columns cost
+one prefill per column after the first 27.
 
 Condition alignment in long samples: by default the **whole** condition is passed at every step, as the
-original's tool does, so a 20-s sample is conditioned on the same S frames throughout. With `slide_cond=True` the
-condition is read as covering the whole output (S_total frames over all columns) and every window gets its own
-S frames starting at frame round(js * S_total / cols), clamped to the end; with S_total = 212k frames for 53k
-columns that is 4 frames per column, the frames under the window.
+original's tool does, so a 20-s sample is conditioned on the same S frames throughout. With `slide_cond=True`
+the condition is read as covering the whole output (S_total frames over all columns) and every window gets its
+own S frames starting at frame round(js * S_total / cols), clamped to the end; with S_total = 212k frames for
+53k columns that is 4 frames per column, the frames under the window.
 """
+
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 
@@ -32,8 +35,8 @@ MODES = ("nopix", "half")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """Sets to -inf every logit outside the top-k (kept: logits >= the k-th largest, ties included) and
-    outside the nucleus (the smallest set of most probable tokens whose probability reaches top_p)."""
+    """Sets to -inf every logit outside the top-k (kept: logits >= the k-th largest, ties kept) and outside
+    the nucleus (the smallest set of most probable tokens whose probability reaches top_p)."""
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -48,10 +51,15 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
-def pick_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, greedy: bool = False,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, vocab) -> tokens (B,): argmax when greedy, else a draw after temperature, top-k and top-p."""
+def pick_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """logits (B, vocab) -> tokens (B,): argmax when greedy, else a draw after temperature, top-k, top-p."""
     if greedy:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
@@ -88,8 +96,10 @@ def _plan(gpt: GPT, cond, num_tokens: int, mode: str, gt_tokens, grid, batch: in
             raise ValueError(f"mode 'half' needs gt_tokens (B={batch}, >= {n_prime}) in sequence order")
     S = gpt.condition_length(cond)
     if S + min(num_tokens, H * W) - 1 > gpt.block_size:
-        raise ValueError(f"condition of {S} positions + {min(num_tokens, H * W) - 1} tokens exceeds the model's "
-                         f"block_size {gpt.block_size}: is feat_sample_size the one it was trained with?")
+        raise ValueError(
+            f"condition of {S} positions + {min(num_tokens, H * W) - 1} tokens exceeds the model's "
+            f"block_size {gpt.block_size}: is feat_sample_size the one it was trained with?"
+        )
     return H, W, cols, n_prime, S
 
 
@@ -102,7 +112,7 @@ def _window_cond(cond, js: int, cols: int, S: int, slide_cond: bool):
         return cond
     total = cond.shape[-1]
     f0 = max(0, min(round(js * total / cols), total - S))
-    return cond[..., f0:f0 + S]
+    return cond[..., f0 : f0 + S]
 
 
 def _batch_size(cond, gt_tokens) -> int:
@@ -114,10 +124,21 @@ def _batch_size(cond, gt_tokens) -> int:
 
 
 @torch.inference_mode()
-def sample(model, cond, num_tokens: int = 265, mode: str = "nopix", temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None, gt_tokens: torch.Tensor | None = None,
-           generator: torch.Generator | None = None, greedy: bool = False, slide_cond: bool = False,
-           cond_frames: int | None = None, grid: tuple[int, int] | None = None) -> torch.Tensor:
+def sample(
+    model,
+    cond,
+    num_tokens: int = 265,
+    mode: str = "nopix",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    gt_tokens: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+    slide_cond: bool = False,
+    cond_frames: int | None = None,
+    grid: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """KV-cached sampling of `num_tokens` tokens (B, num_tokens), exact w.r.t. `sample_uncached`.
 
     model: the wrapper (uses .transformer and the permuter's grid) or a GPT. cond: features (B, D, S) or class
@@ -129,7 +150,7 @@ def sample(model, cond, num_tokens: int = 265, mode: str = "nopix", temperature:
     B = _batch_size(cond, gt_tokens)
     H, W = _grid(model, grid)
     S_win = cond_frames or gpt.block_size - H * W
-    window_cond = (lambda js: _window_cond(cond, js, -(-num_tokens // H), S_win, slide_cond))
+    window_cond = partial(_window_cond, cond, cols=-(-num_tokens // H), S=S_win, slide_cond=slide_cond)
     H, W, cols, n_prime, S = _plan(gpt, window_cond(0), num_tokens, mode, gt_tokens, (H, W), B)
     device = gpt.pos_emb.device
     tokens = torch.zeros(B, num_tokens, dtype=torch.long, device=device)
@@ -140,7 +161,7 @@ def sample(model, cond, num_tokens: int = 265, mode: str = "nopix", temperature:
     for pos in range(n_prime, num_tokens):
         js = _window_start(pos // H, cols, W)
         if js != current_js:  # new window: positions shift, rebuild the cache in one forward
-            logits = gpt.prefill(tokens[:, js * H:pos], window_cond(js), cache)
+            logits = gpt.prefill(tokens[:, js * H : pos], window_cond(js), cache)
             current_js, cached_to = js, pos
         else:
             logits = gpt.step(tokens[:, cached_to:pos], cache)
@@ -150,34 +171,47 @@ def sample(model, cond, num_tokens: int = 265, mode: str = "nopix", temperature:
 
 
 @torch.inference_mode()
-def sample_uncached(model, cond, num_tokens: int = 265, mode: str = "nopix", temperature: float = 1.0,
-                    top_k: int | None = None, top_p: float | None = None, gt_tokens: torch.Tensor | None = None,
-                    generator: torch.Generator | None = None, greedy: bool = False, slide_cond: bool = False,
-                    cond_frames: int | None = None, grid: tuple[int, int] | None = None,
-                    steps: list[int] | None = None) -> torch.Tensor:
-    """The original's procedure (spec §4.6(2), §9.1): a zero-filled buffer, and for every step a full forward of
+def sample_uncached(
+    model,
+    cond,
+    num_tokens: int = 265,
+    mode: str = "nopix",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    gt_tokens: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+    slide_cond: bool = False,
+    cond_frames: int | None = None,
+    grid: tuple[int, int] | None = None,
+    steps: list[int] | None = None,
+) -> torch.Tensor:
+    """The original's procedure (spec §4.6(2), §9.1): a zero-filled buffer and, for every step, a forward of
     [condition, the window's 5 * 53 - 1 buffer slots], reading the logits at the step's local position.
 
-    `steps` (positions) restricts the loop to those steps, for timing a sample of them or spot-checking another
-    sampler: the other slots then hold `gt_tokens` where given (all of them, whatever the mode), else 0.
+    `steps` (positions) restricts the loop to those steps, for timing a sample of them or spot-checking
+    another sampler: the other slots then hold `gt_tokens` where given (all of them, whatever the mode), else
+    0.
     """
     gpt = _gpt(model)
     B = _batch_size(cond, gt_tokens)
     H, W = _grid(model, grid)
     S_win = cond_frames or gpt.block_size - H * W
-    window_cond = (lambda js: _window_cond(cond, js, -(-num_tokens // H), S_win, slide_cond))
+    window_cond = partial(_window_cond, cond, cols=-(-num_tokens // H), S=S_win, slide_cond=slide_cond)
     H, W, cols, n_prime, S = _plan(gpt, window_cond(0), num_tokens, mode, gt_tokens, (H, W), B)
     device = gpt.pos_emb.device
     buffer = torch.zeros(B, max(num_tokens, H * W), dtype=torch.long, device=device)
     if n_prime:
         buffer[:, :n_prime] = gt_tokens[:, :n_prime].to(device)
     if steps is not None and gt_tokens is not None:
-        buffer[:, :gt_tokens.shape[1]] = gt_tokens[:, :buffer.shape[1]].to(device)
-    for pos in (steps if steps is not None else range(n_prime, num_tokens)):
+        buffer[:, : gt_tokens.shape[1]] = gt_tokens[:, : buffer.shape[1]].to(device)
+    for pos in steps if steps is not None else range(n_prime, num_tokens):
         js = _window_start(pos // H, cols, W)
         c = window_cond(js)
-        logits = gpt(buffer[:, js * H:js * H + H * W - 1], c)  # (B, S + 264, vocab)
+        logits = gpt(buffer[:, js * H : js * H + H * W - 1], c)  # (B, S + 264, vocab)
         local = pos - js * H
-        buffer[:, pos] = pick_token(logits[:, gpt.condition_length(c) - 1 + local], temperature, top_k, top_p,
-                                    greedy, generator)
+        buffer[:, pos] = pick_token(
+            logits[:, gpt.condition_length(c) - 1 + local], temperature, top_k, top_p, greedy, generator
+        )
     return buffer[:, :num_tokens]

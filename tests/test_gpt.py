@@ -1,4 +1,5 @@
 """The GPT, the permuter and the Net2Net wrapper: shapes, masking, cache, init, and the original's numbers."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ from models.permuter import ColumnMajor
 
 def tiny_feats(feat_depth: int = 8, S: int = 3, **kw) -> GPTFeats:
     torch.manual_seed(0)
-    return GPTFeats(vocab_size=16, block_size=265 + S, feat_depth=feat_depth, n_layer=2, n_head=4, n_embd=32,
-                    **kw).eval()
-
+    return GPTFeats(
+        vocab_size=16, block_size=265 + S, feat_depth=feat_depth, n_layer=2, n_head=4, n_embd=32, **kw
+    ).eval()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -27,6 +28,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="module")
 def original_small(original_fixtures):
@@ -58,8 +60,8 @@ def test_causal_masking_future_tokens_never_change_earlier_logits():
     changed = idx.clone()
     changed[:, 12:] = (changed[:, 12:] + 1) % 16
     out = model(changed, feats)
-    torch.testing.assert_close(out[:, :3 + 12], base[:, :3 + 12], atol=0, rtol=0)
-    assert not torch.allclose(out[:, 3 + 12:], base[:, 3 + 12:])
+    torch.testing.assert_close(out[:, : 3 + 12], base[:, : 3 + 12], atol=0, rtol=0)
+    assert not torch.allclose(out[:, 3 + 12 :], base[:, 3 + 12 :])
 
 
 def test_cached_logits_equal_full_recomputation():
@@ -96,8 +98,10 @@ def test_class_and_no_feature_conditioning():
     logits = model(torch.randint(0, 16, (3, 264)), torch.tensor([0, 5, 7]))
     assert logits.shape == (3, 265, 16)
     assert model.embedder.weight.shape == (8, 16)
-    assert torch.equal(model(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[5]])),
-                       model(torch.zeros(1, 4, dtype=torch.long), torch.tensor([5])))
+    assert torch.equal(
+        model(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[5]])),
+        model(torch.zeros(1, 4, dtype=torch.long), torch.tensor([5])),
+    )
     # "No Feats": a GPTFeats with one random U[0, 1) vector (the data layer draws it), block 266
     nofeats = GPTFeats(vocab_size=16, block_size=266, feat_depth=2048, n_layer=1, n_head=2, n_embd=16).eval()
     assert nofeats(torch.randint(0, 16, (2, 264)), torch.rand(2, 2048, 1)).shape == (2, 265, 16)
@@ -106,7 +110,9 @@ def test_class_and_no_feature_conditioning():
 def test_logits_equal_the_originals(original_small):
     ckpt, io, cfg = original_small
     model = GPTFeats(**cfg["gpt"], feat_depth=2048).eval()
-    model.load_state_dict({k[len("transformer."):]: v for k, v in ckpt.items() if k.startswith("transformer.")})
+    model.load_state_dict(
+        {k[len("transformer.") :]: v for k, v in ckpt.items() if k.startswith("transformer.")}
+    )
     with torch.no_grad():
         logits = model(io["tokens"], io["features"])
     torch.testing.assert_close(logits, io["logits"], atol=1e-4, rtol=1e-4)

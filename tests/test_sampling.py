@@ -1,4 +1,5 @@
 """The KV-cached sampler against the original's procedure and its recorded greedy tokens."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ from models.gpt import GPTClass, GPTFeats
 from pipeline.sampling import filter_logits, pick_token, sample, sample_uncached
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models on a shared 2-core machine: a second thread only adds synchronisation (35x slower when the
@@ -20,13 +20,16 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
 @pytest.fixture(scope="module")
 def original(original_fixtures):
     ckpt = torch.load(original_fixtures / "transformer_small.ckpt", weights_only=True)["state_dict"]
     io = torch.load(original_fixtures / "transformer_small_io.pt", weights_only=True)
     cfg = json.loads((original_fixtures / "config_small.json").read_text())
     model = GPTFeats(**cfg["gpt"], feat_depth=2048).eval()
-    model.load_state_dict({k[len("transformer."):]: v for k, v in ckpt.items() if k.startswith("transformer.")})
+    model.load_state_dict(
+        {k[len("transformer.") :]: v for k, v in ckpt.items() if k.startswith("transformer.")}
+    )
     return model, io
 
 
@@ -66,8 +69,10 @@ def test_class_conditioned_sampling():
     torch.manual_seed(2)
     model = GPTClass(vocab_size=10, block_size=266, n_classes=4, n_layer=1, n_head=2, n_embd=16).eval()
     cls = torch.tensor([0, 3])
-    assert torch.equal(sample(model, cls, num_tokens=40, greedy=True),
-                       sample_uncached(model, cls, num_tokens=40, greedy=True))
+    assert torch.equal(
+        sample(model, cls, num_tokens=40, greedy=True),
+        sample_uncached(model, cls, num_tokens=40, greedy=True),
+    )
 
 
 def test_half_mode_keeps_the_primed_tokens():
@@ -78,7 +83,9 @@ def test_half_mode_keeps_the_primed_tokens():
     out = sample(model, feats, top_k=5, generator=torch.Generator().manual_seed(0), **kw)
     assert torch.equal(out[:, :20], gt[:, :20])  # (8 // 2) * 5; (53 // 2) * 5 = 130 on the paper's grid
     assert not torch.equal(out[:, 20:], gt[:, 20:40])
-    assert torch.equal(sample(model, feats, greedy=True, **kw), sample_uncached(model, feats, greedy=True, **kw))
+    assert torch.equal(
+        sample(model, feats, greedy=True, **kw), sample_uncached(model, feats, greedy=True, **kw)
+    )
     with pytest.raises(ValueError, match="gt_tokens"):
         sample(model, feats, mode="half")
 
@@ -109,8 +116,12 @@ def test_sliding_window_on_the_paper_grid(original):
 def test_sampling_is_reproducible_with_a_generator():
     model = tiny()
     feats = torch.randn(2, 6, 2)
-    a = sample(model, feats, num_tokens=40, grid=GRID, generator=torch.Generator().manual_seed(3), temperature=1.5)
-    b = sample(model, feats, num_tokens=40, grid=GRID, generator=torch.Generator().manual_seed(3), temperature=1.5)
+    a = sample(
+        model, feats, num_tokens=40, grid=GRID, generator=torch.Generator().manual_seed(3), temperature=1.5
+    )
+    b = sample(
+        model, feats, num_tokens=40, grid=GRID, generator=torch.Generator().manual_seed(3), temperature=1.5
+    )
     assert torch.equal(a, b)
 
 
@@ -120,7 +131,9 @@ def test_top_k_keeps_logits_at_least_the_kth_largest():
     assert kept.tolist() == [True, False, True, True, False, False]
     ties = torch.isfinite(filter_logits(logits, top_k=2))[0]  # the 2nd largest is tied: both stay
     assert ties.tolist() == [True, False, True, True, False, False]
-    draws = pick_token(torch.randn(1, 50).expand(2000, 50), top_k=4, generator=torch.Generator().manual_seed(0))
+    draws = pick_token(
+        torch.randn(1, 50).expand(2000, 50), top_k=4, generator=torch.Generator().manual_seed(0)
+    )
     assert len(draws.unique()) == 4
 
 

@@ -1,4 +1,5 @@
-"""load_transformer: the original's checkpoints, ours, strictness, config checks, and the paper's key layout."""
+"""load_transformer: the original's checkpoints, ours, strictness, config checks, the paper's key layout."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,12 @@ from omegaconf import OmegaConf
 
 import pipeline.config  # noqa: F401  (registers resolvers)
 from pipeline.pretrained import load_transformer
-from pipeline.pretrained.transformer import (build_transformer, build_vqmodel, check_compatible,
-                                             model_args_from_config)
+from pipeline.pretrained.transformer import (
+    build_transformer,
+    build_vqmodel,
+    check_compatible,
+    model_args_from_config,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -70,17 +75,30 @@ def test_our_checkpoint_round_trip_and_config_check(small, tmp_path):
     original = load_transformer(path, n_head=2)
     ours = tmp_path / "best.pt"
     vq_args = {"ddconfig": cfg["ddconfig"], "n_embed": cfg["n_embed"], "embed_dim": cfg["embed_dim"]}
-    torch.save({"format": "specvqgan-pipeline", "kind": "transformer", "model_args": original.model_args,
-                "state_dict": original.state_dict(), "codebook": {"model_args": vq_args}}, ours)
+    torch.save(
+        {
+            "format": "specvqgan-pipeline",
+            "kind": "transformer",
+            "model_args": original.model_args,
+            "state_dict": original.state_dict(),
+            "codebook": {"model_args": vq_args},
+        },
+        ours,
+    )
     model = load_transformer(ours)
     with torch.no_grad():
-        torch.testing.assert_close(model.transformer(io["tokens"], io["features"]), io["logits"],
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            model.transformer(io["tokens"], io["features"]), io["logits"], atol=1e-4, rtol=1e-4
+        )
     # a config with another condition size is refused before any weights are read
-    tiny = transformer_cfg("tiny", "transformer.vocab_size=16", "transformer.n_head=2", "transformer.feat_sample_size=212")
+    tiny = transformer_cfg(
+        "tiny", "transformer.vocab_size=16", "transformer.n_head=2", "transformer.feat_sample_size=212"
+    )
     with pytest.raises(ValueError, match="feat_sample_size.*5.*212"):
         load_transformer(ours, cfg=tiny)
-    check_compatible(original.model_args, transformer_cfg("tiny", "transformer.vocab_size=16"))  # 5 feats: fits
+    check_compatible(
+        original.model_args, transformer_cfg("tiny", "transformer.vocab_size=16")
+    )  # 5 feats: fits
     with pytest.raises(ValueError, match="block_size"):
         check_compatible(original.model_args, transformer_cfg("vas"))
 

@@ -2,11 +2,12 @@
 
 Random weights (timing does not depend on them), batch 1, CPU, one thread (`BENCH_THREADS` to change it).
 Times are reported as wall clock and as this process's CPU time; on a shared machine the CPU time is the
-steadier of the two, and the speed-up is given for both.
-The original recomputes [condition, 264 buffer slots] for every token (spec §4.6(2)); a full run of that takes
-tens of minutes here, so only a few of its steps are timed, spread over the sequence, and the total over all 265
-steps is extrapolated by interpolating the per-step cost linearly in the position. The output says so.
+steadier of the two, and the speed-up is given for both. The original recomputes [condition, 264 buffer slots]
+for every token (spec §4.6(2)); a full run of that takes tens of minutes here, so only a few of its steps are
+timed, spread over the sequence, and the total over all 265 steps is extrapolated by interpolating the
+per-step cost linearly in the position. The output says so.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ BATCH16_STEPS = 16  # decoding steps timed at batch 16, after its prefill (a ful
 
 
 def _rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 class Clock:
@@ -48,34 +49,42 @@ def main() -> None:
     torch.manual_seed(0)
     model = GPTFeats(**PAPER).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"paper VAS transformer: {n_params / 1e6:.1f} M params, block {PAPER['block_size']}, "
-          f"{torch.get_num_threads()} thread(s), random weights; RSS after build {_rss_gib():.2f} GiB")
+    print(
+        f"paper VAS transformer: {n_params / 1e6:.1f} M params, block {PAPER['block_size']}, "
+        f"{torch.get_num_threads()} thread(s), random weights; RSS after build {_rss_gib():.2f} GiB"
+    )
     feats1 = torch.rand(1, 2048, S)
     gen = torch.Generator().manual_seed(0)
 
     sample(model, feats1, num_tokens=5, greedy=True)  # warm-up (allocator, kernels)
     with Clock() as cached:
         tokens = sample(model, feats1, top_k=64, generator=gen)
-    cache_mib = 2 * PAPER["n_layer"] * (S + NUM_TOKENS) * PAPER["n_embd"] * 4 / 2 ** 20
-    print(f"cached, batch 1: {NUM_TOKENS} tokens (prefill of the 212 feats included) in {cached} = "
-          f"{NUM_TOKENS / cached.wall:.1f} tokens/s wall, {NUM_TOKENS / cached.cpu:.1f} tokens/s CPU "
-          f"(KV cache {cache_mib:.0f} MiB per item; peak RSS so far {_rss_gib():.2f} GiB)")
+    cache_mib = 2 * PAPER["n_layer"] * (S + NUM_TOKENS) * PAPER["n_embd"] * 4 / 2**20
+    print(
+        f"cached, batch 1: {NUM_TOKENS} tokens (prefill of the 212 feats included) in {cached} = "
+        f"{NUM_TOKENS / cached.wall:.1f} tokens/s wall, {NUM_TOKENS / cached.cpu:.1f} tokens/s CPU "
+        f"(KV cache {cache_mib:.0f} MiB per item; peak RSS so far {_rss_gib():.2f} GiB)"
+    )
 
     with torch.inference_mode():  # batch 16: the prefill is done once at batch 1 and copied 16 times
         one = model.new_cache(1)
         with Clock() as prefill:
             logits = model.prefill(torch.zeros(1, 0, dtype=torch.long), feats1, one)
         cache = model.new_cache(16)
-        cache.k[:, :, :, :one.length] = one.k[:, :, :, :one.length]  # broadcast over the batch
-        cache.v[:, :, :, :one.length] = one.v[:, :, :, :one.length]
+        cache.k[:, :, :, : one.length] = one.k[:, :, :, : one.length]  # broadcast over the batch
+        cache.v[:, :, :, : one.length] = one.v[:, :, :, : one.length]
         cache.length = one.length
         logits = logits.expand(16, -1)
         with Clock() as steps:
             for _ in range(BATCH16_STEPS):
                 logits = model.step(logits.argmax(-1), cache)
     print(f"prefill of the 212 feats at batch 1: {prefill}")
-    print(f"cached, batch 16: {BATCH16_STEPS} decoding steps in {steps} = {16 * BATCH16_STEPS / steps.wall:.1f} "
-          f"tokens/s wall, {16 * BATCH16_STEPS / steps.cpu:.1f} tokens/s CPU (peak RSS so far {_rss_gib():.2f} GiB)")
+    print(
+        f"cached, batch 16: {BATCH16_STEPS} decoding steps in {steps} = "
+        f"{16 * BATCH16_STEPS / steps.wall:.1f} "
+        f"tokens/s wall, {16 * BATCH16_STEPS / steps.cpu:.1f} tokens/s CPU "
+        f"(peak RSS so far {_rss_gib():.2f} GiB)"
+    )
 
     wall, cpu = [], []
     for pos in TIMED_STEPS:
@@ -86,18 +95,27 @@ def main() -> None:
     positions = np.arange(NUM_TOKENS)
     total_wall = float(np.interp(positions, TIMED_STEPS, wall).sum())
     total_cpu = float(np.interp(positions, TIMED_STEPS, cpu).sum())
-    print("original procedure (full recomputation of [212 feats, 264 slots] per token, SDPA attention), batch 1: "
-          "timed steps " + ", ".join(f"{p}: {w:.2f}/{c:.2f} s" for p, w, c in zip(TIMED_STEPS, wall, cpu))
-          + f" (wall/CPU); EXTRAPOLATED to all {NUM_TOKENS} steps by linear interpolation in the position: "
-          f"{total_wall:.0f} s wall / {total_cpu:.0f} s CPU (peak RSS {_rss_gib():.2f} GiB)")
-    print(f"speed-up of the cached sampler at batch 1 (vs the extrapolated original): "
-          f"{total_wall / cached.wall:.1f}x wall, {total_cpu / cached.cpu:.1f}x CPU (target >= 30x)")
+    print(
+        "original procedure (full recomputation of [212 feats, 264 slots] per token, SDPA attention), "
+        "batch 1: "
+        "timed steps "
+        + ", ".join(f"{p}: {w:.2f}/{c:.2f} s" for p, w, c in zip(TIMED_STEPS, wall, cpu))
+        + f" (wall/CPU); EXTRAPOLATED to all {NUM_TOKENS} steps by linear interpolation in the position: "
+        f"{total_wall:.0f} s wall / {total_cpu:.0f} s CPU (peak RSS {_rss_gib():.2f} GiB)"
+    )
+    print(
+        f"speed-up of the cached sampler at batch 1 (vs the extrapolated original): "
+        f"{total_wall / cached.wall:.1f}x wall, {total_cpu / cached.cpu:.1f}x CPU (target >= 30x)"
+    )
     floor = _weight_stream_seconds(model)
-    print(f"bound: one cached step must read all {n_params * 4 / 2 ** 30:.2f} GiB of fp32 weights; the model's "
-          f"nn.Linear layers alone at batch 1 take {floor:.3f} s CPU here, the cached sampler "
-          f"{cached.cpu / NUM_TOKENS:.3f} s CPU per token ({100 * floor * NUM_TOKENS / cached.cpu:.0f}% of the "
-          f"memory-bandwidth bound); the original's step is compute-bound, so the ratio is set by this machine's "
-          f"FLOP/byte balance")
+    print(
+        f"bound: one cached step must read all {n_params * 4 / 2**30:.2f} GiB of fp32 weights; the model's "
+        f"nn.Linear layers alone at batch 1 take {floor:.3f} s CPU here, the cached sampler "
+        f"{cached.cpu / NUM_TOKENS:.3f} s CPU per token ({100 * floor * NUM_TOKENS / cached.cpu:.0f}% of the "
+        f"memory-bandwidth bound); the original's step is compute-bound, so the ratio is set by this "
+        f"machine's "
+        f"FLOP/byte balance"
+    )
 
 
 @torch.inference_mode()
@@ -110,6 +128,7 @@ def _weight_stream_seconds(model: torch.nn.Module, repeats: int = 3) -> float:
         for m in linears:
             m(inputs[m.in_features])
     return (time.process_time() - start) / repeats
+
 
 if __name__ == "__main__":
     main()

@@ -1,20 +1,22 @@
 """Loading a stage-2 transformer (the Net2Net wrapper: codebook + permuter + GPT) from a local file.
 
 Two formats, told apart by their content:
-(a) the original's released Net2NetTransformer `.ckpt`: `state_dict` with `transformer.*`, `first_stage_model.*`
-    (a VQModel without `loss.*`) and `first_stage_permuter.*`. The GPT's sizes are read from the shapes (vocab from
-    `tok_emb`, block_size from `pos_emb`, n_layer from the blocks, n_embd, feat_depth or n_classes from the
-    `embedder`); n_head is not in the shapes: pass it (default 16 for n_embd 1024, the paper's).
-    The codebook's ddconfig is read from the shapes too (spec §3.7); `resolution` is not stored and is taken as
-    848, the paper's, which only places the attention levels.
+(a) the original's released Net2NetTransformer `.ckpt`: `state_dict` with `transformer.*`,
+`first_stage_model.*` (a VQModel without `loss.*`) and `first_stage_permuter.*`. The GPT's sizes are read from
+the shapes (vocab from `tok_emb`, block_size from `pos_emb`, n_layer from the blocks, n_embd, feat_depth or
+n_classes from the `embedder`); n_head is not in the shapes: pass it (default 16 for n_embd 1024, the
+paper's). The codebook's ddconfig is read from the shapes too (spec §3.7); `resolution` is not stored and is
+taken as 848, the paper's, which only places the attention levels.
 (b) ours: {"format": "specvqgan-pipeline", "kind": "transformer", "model_args": {...}, "state_dict": {...},
-    "codebook": <path to a codebook checkpoint> | {"model_args": VQModel kwargs[, "state_dict": ...]} | None}.
-    With a dict, the codebook weights are `first_stage_model.*` in `state_dict` (or the dict's own state_dict).
+"codebook": <path to a codebook checkpoint> | {"model_args": VQModel kwargs[, "state_dict": ...]} | None}.
+With a dict, the codebook weights are `first_stage_model.*` in `state_dict` (or the dict's own
+state_dict).
 
-`codebook_path` replaces the checkpoint's codebook (its `first_stage_model.*` keys are then ignored). Loading is
-strict: missing or unexpected keys raise an error listing them. `check_compatible` compares a checkpoint's
+`codebook_path` replaces the checkpoint's codebook (its `first_stage_model.*` keys are then ignored). Loading
+is strict: missing or unexpected keys raise an error listing them. `check_compatible` compares a checkpoint's
 model_args with a config before any work starts.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,14 +32,26 @@ from models.gpt import build_gpt
 from models.permuter import ColumnMajor
 
 FORMAT = "specvqgan-pipeline"
-GPT_KEYS = ("condition", "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "embd_pdrop", "resid_pdrop",
-            "attn_pdrop", "feat_depth", "n_classes")
+GPT_KEYS = (
+    "condition",
+    "vocab_size",
+    "block_size",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "embd_pdrop",
+    "resid_pdrop",
+    "attn_pdrop",
+    "feat_depth",
+    "n_classes",
+)
 PAPER_RESOLUTION = 848  # spectrogram frames the paper's codebook was built for (places the attention levels)
 
 
-# --- model arguments ---------------------------------------------------------------------------------------------
+# --- model arguments
+# ---------------------------------------------------------------------------------------------
 def model_args_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The constructor arguments to store in a checkpoint, from a `transformer` config node (conf/transformer)."""
+    """The constructor arguments to store in a checkpoint, from a `transformer` node (conf/transformer)."""
     cfg = _transformer_node(cfg)
     args = {key: _plain(cfg.get(key)) for key in GPT_KEYS}
     args["feat_sample_size"] = int(cfg["feat_sample_size"])
@@ -45,7 +59,9 @@ def model_args_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return args
 
 
-def check_compatible(model_args: Mapping[str, Any], cfg: Mapping[str, Any], source: str = "the checkpoint") -> None:
+def check_compatible(
+    model_args: Mapping[str, Any], cfg: Mapping[str, Any], source: str = "the checkpoint"
+) -> None:
     """Raises ValueError listing every size on which a checkpoint and a config disagree.
 
     A transformer only runs with the condition size it was trained with: `pos_emb` and the masks are tied to
@@ -57,16 +73,23 @@ def check_compatible(model_args: Mapping[str, Any], cfg: Mapping[str, Any], sour
     keys += ["feat_depth"] if model_args.get("condition", "features") != "class" else ["n_classes"]
     if model_args.get("condition") == "class" and wanted["condition"] == "class":
         keys.remove("feat_sample_size")  # meaningless for a class condition
-    diffs = [f"{k}: {model_args.get(k)!r} in {source}, {wanted.get(k)!r} in the config" for k in keys
-             if model_args.get(k) is not None and _plain(model_args.get(k)) != wanted.get(k)]
+    diffs = [
+        f"{k}: {model_args.get(k)!r} in {source}, {wanted.get(k)!r} in the config"
+        for k in keys
+        if model_args.get(k) is not None and _plain(model_args.get(k)) != wanted.get(k)
+    ]
     if diffs:
-        raise ValueError(f"{source} does not fit the transformer config: " + "; ".join(diffs) +
-                         ". Use the config it was trained with (e.g. transformer.feat_sample_size="
-                         f"{model_args.get('feat_sample_size')}) or another checkpoint.")
+        raise ValueError(
+            f"{source} does not fit the transformer config: "
+            + "; ".join(diffs)
+            + ". Use the config it was trained with (e.g. transformer.feat_sample_size="
+            f"{model_args.get('feat_sample_size')}) or another checkpoint."
+        )
 
 
-def gpt_args_from_state_dict(sd: Mapping[str, torch.Tensor], n_head: int | None = None,
-                             grid: tuple[int, int] = (5, 53)) -> dict[str, Any]:
+def gpt_args_from_state_dict(
+    sd: Mapping[str, torch.Tensor], n_head: int | None = None, grid: tuple[int, int] = (5, 53)
+) -> dict[str, Any]:
     """The GPT's model_args from an original `transformer.*` state dict (prefix stripped or not)."""
     sd = _strip(sd, "transformer.") if any(k.startswith("transformer.") for k in sd) else dict(sd)
     for key in ("tok_emb.weight", "pos_emb", "embedder.weight"):
@@ -77,40 +100,68 @@ def gpt_args_from_state_dict(sd: Mapping[str, torch.Tensor], n_head: int | None 
     n_layer = len({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
     if n_head is None:
         if n_embd != 1024:
-            raise ValueError(f"n_head is not stored in a checkpoint and n_embd is {n_embd}, not the paper's 1024: "
-                             "pass n_head=...")
+            raise ValueError(
+                f"n_head is not stored in a checkpoint and n_embd is {n_embd}, not the paper's 1024: "
+                "pass n_head=..."
+            )
         n_head = 16
     emb = sd["embedder.weight"]
     num_tokens = grid[0] * grid[1]
     if emb.dim() == 3:  # Conv1d (n_embd, feat_depth, 1)
-        condition, feat_depth, n_classes, feat_sample_size = "features", int(emb.shape[1]), None, block_size - num_tokens
+        condition, feat_depth, n_classes, feat_sample_size = (
+            "features",
+            int(emb.shape[1]),
+            None,
+            block_size - num_tokens,
+        )
     else:  # Embedding (n_classes, n_embd)
         condition, feat_depth, n_classes, feat_sample_size = "class", None, int(emb.shape[0]), 1
-    return {"condition": condition, "vocab_size": int(vocab_size), "block_size": int(block_size),
-            "n_layer": n_layer, "n_head": int(n_head), "n_embd": int(n_embd), "embd_pdrop": 0.0,
-            "resid_pdrop": 0.0, "attn_pdrop": 0.0, "feat_depth": feat_depth, "n_classes": n_classes,
-            "feat_sample_size": int(feat_sample_size), "grid": list(grid)}
+    return {
+        "condition": condition,
+        "vocab_size": int(vocab_size),
+        "block_size": int(block_size),
+        "n_layer": n_layer,
+        "n_head": int(n_head),
+        "n_embd": int(n_embd),
+        "embd_pdrop": 0.0,
+        "resid_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "feat_depth": feat_depth,
+        "n_classes": n_classes,
+        "feat_sample_size": int(feat_sample_size),
+        "grid": list(grid),
+    }
 
 
 def vqmodel_args_from_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """VQModel kwargs (ddconfig, n_embed, embed_dim) read from the shapes of a `first_stage_model.*`-style dict."""
+    """VQModel kwargs (ddconfig, n_embed, embed_dim) from the shapes of a `first_stage_model.*`-style dict."""
     ch, in_channels = sd["encoder.conv_in.weight"].shape[:2]
     levels = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
     ch_mult = [int(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // ch for i in levels]
     num_res_blocks = len({k.split(".")[4] for k in sd if k.startswith("encoder.down.0.block.")})
-    attn_resolutions = [PAPER_RESOLUTION // 2 ** i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in sd]
+    attn_resolutions = [PAPER_RESOLUTION // 2**i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in sd]
     z_channels = int(sd["decoder.conv_in.weight"].shape[1])
     n_embed, embed_dim = sd["quantize.embedding.weight"].shape
-    ddconfig = {"double_z": int(sd["encoder.conv_out.weight"].shape[0]) == 2 * z_channels,
-                "z_channels": z_channels, "resolution": PAPER_RESOLUTION, "in_channels": int(in_channels),
-                "out_ch": int(sd["decoder.conv_out.weight"].shape[0]), "ch": int(ch), "ch_mult": ch_mult,
-                "num_res_blocks": num_res_blocks, "attn_resolutions": attn_resolutions, "dropout": 0.0}
+    ddconfig = {
+        "double_z": int(sd["encoder.conv_out.weight"].shape[0]) == 2 * z_channels,
+        "z_channels": z_channels,
+        "resolution": PAPER_RESOLUTION,
+        "in_channels": int(in_channels),
+        "out_ch": int(sd["decoder.conv_out.weight"].shape[0]),
+        "ch": int(ch),
+        "ch_mult": ch_mult,
+        "num_res_blocks": num_res_blocks,
+        "attn_resolutions": attn_resolutions,
+        "dropout": 0.0,
+    }
     return {"ddconfig": ddconfig, "n_embed": int(n_embed), "embed_dim": int(embed_dim)}
 
 
-# --- building ----------------------------------------------------------------------------------------------------
-def build_transformer(model_args: Mapping[str, Any], first_stage_model: nn.Module,
-                      device: str | torch.device | None = None) -> Net2NetTransformer:
+# --- building
+# ----------------------------------------------------------------------------------------------------
+def build_transformer(
+    model_args: Mapping[str, Any], first_stage_model: nn.Module, device: str | torch.device | None = None
+) -> Net2NetTransformer:
     """The wrapper from model_args (our checkpoint's, or `gpt_args_from_state_dict`'s) and a codebook."""
     args = {k: model_args.get(k) for k in GPT_KEYS if model_args.get(k) is not None}
     condition = args.pop("condition", "features")
@@ -126,10 +177,16 @@ def build_vqmodel(vq_args: Mapping[str, Any], device: str | torch.device | None 
         return VQModel(dict(vq_args["ddconfig"]), int(vq_args["n_embed"]), int(vq_args["embed_dim"]))
 
 
-# --- loading -----------------------------------------------------------------------------------------------------
-def load_transformer(path: str | Path, codebook_path: str | Path | None = None, *, n_head: int | None = None,
-                     cfg: Mapping[str, Any] | None = None,
-                     map_location: str | torch.device = "cpu") -> Net2NetTransformer:
+# --- loading
+# -----------------------------------------------------------------------------------------------------
+def load_transformer(
+    path: str | Path,
+    codebook_path: str | Path | None = None,
+    *,
+    n_head: int | None = None,
+    cfg: Mapping[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Net2NetTransformer:
     """The wrapper in eval mode from an original `.ckpt` or one of our checkpoints (module docstring).
 
     cfg: a `transformer` config (or a config holding one); when given, the checkpoint is checked against it
@@ -141,10 +198,14 @@ def load_transformer(path: str | Path, codebook_path: str | Path | None = None, 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # an old Lightning pickle with objects weights_only refuses
-        raise ValueError(f"{path} could not be read with weights_only=True ({e}); re-save its state_dict alone "
-                         "with torch.save({'state_dict': ckpt['state_dict']}, path)") from e
+        raise ValueError(
+            f"{path} could not be read with weights_only=True ({e}); re-save its state_dict alone "
+            "with torch.save({'state_dict': ckpt['state_dict']}, path)"
+        ) from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ValueError(f"{path} holds no `state_dict`: neither an original Net2NetTransformer checkpoint nor ours")
+        raise ValueError(
+            f"{path} holds no `state_dict`: neither an original Net2NetTransformer checkpoint nor ours"
+        )
     sd: dict[str, torch.Tensor] = ckpt["state_dict"]
     codebook_sd = None
     if ckpt.get("format") == FORMAT:
@@ -176,7 +237,9 @@ def load_transformer(path: str | Path, codebook_path: str | Path | None = None, 
         first_stage = load_codebook(codebook_path)
         _drop_loss(first_stage)
     else:
-        codebook_sd = codebook_sd if codebook_sd is not None else _strip(own_first_stage, "first_stage_model.")
+        codebook_sd = (
+            codebook_sd if codebook_sd is not None else _strip(own_first_stage, "first_stage_model.")
+        )
         if not codebook_sd:
             raise ValueError(f"{path} holds no codebook (first_stage_model.*): pass codebook_path=...")
         first_stage = build_vqmodel(vq_args or vqmodel_args_from_state_dict(codebook_sd))
@@ -193,7 +256,8 @@ def load_transformer(path: str | Path, codebook_path: str | Path | None = None, 
     return model.eval()
 
 
-# --- helpers -----------------------------------------------------------------------------------------------------
+# --- helpers
+# -----------------------------------------------------------------------------------------------------
 def _check_keys(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], source: str) -> None:
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
@@ -205,8 +269,10 @@ def _check_keys(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Te
         if unexpected:
             lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
         if wrong:
-            lines.append("  wrong shapes: " + ", ".join(f"{k} {tuple(got[k].shape)} != {tuple(expected[k].shape)}"
-                                                        for k in wrong))
+            lines.append(
+                "  wrong shapes: "
+                + ", ".join(f"{k} {tuple(got[k].shape)} != {tuple(expected[k].shape)}" for k in wrong)
+            )
         raise ValueError("\n".join(lines))
 
 
@@ -224,7 +290,7 @@ def _drop_loss(vqmodel: nn.Module) -> None:
 
 
 def _strip(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def _transformer_node(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
