@@ -126,3 +126,14 @@ def test_paper_models_have_the_originals_keys_and_shapes(dataset, original_fixtu
         if feats == 212:  # spec §4.2, VERIFIED counts
             n = sum(p.numel() for p in model.transformer.parameters())
             assert n == {"vas": 305_160_192, "vggsound": 306_995_200}[dataset]
+
+
+def test_codebook_path_replaces_the_embedded_codebook(small, original_fixtures):
+    path, cfg, io = small
+    embedded = load_transformer(path, n_head=2)
+    model = load_transformer(path, codebook_path=original_fixtures / "codebook_small.ckpt", n_head=2)
+    assert model.first_stage_model.loss is None  # the original's DummyLoss: no loss.* inside the transformer
+    assert set(model.state_dict()) == set(embedded.state_dict())
+    with torch.no_grad():
+        x = torch.rand(1, 1, 80, 848) * 2 - 1
+        assert torch.equal(model.encode_to_tokens(x), embedded.encode_to_tokens(x))
