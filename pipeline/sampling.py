@@ -59,11 +59,17 @@ def pick_token(
     greedy: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """logits (B, vocab) -> tokens (B,): argmax when greedy, else a draw after temperature, top-k, top-p."""
+    """logits (B, vocab) -> tokens (B,): argmax when greedy, else a draw after temperature, top-k, top-p.
+
+    The draw happens on the generator's device (a CPU generator with a GPU model draws on the CPU), so a seed
+    gives the same tokens wherever the model runs.
+    """
     if greedy:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].to(probs.device)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
