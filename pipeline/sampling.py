@@ -153,12 +153,13 @@ def sample(
     `slide_cond`, `cond_frames` is the frames per window (default: block_size - 265).
     """
     gpt = _gpt(model)
+    device = gpt.pos_emb.device
+    cond = cond.to(device) if cond is not None else None
     B = _batch_size(cond, gt_tokens)
     H, W = _grid(model, grid)
     S_win = cond_frames or gpt.block_size - H * W
     window_cond = partial(_window_cond, cond, cols=-(-num_tokens // H), S=S_win, slide_cond=slide_cond)
     H, W, cols, n_prime, S = _plan(gpt, window_cond(0), num_tokens, mode, gt_tokens, (H, W), B)
-    device = gpt.pos_emb.device
     tokens = torch.zeros(B, num_tokens, dtype=torch.long, device=device)
     if n_prime:
         tokens[:, :n_prime] = gt_tokens[:, :n_prime].to(device)
@@ -201,12 +202,13 @@ def sample_uncached(
     0.
     """
     gpt = _gpt(model)
+    device = gpt.pos_emb.device
+    cond = cond.to(device) if cond is not None else None
     B = _batch_size(cond, gt_tokens)
     H, W = _grid(model, grid)
     S_win = cond_frames or gpt.block_size - H * W
     window_cond = partial(_window_cond, cond, cols=-(-num_tokens // H), S=S_win, slide_cond=slide_cond)
     H, W, cols, n_prime, S = _plan(gpt, window_cond(0), num_tokens, mode, gt_tokens, (H, W), B)
-    device = gpt.pos_emb.device
     buffer = torch.zeros(B, max(num_tokens, H * W), dtype=torch.long, device=device)
     if n_prime:
         buffer[:, :n_prime] = gt_tokens[:, :n_prime].to(device)
