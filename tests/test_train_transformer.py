@@ -128,8 +128,10 @@ def write_video(path: Path, seconds: float, fps: int = 10, audio: bool = True, s
 # ------------------------------------------------------------------------------------------------- the tests
 def _stage(outputs: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "SPECVQGAN_OUTPUTS": str(outputs), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "stages.train_transformer", "dataset=demo", "logger=none",
-                             "trainer=cpu", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    flags = [a for a in args if a.startswith("--")]  # Hydra's flags come before the overrides
+    overrides = [a for a in args if not a.startswith("--")]
+    result = subprocess.run([sys.executable, "-m", "stages.train_transformer", *flags, "dataset=demo", "logger=none",
+                             "trainer=cpu", *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=timeout, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
@@ -145,13 +147,16 @@ def _val_losses(log_text: str) -> list[float]:
     return [float(v) for v in re.findall(r"validation at step \d+: .*?val/loss=([0-9.]+)", log_text)]
 
 
-def test_stage_trains_the_loss_falls_and_a_rerun_resumes(demo, outputs):
-    args = [f"codebook.ckpt={demo}", "trainer.max_steps=40", "trainer.val_every=10", "trainer.log_every=10"]
-    _stage(outputs, *args)
-    run = outputs / "train_transformer" / "demo" / "default"  # codebook.ckpt and trainer.* stay out of the name
-    assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
-    losses = _val_losses((run / "train_transformer.log").read_text())
-    assert len(losses) == 4 and losses[-1] < losses[0] - 0.5, losses  # from about ln(32) = 3.47
+def test_sweep_through_submitit_local_trains_and_a_rerun_resumes(demo, outputs):
+    """One sweep (hydra/launcher=local: submitit pickles the job, as on SLURM) over two condition sizes."""
+    _stage(outputs, "--multirun", "hydra/launcher=local", "transformer.feat_sample_size=1,5",
+           f"codebook.ckpt={demo}", "trainer.max_steps=20", "trainer.val_every=5", "trainer.log_every=10")
+    for S in (1, 5):
+        # codebook.ckpt and trainer.* stay out of the folder name
+        run = outputs / "train_transformer" / "demo" / f"transformer.feat_sample_size={S}"
+        assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
+        losses = _val_losses((run / "train_transformer.log").read_text())
+        assert len(losses) == 4 and losses[-1] < losses[0] - 0.3, losses  # from about ln(32) = 3.47
 
     ckpt = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     assert ckpt["kind"] == "transformer" and ckpt["model_args"]["block_size"] == 270
@@ -165,7 +170,32 @@ def test_stage_trains_the_loss_falls_and_a_rerun_resumes(demo, outputs):
     model = load_transformer(run / "checkpoints" / "best.pt")  # self-contained: no codebook path needed
     assert model.transformer.embedder.weight.shape == (64, DEPTH, 1)
 
-    result = _stage(outputs, *args[:1], "trainer.max_steps=45", "trainer.val_every=10")
+    # a plain run with the same overrides lands in the same folder and resumes there
+    result = _stage(outputs, f"codebook.ckpt={demo}", "transformer.feat_sample_size=5", "trainer.max_steps=22")
     log_text = (run / "train_transformer.log").read_text()
-    assert "resumed from" in log_text and "at step 40" in log_text
-    assert "step 45" in result.stdout
+    assert "resumed from" in log_text and "at step 20" in log_text
+    assert "step 22" in result.stdout
+
+
+def test_mismatches_are_reported_before_any_work(demo, tmp_path):
+    from pipeline.pretrained.transformer import model_args_from_config
+    from pipeline.tasks.transformer import preflight
+
+    cfg = tiny_transformer_cfg(5)
+    cfg.codebook.ckpt = str(demo)
+    assert preflight(cfg, tmp_path).n_embed == 32
+    save_torch(tmp_path / "checkpoints" / "last.pt", {"model_args": model_args_from_config(cfg.transformer)})
+    other = tiny_transformer_cfg(1)
+    other.codebook.ckpt = str(demo)
+    with pytest.raises(ValueError, match=r"last.pt \(being resumed\).*feat_sample_size: 5.*1 in the config"):
+        preflight(other, tmp_path)
+    cfg.transformer.vocab_size = 64
+    with pytest.raises(ValueError, match="has 32 codes but transformer.vocab_size is 64"):
+        preflight(cfg, None)
+    cfg.codebook.ckpt = str(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="train the codebook first"):
+        preflight(cfg, None)
+    no_classes = tiny_transformer_cfg(5, condition="class")
+    no_classes.codebook.ckpt, no_classes.transformer.n_classes = str(demo), None
+    with pytest.raises(ValueError, match="needs transformer.n_classes"):
+        preflight(no_classes, None)
