@@ -79,10 +79,18 @@ class VQLPAPSWithDiscriminator(nn.Module):
         self.disc_factor = disc_factor
         self.discriminator_weight = disc_weight
         self.min_adapt_weight, self.max_adapt_weight = min_adapt_weight, max_adapt_weight
+        self.exact_adaptive_grads = False  # True: compute the gradients even when the clamp fixes the value
 
     def calculate_adaptive_weight(self, nll_loss: torch.Tensor, g_loss: torch.Tensor,
                                   last_layer: torch.Tensor) -> torch.Tensor:
-        """||d nll / dW|| / (||d g / dW|| + 1e-4), clamped, detached, times disc_weight (W = decoder.conv_out)."""
+        """||d nll / dW|| / (||d g / dW|| + 1e-4), clamped, detached, times disc_weight (W = decoder.conv_out).
+
+        When the clamp is a single point (the paper's [1, 1]) the ratio cannot matter: the two gradient passes
+        (through LPAPS and the discriminator) are skipped and the same value is returned, unless
+        `exact_adaptive_grads` asks for the original's computation.
+        """
+        if self.min_adapt_weight == self.max_adapt_weight and not self.exact_adaptive_grads:
+            return torch.tensor(float(self.min_adapt_weight) * self.discriminator_weight, device=nll_loss.device)
         nll_grads = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
         g_grads = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
         d_weight = torch.norm(nll_grads) / (torch.norm(g_grads) + 1e-4)

@@ -168,6 +168,20 @@ def test_generator_loss_adaptive_weight_after_disc_start():
     assert torch.isclose(log["train/d_weight"], torch.tensor(0.8)) and log["train/disc_factor"] == 1
 
 
+def test_constant_adaptive_weight_fast_path_is_identical():
+    grads = []
+    for exact in (True, False):
+        model = tiny_model(disc_start=0)  # paper clamp [1, 1]
+        model.loss.exact_adaptive_grads = exact
+        x, xrec, qloss = _loss_inputs(model)
+        loss, log = model.loss(qloss, x, xrec, 0, global_step=3, last_layer=model.get_last_layer())
+        loss.backward()
+        grads.append((loss.detach(), log["train/d_weight"], [p.grad.clone() for p in model.autoencoder_parameters()]))
+    (l0, w0, g0), (l1, w1, g1) = grads
+    assert torch.equal(l0, l1) and torch.equal(w0, w1) and w0.dtype == w1.dtype
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1))
+
+
 def test_validation_loss_sets_adaptive_weight_to_zero():
     model = tiny_model(disc_start=0).eval()
     with torch.no_grad():
