@@ -2,8 +2,9 @@
 
 Accepted files (detected from the content, read with weights_only=True):
 - ours: {"format": "specvqgan-pipeline", "kind": "vocoder", "model_args": {...}, "state_dict": {...}}. The state
-  dict is the generator's (keys `model.*`), or the whole task's with the generator under `netG.` (the `netD.*`
-  discriminator keys are then ignored); `model_args` holds the Generator's arguments, flat or under "netG".
+  dict is the generator's (keys `model.*`, old-style or parametrised weight norm), or the whole task's with the
+  generator bare or under `netG.` (the `netD.*` discriminator keys are ignored); `model_args` holds the
+  Generator's arguments, flat or under "netG".
 - the original's: a bare generator state dict with old-style weight norm (`model.1.weight_g`, `weight_v`);
   input_size, ngf, n_residual_layers and ratios are read from the tensor shapes.
 Loading is strict: missing or unexpected keys raise an error listing them.
@@ -85,6 +86,8 @@ def load_vocoder(path: str | os.PathLike, map_location: str | torch.device = "cp
         state_dict = dict(obj["state_dict"])
         if any(k.startswith("netG.") for k in state_dict):
             state_dict = {k[len("netG."):]: v for k, v in state_dict.items() if k.startswith("netG.")}
+        else:  # the training task's layout: the generator bare (as best_netG.pt), the discriminator under netD.
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("netD.")}
         args = _generator_args(obj.get("model_args") or {}) or infer_generator_args(state_dict)
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if "model.1.weight_v" not in obj and "model.1.parametrizations.weight.original1" not in obj:
