@@ -1,0 +1,20 @@
+"""Train a mel classifier: `python -m stages.train_classifier classifier=melception dataset=vggsound [trainer=gpu]`.
+
+classifier=vggishish for VGGish-ish; the demo uses classifier=melception_tiny (the evaluation stage's Melception).
+Validates once per epoch, keeps best.pt on val/loss and stops after 3 validations without improvement, as the
+original. A rerun with the same overrides resumes from the run folder's checkpoints/last.pt.
+"""
+import hydra
+
+import pipeline.config  # noqa: F401  (registers resolvers)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train_classifier")
+def main(cfg) -> None:
+    from pipeline.tasks.classifier import train_classifier
+
+    train_classifier(cfg)
+
+
+if __name__ == "__main__":
+    main()

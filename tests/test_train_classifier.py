@@ -1,0 +1,133 @@
+"""Classifier training: presets compose with the paper's values, normalisation statistics follow the original's
+recipe and file format, and a tiny Melception trained for a few dozen steps on generated demo clips beats chance;
+its checkpoint loads through load_classifier with the same outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pipeline.tasks.classifier import (
+    STATS_NAME,
+    ClassifierTask,
+    Normalize,
+    compute_stats,
+    read_stats,
+    resolve_stats,
+    save_stats,
+)
+from pipeline.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads contend and run several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def demo_mels(tmp_path_factory) -> dict:
+    """A generated demo data set (4 classes x 5 clips of 2 s, tiny frames) with its mels, in the VAS layout."""
+    from pipeline.data import mel_path
+    from pipeline.demo_data import DemoSpec, generate
+    from pipeline.io import save_npy
+    from pipeline.mel import extract_mel
+
+    root = tmp_path_factory.mktemp("demo")
+    spec = DemoSpec(num_classes=4, clips_per_class=5, seconds=2.0, size=32, fps=10)
+    result = generate(root, spec)
+    dataset = {"name": "demo", "layout": "vas", "root": str(root), "features": str(root / "features"),
+               "splits": {"train": str(result["train"]), "valid": str(result["valid"])}, "classes": None}
+    for video in sorted(Path(result["videos"]).rglob("*.mp4")):
+        clip_id = f"{video.parent.name}/{video.stem}"
+        save_npy(mel_path(dataset, clip_id), extract_mel(video, chain="direct"))
+    return dataset
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import pipeline.config  # noqa: F401
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("train_classifier", overrides=list(overrides))
+
+
+def test_presets_compose_with_the_papers_values():
+    mel = compose("classifier=melception", "dataset=vggsound")
+    assert mel.classifier.optim.batch_size == 8 and mel.classifier.optim.weight_decay == 0
+    assert mel.classifier.model.width == 1.0 and mel.trainer.max_epochs == 100
+    assert mel.trainer.early_stop_patience == 3 and mel.data.crop_len == 848
+    assert mel.classifier.stats.endswith("normalization/" + STATS_NAME)
+    vgg = compose("classifier=vggishish")
+    assert vgg.classifier.optim.batch_size == 32 and vgg.classifier.optim.weight_decay == 1e-4
+    assert list(vgg.classifier.optim.betas) == [0.9, 0.999] and vgg.classifier.optim.lr == 3e-4
+    for tiny in ("melception_tiny", "vggishish_tiny"):
+        cfg = compose(f"classifier={tiny}", "dataset=demo")
+        assert cfg.classifier.stats is None and cfg.trainer.max_steps > 0
+
+
+def test_shipped_statistics_read(shared_dir):
+    mean, std = read_stats(shared_dir / "data/normalization" / STATS_NAME)
+    assert mean.shape == std.shape == (80,)
+    assert 0.24 < mean.min() and mean.max() < 0.53 and 0.08 < std.min() and std.max() < 0.1
+
+
+def test_statistics_follow_the_original_recipe(demo_mels, tmp_path):
+    from pipeline.data import SpectrogramDataset
+
+    mean, std = compute_stats(demo_mels, "train")
+    ds = SpectrogramDataset(demo_mels, "train", crop_len=860)
+    mels = np.stack([ds.load_mel(i).astype(np.float64) for i in range(len(ds))])  # (N, 80, 860)
+    assert np.allclose(mean, mels.mean(axis=2).mean(axis=0))
+    assert np.allclose(std, mels.std(axis=2).mean(axis=0))  # mean of per-clip stds, not a pooled std
+    # a missing file: computed and written (original format) to the run folder; then read back
+    got_mean, got_std = resolve_stats(str(tmp_path / "missing.txt"), demo_mels, "train", tmp_path)
+    assert np.allclose(got_mean, mean) and (tmp_path / STATS_NAME).is_file()
+    back_mean, back_std = read_stats(tmp_path / STATS_NAME)
+    assert np.allclose(back_mean, mean, atol=1e-8) and np.allclose(back_std, std, atol=1e-8)
+    save_stats(tmp_path / "again.txt", mean, std)
+    assert (tmp_path / "again.txt").read_text().splitlines()[0].count(" ") == 1
+    image = torch.rand(2, 80, 10) * 2 - 1
+    norm = Normalize(mean, std)(image)
+    assert torch.allclose(norm[:, 3], ((image[:, 3] + 1) / 2 - mean[3]) / std[3], atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["vggishish_tiny"])
+def test_tiny_classifier_beats_chance_and_checkpoint_loads(demo_mels, tmp_path, one_thread, preset):
+    from pipeline.pretrained import load_classifier
+
+    torch.manual_seed(0)
+    cfg = OmegaConf.create({
+        "dataset": demo_mels,
+        "classifier": OmegaConf.load(ROOT / f"conf/classifier/{preset}.yaml"),
+        "data": {"train_split": "train", "val_split": "valid", "spec_len": 860, "crop_len": 256},
+    })
+    task = ClassifierTask(cfg)
+    trainer = Trainer(task, {"device": "cpu", "max_steps": 30, "val_every": 15, "log_every": 100},
+                      tmp_path / "run", batch_size=4)
+    metrics = trainer.fit()
+    chance = 1 / 4
+    print(f"{preset} after 30 steps: {metrics}")
+    assert metrics["val/accuracy_1"] >= 2 * chance, metrics
+    assert np.isfinite([metrics["val/mAP"], metrics["val/mROCAUC"], metrics["val/loss"]]).all()
+
+    path = tmp_path / "run/checkpoints/last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    arch = cfg.classifier.model.arch
+    assert ckpt["kind"] == "classifier" and ckpt["model_args"]["arch"] == arch
+    assert ckpt["classes"] == task.classes and ckpt["normalization"]["mean"].shape == (80,)
+    names = ("Mixed_7c.", "fc.") if arch == "melception" else ("features.", "classifier.")
+    assert all(any(k.startswith(n) for k in ckpt["state_dict"]) for n in names)  # the original's names
+    model = load_classifier(path, kind=arch)
+    x = torch.randn(2, 80, 256)
+    assert torch.allclose(model(x), trainer.unwrap("model").eval()(x), atol=1e-5)
