@@ -54,7 +54,10 @@ def measure(variant: str, steps: int, batch: int = 2) -> dict:
     model.loss.exact_adaptive_grads = variant == "exact_adaptive_grads"
     forward = model
     if variant == "compile":
-        forward = torch.compile(model)
+        # static shapes: with a small warm-up then the full input, dynamic shapes failed in inductor
+        # (torch 2.13: "cannot determine truth value of Relational"), so the warm-up is full-size here
+        forward = torch.compile(model, dynamic=False)
+        small = x
     opt_ae = torch.optim.Adam(list(model.autoencoder_parameters()), lr=1e-6, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(model.loss.discriminator.parameters(), lr=1e-6, betas=(0.5, 0.9))
     rss_built = _rss_mb()
