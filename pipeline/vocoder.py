@@ -25,6 +25,9 @@ class Vocoder:
 
     Args:
         generator: a MelGAN Generator (eval mode) or None.
+        fast: synthesise with `generator.for_inference()` (weight norm folded, time-major matrix products,
+            equal to the Generator's output to ~1e-6; several times faster on CPU). It is a snapshot of the
+            weights at construction. False runs the Generator itself.
         device: where the generator runs ("cpu", "cuda", ...); defaults to its parameters' device.
         batch_size: mels per generator call when given a larger batch (bounds memory on long inputs).
         n_iter: Griffin-Lim iterations (the original's 32).
@@ -34,13 +37,16 @@ class Vocoder:
     hop_length = HOP
 
     def __init__(self, generator: torch.nn.Module | None = None, device: str | torch.device | None = None,
-                 batch_size: int = 16, n_iter: int = 32):
+                 batch_size: int = 16, n_iter: int = 32, fast: bool = True):
         self.generator = generator
         self.batch_size = batch_size
         self.n_iter = n_iter
+        self.fast = None
         if generator is not None:
             self.device = torch.device(device) if device is not None else next(generator.parameters()).device
             self.generator = generator.to(self.device).eval()
+            if fast and hasattr(generator, "for_inference"):
+                self.fast = generator.for_inference()
         else:
             self.device = torch.device("cpu")
 
@@ -52,6 +58,8 @@ class Vocoder:
         if self.generator is not None:
             self.device = torch.device(device)
             self.generator.to(self.device)
+            if self.fast is not None:
+                self.fast.to(self.device)
         return self
 
     @torch.no_grad()
@@ -59,7 +67,8 @@ class Vocoder:
         out = []
         with parametrize.cached():  # weight-normed weights computed once per call, not once per chunk
             for chunk in mel.split(self.batch_size):
-                wave = self.generator(chunk.to(self.device, torch.float32))  # (b, 1, 256 * T)
+                chunk = chunk.to(self.device, torch.float32)
+                wave = self.fast(chunk) if self.fast is not None else self.generator(chunk)  # (b, 1, 256 * T)
                 out.append(wave.squeeze(1).float())
         return torch.cat(out)  # (B, 256 * T)
 

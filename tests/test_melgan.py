@@ -113,3 +113,46 @@ def test_vocoder_callable_melgan_and_griffinlim(original_fixtures, small_io):
     assert gl(mel).shape == (1, 8192)
     with pytest.raises(ValueError, match="80"):
         vocode(torch.zeros(1, 64, 10))
+
+
+def _random_generator(ngf: int = 4) -> Generator:
+    """Small random generator with weight-norm gains and biases away from their init (so folding matters)."""
+    torch.manual_seed(0)
+    g = Generator(80, ngf=ngf, n_residual_layers=3).eval()
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if name.endswith("original0"):
+                p.mul_(torch.rand_like(p) + 0.5)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.1)
+    return g
+
+
+def test_fast_inference_path_equals_the_generator():
+    g = _random_generator()
+    mel = torch.rand(2, 80, 40)
+    with torch.no_grad():
+        ref = g(mel)
+    fast = g.for_inference()
+    assert fast.halo == fast.receptive_radius() + 1 == 8
+    torch.testing.assert_close(fast(mel, workers=1), ref, rtol=0, atol=1e-5)
+    fast.chunk_elems = 64  # many row chunks per layer, edges included
+    torch.testing.assert_close(fast(mel, workers=2), ref, rtol=0, atol=1e-5)
+    # fewer clips than workers: each clip is cut in time into overlapping pieces run in threads
+    long = torch.rand(1, 80, 120)
+    assert len(fast.pieces(1, 120, 3)) == 3
+    with torch.no_grad():
+        torch.testing.assert_close(fast(long, workers=3), g(long), rtol=0, atol=1e-5)
+    # folding weight norm in place gives the same plain-conv generator
+    folded = _random_generator().remove_weight_norm()
+    assert "model.1.weight" in folded.state_dict()
+    with torch.no_grad():
+        torch.testing.assert_close(folded(mel), ref, rtol=0, atol=1e-6)
+
+
+def test_vocoder_fast_path_reproduces_the_originals_output(original_fixtures, small_io):
+    vocode = load_vocoder_or_griffinlim(str(original_fixtures / "melgan_netG_small.pt"))
+    assert vocode.fast is not None
+    torch.testing.assert_close(vocode(small_io["mel"])[0], small_io["wav"][0, 0], rtol=1e-4, atol=1e-5)
+    vocode.fast = None  # the plain path
+    torch.testing.assert_close(vocode(small_io["mel"])[0], small_io["wav"][0, 0], rtol=1e-4, atol=1e-5)
