@@ -59,10 +59,27 @@ class CausalSelfAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_pdrop)
         self.resid_drop = nn.Dropout(resid_pdrop)
         self.proj = nn.Linear(n_embd, n_embd)
+        self.qkv: nn.Linear | None = None  # set by `fuse_qkv` (inference copies only)
         # saved in the state dict like the original's, which ties a checkpoint to its block_size
         self.register_buffer(
             "mask", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size)
         )
+
+    def fuse_qkv(self) -> None:
+        """Replaces query/key/value by one Linear `qkv` (C -> 3C: query, key, value), read once per call.
+
+        For inference copies: the state dict then holds `attn.qkv.*` instead of the original's names, and
+        sums may differ from the separate products in the last bit.
+        """
+        if self.qkv is not None:
+            return
+        fused = nn.Linear(self.query.in_features, 3 * self.query.out_features, device=self.query.weight.device,
+                          dtype=self.query.weight.dtype)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([self.query.weight, self.key.weight, self.value.weight]))  # (3C, C)
+            fused.bias.copy_(torch.cat([self.query.bias, self.key.bias, self.value.bias]))
+        self.qkv = fused
+        del self.query, self.key, self.value
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -78,7 +95,10 @@ class CausalSelfAttention(nn.Module):
         advances `length`).
         """
         B, T, C = x.shape
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        if self.qkv is not None:
+            q, k, v = (self._heads(t) for t in self.qkv(x).split(C, dim=-1))
+        else:
+            q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         att = None
         if cache is not None:
             start = cache.length
@@ -221,6 +241,12 @@ class GPT(nn.Module):
         """idx (B, T) int64 and the condition -> logits (B, S+T, vocab) [, attention (B, heads, S+T, S+T)]."""
         logits, att = self.forward_embeddings(self.embed(idx, cond), return_attention)
         return (logits, att) if return_attention else logits
+
+    def fuse_qkv(self) -> GPT:
+        """Fuses every layer's query/key/value into one Linear, in place (inference copies; see the attention's)."""
+        for block in self.blocks:
+            block.attn.fuse_qkv()
+        return self
 
     # --- incremental decoding
     # --------------------------------------------------------------------------------

@@ -129,6 +129,32 @@ def _batch_size(cond, gt_tokens) -> int:
     raise ValueError("cannot tell the batch size without a condition or gt_tokens")
 
 
+def inference_copy(model, dtype: torch.dtype = torch.float32, int8: bool = False, fuse_qkv: bool = True) -> GPT:
+    """A copy of the model's GPT for faster cached sampling on CPU (opt-in; none of these is exact).
+
+    A cached step is memory-bound: it reads every weight once per token (1.14 GiB in fp32 for the paper's
+    VAS transformer). `dtype` bfloat16 halves that (activations, cache and logits in bf16 too; pays on CPUs
+    with AVX512-BF16/AMX); `int8` applies torch's dynamic int8 quantisation to every nn.Linear (weights int8 per
+    output row, activations quantised per call, fp32 elsewhere), a quarter of the bytes; `fuse_qkv` reads the
+    query/key/value weights in one product. Build it once and pass it to `sample` as the model: greedy
+    tokens then follow the fp32 ones only approximately (measured in `pipeline/bench/transformer_sampling.py`).
+    """
+    import copy
+    import warnings
+
+    gpt = copy.deepcopy(_gpt(model)).eval()
+    if fuse_qkv:
+        gpt.fuse_qkv()
+    if int8:
+        if dtype != torch.float32:
+            raise ValueError("int8 quantisation keeps fp32 activations: leave dtype at float32")
+        with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
+            warnings.simplefilter("ignore")
+            qconfig = torch.ao.quantization.per_channel_dynamic_qconfig  # one scale per output row
+            gpt = torch.ao.quantization.quantize_dynamic(gpt, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+    return gpt.to(dtype)
+
+
 @torch.inference_mode()
 def sample(
     model,
@@ -144,15 +170,20 @@ def sample(
     slide_cond: bool = False,
     cond_frames: int | None = None,
     grid: tuple[int, int] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """KV-cached sampling of `num_tokens` tokens (B, num_tokens), exact w.r.t. `sample_uncached`.
 
     model: the wrapper (uses .transformer and the permuter's grid) or a GPT. cond: features (B, D, S) or class
     ids (B,). mode: 'nopix' (from scratch) or 'half' (the first (cols // 2) * 5 tokens copied from gt_tokens).
     num_tokens > 265 samples 5 x (num_tokens / 5) with the sliding window (module docstring). With
-    `slide_cond`, `cond_frames` is the frames per window (default: block_size - 265).
+    `slide_cond`, `cond_frames` is the frames per window (default: block_size - 265). `dtype` (e.g.
+    torch.bfloat16) samples with a copy of the model in that dtype, made for this call (not exact; see
+    `inference_copy`, which makes reusable fast copies); None keeps the model as it is.
     """
     gpt = _gpt(model)
+    if dtype is not None and dtype != gpt.pos_emb.dtype:
+        gpt = inference_copy(gpt, dtype=dtype, fuse_qkv=False)
     device = gpt.pos_emb.device
     cond = cond.to(device) if cond is not None else None
     B = _batch_size(cond, gt_tokens)

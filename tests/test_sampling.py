@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.gpt import GPTClass, GPTFeats
-from pipeline.sampling import filter_logits, pick_token, sample, sample_uncached
+from pipeline.sampling import filter_logits, inference_copy, pick_token, sample, sample_uncached
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -152,3 +152,27 @@ def test_top_p_keeps_the_smallest_nucleus():
     mass = (p * kept).sum(-1)
     least = torch.where(kept, p, torch.ones_like(p)).min(-1).values
     assert torch.all(mass >= 0.9 - 1e-6) and torch.all(mass - least < 0.9)
+
+
+def test_opt_in_fast_copies_leave_the_model_alone_and_stay_close():
+    model = tiny()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    feats = torch.randn(2, 6, 2)
+    tokens = sample(model, feats, num_tokens=40, greedy=True, grid=GRID)
+    with torch.no_grad():
+        ref = model(tokens[:, :-1], feats)  # (2, 2 + 39, vocab)
+    fused = inference_copy(model)  # fp32, query/key/value read as one product
+    assert fused.blocks[0].attn.qkv.weight.shape == (48, 16) and not hasattr(fused.blocks[0].attn, "query")
+    with torch.no_grad():
+        torch.testing.assert_close(fused(tokens[:, :-1], feats), ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(sample(fused, feats, num_tokens=40, greedy=True, grid=GRID), tokens)
+    for fast, tol in ((inference_copy(model, dtype=torch.bfloat16), 0.1), (inference_copy(model, int8=True), 0.1)):
+        with torch.no_grad():
+            logits = fast(tokens[:, :-1], feats).float()
+        assert (logits - ref).abs().max() < tol * ref.abs().max()  # close, not exact
+        assert sample(fast, feats, num_tokens=40, top_k=4, grid=GRID).shape == (2, 40)
+    bf16 = sample(model, feats, num_tokens=40, greedy=True, grid=GRID, dtype=torch.bfloat16)  # copy per call
+    assert bf16.shape == (2, 40) and model.pos_emb.dtype == torch.float32
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    with pytest.raises(ValueError, match="int8"):
+        inference_copy(model, dtype=torch.bfloat16, int8=True)
