@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from models.gpt import GPTClass, GPTFeats
-from pipeline.sampling import filter_logits, inference_copy, pick_token, sample, sample_uncached
+from pipeline.sampling import (
+    filter_logits,
+    inference_copy,
+    pick_token,
+    sample,
+    sample_uncached,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
