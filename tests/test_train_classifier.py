@@ -1,6 +1,7 @@
 """Classifier training: presets compose with the paper's values, normalisation statistics follow the original's
-recipe and file format, and a tiny Melception trained for a few dozen steps on generated demo clips beats chance;
-its checkpoint loads through load_classifier with the same outputs."""
+recipe and file format, precise BatchNorm re-estimates running statistics exactly, and tiny classifiers (Melception
+and VGGish-ish) trained for a few dozen steps on generated demo clips beat chance in eval mode; their checkpoints
+load through load_classifier with the same outputs and predictions."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +17,7 @@ from pipeline.tasks.classifier import (
     Normalize,
     compute_stats,
     read_stats,
+    recalibrate_bn,
     resolve_stats,
     save_stats,
 )
@@ -74,6 +76,22 @@ def test_presets_compose_with_the_papers_values():
     for tiny in ("melception_tiny", "vggishish_tiny"):
         cfg = compose(f"classifier={tiny}", "dataset=demo")
         assert cfg.classifier.stats is None and cfg.trainer.max_steps > 0
+    assert not mel.classifier.get("bn_recalibration_batches")  # the paper's: BN statistics as the original's
+    assert compose("classifier=melception_tiny").classifier.bn_recalibration_batches > 0
+
+
+def test_recalibrate_bn_sets_the_average_batch_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.Dropout(0.5)).eval()
+    batches = [torch.randn(4, 1, 6, 6) * (i + 1) + i for i in range(3)]
+    assert recalibrate_bn(model, iter(batches)) == 3
+    bn = model[1]
+    acts = [model[0](x) for x in batches]  # (4, 3, 4, 4) each
+    assert torch.allclose(bn.running_mean, torch.stack([a.mean((0, 2, 3)) for a in acts]).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack([a.var((0, 2, 3)) for a in acts]).mean(0), atol=1e-4)
+    assert not model.training and bn.momentum == 0.1 and int(bn.num_batches_tracked) == 3
+    before = bn.running_mean.clone()
+    assert recalibrate_bn(model, iter([])) == 0 and torch.equal(bn.running_mean, before)  # no data: unchanged
 
 
 def test_shipped_statistics_read(shared_dir):
@@ -92,7 +110,7 @@ def test_statistics_follow_the_original_recipe(demo_mels, tmp_path):
     assert np.allclose(std, mels.std(axis=2).mean(axis=0))  # mean of per-clip stds, not a pooled std
     # a missing file: computed and written (original format) to the run folder; then read back
     got_mean, got_std = resolve_stats(str(tmp_path / "missing.txt"), demo_mels, "train", tmp_path)
-    assert np.allclose(got_mean, mean) and (tmp_path / STATS_NAME).is_file()
+    assert np.allclose(got_mean, mean) and np.allclose(got_std, std) and (tmp_path / STATS_NAME).is_file()
     back_mean, back_std = read_stats(tmp_path / STATS_NAME)
     assert np.allclose(back_mean, mean, atol=1e-8) and np.allclose(back_std, std, atol=1e-8)
     save_stats(tmp_path / "again.txt", mean, std)
@@ -102,8 +120,9 @@ def test_statistics_follow_the_original_recipe(demo_mels, tmp_path):
     assert torch.allclose(norm[:, 3], ((image[:, 3] + 1) / 2 - mean[3]) / std[3], atol=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["vggishish_tiny"])
+@pytest.mark.parametrize("preset", ["vggishish_tiny", "melception_tiny"])
 def test_tiny_classifier_beats_chance_and_checkpoint_loads(demo_mels, tmp_path, one_thread, preset):
+    """Validation runs in eval mode: for Melception this needs the preset's BatchNorm re-estimation."""
     from pipeline.pretrained import load_classifier
 
     torch.manual_seed(0)
@@ -129,5 +148,14 @@ def test_tiny_classifier_beats_chance_and_checkpoint_loads(demo_mels, tmp_path, 
     names = ("Mixed_7c.", "fc.") if arch == "melception" else ("features.", "classifier.")
     assert all(any(k.startswith(n) for k in ckpt["state_dict"]) for n in names)  # the original's names
     model = load_classifier(path, kind=arch)
+    trained = trainer.unwrap("model").eval()
     x = torch.randn(2, 80, 256)
-    assert torch.allclose(model(x), trainer.unwrap("model").eval()(x), atol=1e-5)
+    assert torch.allclose(model(x), trained(x), atol=1e-5)
+    # the loaded classifier (eval mode, the saved running statistics) predicts the validation split as validation did
+    val = task.val_dataset()
+    images = task.normalize(torch.stack([torch.as_tensor(val[i]["image"]) for i in range(len(val))]))
+    targets = torch.tensor([val[i]["target"] for i in range(len(val))])
+    with torch.no_grad():
+        predicted = model(images).argmax(1)
+        assert torch.equal(predicted, trained(images).argmax(1))
+    assert abs((predicted == targets).float().mean().item() - metrics["val/accuracy_1"]) < 1e-6

@@ -9,13 +9,20 @@ are also stored in the checkpoint, so evaluation normalises exactly as training 
 Melception: the original computed main CE + 0.4 x aux CE and then overwrote the sum with the main CE (spec
 §11.13); we train on the main logits' CE only, which is what it effectively did (the aux head stays untrained).
 Validation reports the loss and, over the whole split, top-1 / top-5 accuracy, mAP and mAUC (`pipeline.metrics`).
+
+Precise BatchNorm (`classifier.bn_recalibration_batches`, 0 = off, as the original): a narrow Melception trained
+for a few dozen steps keeps running statistics far from its activations' (they start at var 1 and move by 10 %
+a step), so in eval mode it puts every clip in one class. With N > 0 the running statistics are re-estimated
+before each validation (and so before best.pt / last.pt, which follow validations) as the plain average of N
+training batches' statistics (`recalibrate_bn`); the checkpoints hold these statistics.
 """
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,6 +128,37 @@ def build_classifier(model_cfg: Mapping[str, Any], num_classes: int) -> tuple[nn
     return model, {"arch": arch, **args}
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Precise BatchNorm: reset every BN layer's running statistics and set them to the plain (cumulative,
+    momentum=None) average over `batches` of the model's inputs, run in train mode without gradients; the
+    momenta and the train/eval mode are restored. Returns the number of batches seen (0: nothing changed)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not layers:
+        return 0
+    saved = [(m, m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in layers]
+    was_training = model.training
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    seen = 0
+    try:
+        for x in batches:
+            model(x)
+            seen += 1
+    finally:
+        model.train(was_training)
+        for m, momentum, mean, var, count in saved:
+            m.momentum = momentum
+            if not seen:  # no data: keep the old statistics rather than the reset (0, 1)
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+    return seen
+
+
 class ClassifierTask(Task):
     """One classifier ("model"), Adam, CE on the main logits; val/loss picks best.pt and stops early."""
 
@@ -181,6 +219,37 @@ class ClassifierTask(Task):
 
     def on_validation_start(self) -> None:
         self._logits, self._targets = [], []
+        batches = int(self.ccfg.get("bn_recalibration_batches") or 0)
+        if batches > 0:
+            self.recalibrate(batches)
+
+    def recalibrate(self, batches: int) -> None:
+        """`recalibrate_bn` on up to `batches` shuffled whole training batches per process (centre crops, a
+        fresh seeded draw at each step); with several processes their statistics are averaged, so every copy
+        of the model and the saved checkpoint agree."""
+        trainer = self.trainer
+        acc = trainer.accelerator
+        dataset = self.train_dataset()
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(trainer.seed + trainer.step))
+        per_batch = trainer.batch_size
+        model = trainer.unwrap("model")  # the bare module: no DDP collectives in a process-local pass
+
+        def inputs() -> Iterable[torch.Tensor]:
+            for b in range(min(batches, len(dataset) // (per_batch * acc.num_processes))):  # whole batches only
+                first = (b * acc.num_processes + acc.process_index) * per_batch
+                idx = order[first:first + per_batch].tolist()
+                image = torch.stack([torch.as_tensor(dataset[i]["image"]) for i in idx]).to(trainer.device)
+                yield self.normalize(image)
+
+        devices = [trainer.device] if trainer.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), trainer.autocast():  # dropout's draws leave training's RNG alone
+            seen = recalibrate_bn(model, inputs())
+        if acc.num_processes > 1:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                    m.running_mean.copy_(acc.reduce(m.running_mean, "mean"))
+                    m.running_var.copy_(acc.reduce(m.running_var, "mean"))
+        log.info("BatchNorm statistics re-estimated from %d training batches", seen * acc.num_processes)
 
     def val_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         logits = self._logits_of(self.modules["model"], batch).float()
@@ -239,5 +308,5 @@ def train_classifier(cfg: DictConfig) -> dict[str, float]:
     return train(ClassifierTask(cfg), cfg)
 
 
-__all__ = ["ClassifierTask", "Normalize", "build_classifier", "compute_stats", "read_stats", "resolve_stats",
-           "save_stats", "train_classifier"]
+__all__ = ["ClassifierTask", "Normalize", "build_classifier", "compute_stats", "read_stats", "recalibrate_bn",
+           "resolve_stats", "save_stats", "train_classifier"]
