@@ -113,7 +113,7 @@ class Generator(nn.Module):
         return self
 
     def for_inference(self) -> InferenceGenerator:
-        """A frozen copy for synthesis: same output as `forward` to ~1e-6, several times faster on CPU."""
+        """A frozen copy for synthesis: same output as `forward` to ~1e-6, about 2x faster on CPU."""
         return InferenceGenerator(self)
 
 

@@ -239,7 +239,7 @@ def sample_uncached(
     H, W = _grid(model, grid)
     S_win = cond_frames or gpt.block_size - H * W
     window_cond = partial(_window_cond, cond, cols=-(-num_tokens // H), S=S_win, slide_cond=slide_cond)
-    H, W, cols, n_prime, S = _plan(gpt, window_cond(0), num_tokens, mode, gt_tokens, (H, W), B)
+    H, W, cols, n_prime, _S = _plan(gpt, window_cond(0), num_tokens, mode, gt_tokens, (H, W), B)
     buffer = torch.zeros(B, max(num_tokens, H * W), dtype=torch.long, device=device)
     if n_prime:
         buffer[:, :n_prime] = gt_tokens[:, :n_prime].to(device)

@@ -1,10 +1,13 @@
 """`make bench`: run every benchmark module in this package (each has a `main()` that prints its ratios).
 
-`python -m pipeline.bench NAME ...` runs only the named ones.
+`python -m pipeline.bench NAME ...` runs only the named ones. A module's `main()` may return a few headline
+lines (a list of str); they are repeated in the summary at the end, with each module's wall time. The torch
+thread count is restored after each module, so one module's setting does not leak into the next.
 """
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 import time
@@ -13,15 +16,34 @@ import pipeline.bench as package
 
 
 def main(names: list[str]) -> None:
+    import torch
+
     found = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
     unknown = set(names) - set(found)
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; available: {found}")
+    threads = torch.get_num_threads()
+    results: list[tuple[str, float, list[str]]] = []
+    total = time.perf_counter()
     for name in names or found:
         print(f"\n=== benchmark: {name} ===", flush=True)
         start = time.perf_counter()
-        importlib.import_module(f"pipeline.bench.{name}").main()
-        print(f"=== {name} took {time.perf_counter() - start:.1f} s ===", flush=True)
+        try:
+            headlines = importlib.import_module(f"pipeline.bench.{name}").main()
+        except Exception as e:  # noqa: BLE001 - one broken benchmark should not hide the others' numbers
+            headlines = [f"FAILED: {type(e).__name__}: {e}"]
+            print(headlines[0], flush=True)
+        finally:
+            torch.set_num_threads(threads)
+        seconds = time.perf_counter() - start
+        results.append((name, seconds, [h for h in headlines or [] if isinstance(h, str)]))
+        print(f"=== {name} took {seconds:.1f} s ===", flush=True)
+    print(f"\n=== summary: {time.perf_counter() - total:.0f} s in all; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs ===")
+    for name, seconds, headlines in results:
+        print(f"{name:>22}: {seconds:6.1f} s" + "".join(f"\n{'':>24}{h}" for h in headlines))
+    if any(h.startswith("FAILED") for _, _, hs in results for h in hs):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

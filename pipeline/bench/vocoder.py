@@ -1,7 +1,11 @@
 """Vocoder and classifier speed on this machine: MelGAN (paper size, random weights) and Melception features.
 
-Baseline measured in the same run: Griffin-Lim (32 iterations, `pipeline.mel.inverse_mel`) on the same 10-s mel.
-Prints real-time factors (seconds of audio per second of compute) and ratios against Griffin-Lim; no assertions.
+Baselines measured in the same run: Griffin-Lim (32 iterations, `pipeline.mel.inverse_mel`) on the same 10-s
+mel, and the plain MelGAN Generator (torch convolutions, weight norm recomputed once per call). The fast path
+is `Vocoder`'s default, `Generator.for_inference()` (weight norm folded, time-major matrix products, checked
+here against the plain Generator); it runs with 1 and 2 workers (2 = both cores of the target machine: two
+clips, or two overlapping halves of one clip, side by side). Prints real-time factors (seconds of audio per
+second of compute), wall clock and this process's CPU time (steadier on a shared machine); no assertions.
 """
 from __future__ import annotations
 
@@ -15,16 +19,18 @@ FRAMES = 848                 # the models' 9.85-s mel
 SECONDS = FRAMES * 256 / 22050
 
 
-def _best_of(fn, repeats: int) -> float:
-    times = []
+def _best_of(fn, repeats: int) -> tuple[float, float]:
+    """(best wall, best CPU) seconds of `repeats` calls."""
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus)
 
 
-def main() -> None:
+def main() -> list[str]:
     from models.melception import Melception
     from models.melgan import Generator
     from pipeline.mel import inverse_mel
@@ -33,22 +39,37 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     mel = np.random.RandomState(0).rand(80, FRAMES).astype(np.float32)
-    print(f"threads 1; one mel = {FRAMES} frames = {SECONDS:.2f} s of audio; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine slows every number)")
+    print(f"one mel = {FRAMES} frames = {SECONDS:.2f} s of audio; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs (a shared machine slows every number; CPU times are steadier)")
 
     inverse_mel(mel[:, :32])  # warm-up (librosa import, basis)
-    t_gl = _best_of(lambda: inverse_mel(mel, n_iter=32), 2)
+    t_gl, _ = _best_of(lambda: inverse_mel(mel, n_iter=32), 1)
     rtf_gl = SECONDS / t_gl
     print(f"Griffin-Lim 32 it (baseline): {t_gl:.3f} s per clip = {rtf_gl:.1f}x real time")
 
-    vocode = Vocoder(Generator(80, ngf=32, n_residual_layers=3))
-    vocode(torch.from_numpy(mel[None, :, :32]))  # warm-up
-    for batch in (1, 8):
-        x = torch.from_numpy(np.repeat(mel[None], batch, axis=0))
-        t = _best_of(lambda x=x: vocode(x), 2 if batch == 1 else 1)
-        rtf = batch * SECONDS / t
-        print(f"MelGAN batch {batch}: {t:.3f} s = {rtf:.1f}x real time "
-              f"({'meets' if rtf > 20 else 'MISSES'} the 20x target); {rtf / rtf_gl:.2f}x Griffin-Lim's speed")
+    generator = Generator(80, ngf=32, n_residual_layers=3).eval()
+    plain = Vocoder(generator, fast=False)
+    fast = Vocoder(generator)
+    x1 = torch.from_numpy(mel[None])
+    plain(x1[:, :, :32])  # warm-up
+    fast(x1[:, :, :32])
+    diff = (fast(x1) - plain(x1)).abs().max().item()
+    t_plain, c_plain = _best_of(lambda: plain(x1), 1)
+    print(f"plain Generator (baseline), batch 1, 1 thread: {t_plain:.3f} s wall / {c_plain:.3f} s CPU = "
+          f"{SECONDS / t_plain:.1f}x real time; fast path output - plain output: max |diff| {diff:.1e}")
+    summary = []
+    for workers in (1, 2):
+        torch.set_num_threads(workers)  # the fast path runs this many pieces in threads, each single-threaded
+        for batch in (1, 8):
+            x = torch.from_numpy(np.repeat(mel[None], batch, axis=0))
+            wall, cpu = _best_of(lambda x=x: fast(x), 2 if batch == 1 else 1)
+            rtf = batch * SECONDS / wall
+            print(f"MelGAN fast path, {workers} worker(s), batch {batch}: {wall:.3f} s wall / {cpu:.3f} s CPU = "
+                  f"{rtf:.1f}x real time ({'meets' if rtf > 20 else 'MISSES'} the 20x target; "
+                  f"{batch * SECONDS / cpu:.1f}x per CPU-second); {t_plain * batch / wall:.1f}x the plain "
+                  f"Generator's speed, {rtf / rtf_gl:.1f}x Griffin-Lim's")
+            summary.append(f"MelGAN {workers} worker(s) batch {batch}: {rtf:.1f}x real time (target 20x)")
+    torch.set_num_threads(1)
 
     with torch.device("meta"):
         model = Melception(num_classes=309, init_weights=False)
@@ -63,6 +84,7 @@ def main() -> None:
     x = torch.from_numpy(np.repeat(mel[None], 8, axis=0))
     with torch.no_grad():
         model.features(x[:1, :, :64])  # warm-up
-        t = _best_of(lambda: model.features(x, names=("2048", "logits_unbiased", "logits")), 1)
-    print(f"Melception features, batch 8 of 80x{FRAMES}: {t:.2f} s = {8 / t:.2f} spectrograms/s "
+        t, _ = _best_of(lambda: model.features(x, names=("2048", "logits_unbiased", "logits")), 1)
+    print(f"Melception features, batch 8 of 80x{FRAMES}, 1 thread: {t:.2f} s = {8 / t:.2f} spectrograms/s "
           f"({(8 / t) / (1 / t_gl):.2f}x the clips/s of Griffin-Lim)")
+    return summary
