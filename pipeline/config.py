@@ -18,18 +18,19 @@ EXCLUDED_PREFIXES = ("dataset", "paths.", "logger", "trainer", "hydra", "num_wor
 def run_name(overrides) -> str:
     """A folder name for one run, derived from the command-line overrides (`default` when there are none).
 
-    Sorted `key=value` pairs joined by commas, leaving out `EXCLUDED_PREFIXES` (the data set is already a
-    folder level; trainer/logger/paths settings do not change what is computed). Deterministic, so a rerun
-    or a SLURM requeue with the same overrides lands in the same folder and resumes there.
+    Each kept `key=value` becomes `key-value`, sorted and joined by `+`, leaving out `EXCLUDED_PREFIXES` (the
+    data set is already a folder level; trainer/logger/paths settings do not change what is computed). No `=`
+    or `,` appears, so a run's path can be passed unquoted as another stage's override (`codebook.ckpt=...`).
+    Deterministic: a rerun or a SLURM requeue with the same overrides lands in the same folder and resumes.
     """
     if isinstance(overrides, str):
         overrides = [o for o in overrides.split(",") if o]
     kept = []
     for override in overrides or []:
-        key = str(override).lstrip("+~").split("=", 1)[0]
+        key, _, value = str(override).lstrip("+~").partition("=")
         if not key.startswith(EXCLUDED_PREFIXES):
-            kept.append(str(override))
-    name = re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", ",".join(sorted(kept))).strip("-")
+            kept.append(f"{key}-{value}" if value else key)
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", "+".join(sorted(kept))).strip("-")
     return name[:200] or "default"
 
 

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 STAGES = sorted(p.stem for p in (ROOT / "stages").glob("*.py") if not p.stem.startswith("_"))
 # keys a user must give for these stages; everything else has a default
-REQUIRED = {"codec": ["mode=encode", "input=x.wav", "output=x.svqc", "codebook.ckpt=c.pt"]}
+REQUIRED = {"codec": ["mode=encode", "input=x.wav", "output=x.svqc", "codebook.ckpt=c.pt"],
+            "evaluate": ["classifier.ckpt=melception.pt"]}
 # the feature network's weights file is asked for only where frames are turned into features
 NEEDED_ONLY_WHEN_USED = {"features.weights"}
 
@@ -57,4 +58,15 @@ def test_run_folder_names_ignore_where_and_how():
 
     assert run_name([]) == "default"
     assert run_name(["dataset=vas", "trainer=gpu", "trainer.max_steps=5", "logger.mode=offline"]) == "default"
-    assert run_name(["transformer.feat_sample_size=5", "codebook=vas"]) == "codebook=vas,transformer.feat_sample_size=5"
+    name = run_name(["transformer.feat_sample_size=5", "codebook=vas"])
+    assert name == "codebook-vas+transformer.feat_sample_size-5"
+
+
+def test_run_folders_can_be_passed_unquoted_as_overrides():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pipeline.config import run_name
+
+    name = run_name(["classifier=melception_tiny", "codebook.optim.betas=[0.5,0.8]", "x.ckpt=/a/b=c/best.pt"])
+    path = f"outputs/train_classifier/demo/{name}/checkpoints/best.pt"
+    assert OverridesParser.create().parse_override(f"classifier.ckpt={path}").value() == path

@@ -250,7 +250,8 @@ class Trainer:
                     self.batches_into_epoch = 0
             if val_loader is not None and (not val_every or self.step % val_every != 0):
                 metrics = self.validate(val_loader)
-            self.save("last.pt")
+            if not ckpt_every or self.step % ckpt_every != 0 or not (self.ckpt_dir / "last.pt").exists():
+                self.save("last.pt")
         finally:
             self.accelerator.wait_for_everyone()
             self.logger.finish()
