@@ -119,6 +119,11 @@ def test_lpaps_is_zero_for_identical_inputs_and_frozen():
     assert lp.scaling_layer.shift.shape == (1, 1, 80, 1)
 
 
+def test_perceptual_loss_without_a_trunk_is_an_error():
+    with pytest.raises(ValueError, match="lpaps_trunk"):
+        tiny_model(perceptual_weight=1.0, lpaps_layers=TINY_LPAPS)
+
+
 def test_lpaps_trunk_keys_match_vggishish_features():
     with torch.device("meta"):
         lp, clf = LPAPS(), VGGishish()
@@ -207,7 +212,7 @@ def test_discriminator_losses():
 
 
 def test_perceptual_loss_adds_to_reconstruction():
-    model = tiny_model(perceptual_weight=1.0, lpaps_layers=TINY_LPAPS)
+    model = tiny_model(perceptual_weight=1.0, lpaps_layers=TINY_LPAPS, lpaps_trunk="random")
     assert hasattr(model.loss, "perceptual_loss")
     x, xrec, qloss = _loss_inputs(model)
     model.loss.eval()
