@@ -68,3 +68,32 @@ def test_tiny_codebook_learns_and_its_checkpoint_loads(vas_dir, tmp_path):
 def test_learning_rate_scales_like_the_original():
     assert scaled_lr(1e-6, 3, 1, 1) == pytest.approx(3e-6)       # VAS, 1 GPU, bs 3
     assert scaled_lr(4.5e-6, 8, 1, 4) == pytest.approx(1.44e-4)  # README recipe, VGGSound, 4 x A100, bs 8
+
+
+def _two_process_codebook(vas_dir: str, tmp_path: str) -> None:
+    from accelerate import PartialState
+
+    cfg = tiny_codebook_cfg(Path(vas_dir), Path(tmp_path), "codebook.loss.disc_start=0", "data.crop_len=64")
+    trainer = Trainer(CodebookTask(cfg), {**cfg.trainer, "max_steps": 3, "val_every": 3, "ckpt_every": 3},
+                      Path(tmp_path) / "run", logger_cfg={"name": "none"}, seed=0, batch_size=1)
+    metrics = trainer.fit()
+    assert PartialState().num_processes == 2
+    # DDP kept both replicas identical through the generator (frozen D) and discriminator steps
+    import torch.distributed as dist
+
+    for name in ("model", "loss"):
+        for p in trainer.unwrap(name).parameters():
+            copy = p.detach().clone()
+            dist.broadcast(copy, src=0)
+            assert torch.equal(copy, p.detach()), name
+    assert metrics["val/disc_factor"] == 1
+
+
+def test_codebook_trains_in_two_processes(vas_dir, tmp_path):
+    from accelerate import debug_launcher
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    debug_launcher(_two_process_codebook, args=(str(vas_dir), str(tmp_path)), num_processes=2)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["train_state"]["num_processes"] == 2 and ckpt["train_state"]["step"] == 3
