@@ -184,7 +184,8 @@ class InferenceGenerator(nn.Module):
                 slope = None
             elif isinstance(layer, ResnetBlock) and slope is None:
                 act_in, pad, conv3, act, conv1 = layer.block
-                self.ops.append(("block", (act_in.negative_slope, pad.padding[0], conv3.dilation[0], act.negative_slope),
+                slopes_pads = (act_in.negative_slope, pad.padding[0], conv3.dilation[0], act.negative_slope)
+                self.ops.append(("block", slopes_pads,
                                  (keep(_folded(conv3).permute(2, 1, 0)), keep(conv3.bias),
                                   keep(_folded(conv1)[:, :, 0].t()), keep(_folded(layer.shortcut)[:, :, 0].t()),
                                   keep(conv1.bias + layer.shortcut.bias))))

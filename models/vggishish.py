@@ -14,7 +14,8 @@ from torch import nn
 VGGISHISH_LAYERS: tuple = (64, 64, "MP", 128, 128, "MP", 256, 256, 256, "MP", 512, 512, 512, "MP", 512, 512, 512)
 
 
-def make_features(conv_layers: Sequence = VGGISHISH_LAYERS, use_bn: bool = False, in_channels: int = 1) -> nn.Sequential:
+def make_features(conv_layers: Sequence = VGGISHISH_LAYERS, use_bn: bool = False,
+                  in_channels: int = 1) -> nn.Sequential:
     """The conv trunk: 3x3 convs (pad 1) with ReLU (and BatchNorm when `use_bn`), "MP" = MaxPool 2x2."""
     layers: list[nn.Module] = []
     for v in conv_layers:

@@ -8,7 +8,6 @@ import re
 
 from omegaconf import OmegaConf
 
-
 # Overrides that say where or how a run executes, not what it computes: they stay out of run-folder names.
 EXCLUDED_PREFIXES = ("dataset", "paths.", "logger", "trainer", "hydra", "num_workers", "shard", "num_shards",
                      "device", "resume", "split", "chain", "overwrite",

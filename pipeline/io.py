@@ -18,7 +18,6 @@ from typing import IO, Any, Iterator
 
 import numpy as np
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

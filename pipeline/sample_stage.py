@@ -103,7 +103,7 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
 
 def generate(model, cond: torch.Tensor, settings: Mapping[str, Any], num_tokens: int = 265,
              gt_tokens: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Condition -> tokens (cached sampler) -> spectrograms (B, 80, 16 cols) in [0, 1] (not clamped, as the original)."""
+    """Condition -> tokens (cached sampler) -> spectrograms (B, 80, 16 cols) in [0, 1] (unclamped, as the original)."""
     from pipeline.sampling import sample
 
     tokens = sample(model, cond, num_tokens=num_tokens, mode=settings["mode"], temperature=settings["temperature"],

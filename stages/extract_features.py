@@ -1,6 +1,7 @@
 """Visual features (per frame, 21.5 fps) of every clip of a data set, in the original's layout.
 
-    python -m stages.extract_features dataset=vas features=bninception features.weights=/path/bn_inception-9f5701afb96c8044.pth
+    python -m stages.extract_features dataset=vas features=bninception \
+        features.weights=/path/bn_inception-9f5701afb96c8044.pth
     python -m stages.extract_features dataset=vas features=resnet50 features.weights=/path/resnet50.pth num_workers=4
     python -m stages.extract_features features=efficientnet_lite0     # offline demo weights
 """

@@ -93,7 +93,8 @@ def test_original_layout_with_perceptual_keys_loads_strictly(original_fixtures, 
 
 def test_unexpected_and_missing_keys_are_listed(original_fixtures, tmp_path):
     path = tmp_path / "bad.ckpt"
-    _original_layout_ckpt(original_fixtures / "codebook_small.ckpt", path, extra={"encoder.extra.weight": torch.zeros(1), "loss.other.w": torch.zeros(1)})
+    extra = {"encoder.extra.weight": torch.zeros(1), "loss.other.w": torch.zeros(1)}
+    _original_layout_ckpt(original_fixtures / "codebook_small.ckpt", path, extra=extra)
     with pytest.raises(ValueError, match=r"encoder\.extra\.weight") as err:
         load_codebook(path)
     assert "loss.other.w" in str(err.value)

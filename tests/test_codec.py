@@ -95,7 +95,8 @@ def test_round_trip_on_real_clips(shared_dir, model, fast_vocoder, tmp_path, cli
     decoded = decode_file(model, tmp_path / "x.svqc", tmp_path / "x.wav", fast_vocoder)
     out, sr = soundfile.read(str(tmp_path / "x.wav"))
     assert sr == 22050 and out.shape == (wave.size,)
-    assert decoded.as_dict() == {**report.as_dict(), "input": str(tmp_path / "x.svqc"), "output": str(tmp_path / "x.wav")}
+    expected = {**report.as_dict(), "input": str(tmp_path / "x.svqc"), "output": str(tmp_path / "x.wav")}
+    assert decoded.as_dict() == expected
 
 
 def test_file_from_another_codebook_is_refused(shared_dir, model, fast_vocoder, tmp_path):

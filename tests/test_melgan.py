@@ -63,7 +63,8 @@ def test_load_original_netG_reproduces_its_output(original_fixtures, small_io):
 def test_our_checkpoint_round_trip_and_strictness(tmp_path, original_fixtures, small_io):
     g = load_vocoder(original_fixtures / "melgan_netG_small.pt")
     d = Discriminator(num_D=2, ndf=4, n_layers=2)
-    state = {**{f"netG.{k}": v for k, v in g.state_dict().items()}, **{f"netD.{k}": v for k, v in d.state_dict().items()}}
+    state = {**{f"netG.{k}": v for k, v in g.state_dict().items()},
+             **{f"netD.{k}": v for k, v in d.state_dict().items()}}
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"kind": "vocoder", "model_args": {"netG": {"input_size": 80, "ngf": 8,
                                                                        "n_residual_layers": 3}},

@@ -179,7 +179,7 @@ def test_classifier_metrics():
     logits[np.arange(n), targets] += 1.5
     out = metrics.classifier_metrics(torch.from_numpy(logits), torch.from_numpy(targets))
     top1 = np.mean(logits.argmax(1) == targets)
-    top5 = np.mean([t in np.argsort(-l)[:5] for l, t in zip(logits, targets)])
+    top5 = np.mean([t in np.argsort(-row)[:5] for row, t in zip(logits, targets)])
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     m_ap = np.mean([_ap_brute((targets == k).astype(int), probs[:, k]) for k in range(c)])
     m_auc = np.mean([_auc_brute((targets == k).astype(int), probs[:, k]) for k in range(c)])

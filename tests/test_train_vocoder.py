@@ -44,7 +44,7 @@ def tiny_cfg(dataset: dict) -> OmegaConf:
 
 
 def test_torch_mel_equals_original_chain_on_real_audio(vas_dir):
-    from pipeline.audio import loop_to_length, load_audio
+    from pipeline.audio import load_audio, loop_to_length
     from pipeline.mel import mel_spectrogram
 
     video = sorted((vas_dir / "videos").rglob("*.mp4"))[0]

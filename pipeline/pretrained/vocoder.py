@@ -96,7 +96,8 @@ def load_vocoder(path: str | os.PathLike, map_location: str | torch.device = "cp
         state_dict, args = obj, infer_generator_args(obj)
     else:
         raise ValueError(f"{path} is neither a vocoder checkpoint of this project nor the original's bare netG "
-                         f"state dict (found {type(obj).__name__} with keys {list(obj)[:8] if isinstance(obj, dict) else '-'})")
+                         f"state dict (found {type(obj).__name__} with keys "
+                         f"{list(obj)[:8] if isinstance(obj, dict) else '-'})")
     model = Generator(**args)
     load_strictly(model, from_legacy_weight_norm(state_dict), path)
     return model.eval()

@@ -281,7 +281,8 @@ class ClassifierTask(Task):
 
     def extra_checkpoint(self) -> dict[str, Any]:
         return {"classes": list(self.classes), "version": 1,
-                "normalization": {"mean": self.normalize.mean.flatten().cpu(), "std": self.normalize.std.flatten().cpu()}}
+                "normalization": {"mean": self.normalize.mean.flatten().cpu(),
+                                  "std": self.normalize.std.flatten().cpu()}}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.trainer.unwrap("model").state_dict())  # the original's names (features.* / Mixed_*)
@@ -298,7 +299,8 @@ def train_classifier(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.trainer.get("val_every") is None:
         batch = int(cfg.classifier.optim.batch_size) * PartialState().num_processes
-        steps_per_epoch = max(1, len(split_ids(cfg.dataset, cfg.data.train_split)) // batch)  # drop_last, as the original
+        # drop_last, as the original
+        steps_per_epoch = max(1, len(split_ids(cfg.dataset, cfg.data.train_split)) // batch)
         cfg.trainer.val_every = steps_per_epoch
         log.info("validating every epoch (%d steps)", steps_per_epoch)
     if not cfg.trainer.get("ckpt_every"):
