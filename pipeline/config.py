@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 # Overrides that say where or how a run executes, not what it computes: they stay out of run-folder names.
 EXCLUDED_PREFIXES = ("dataset", "paths.", "logger", "trainer", "hydra", "num_workers", "shard", "num_shards",
-                     "device", "resume", "split", "chain", "overwrite",
+                     "device", "resume", "overwrite",
                      "codebook.ckpt", "vocoder_ckpt", "vocoder.ckpt")  # checkpoint paths: long, and chained by default
 
 

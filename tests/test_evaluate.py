@@ -127,7 +127,7 @@ def test_classifier_of_other_classes_gives_no_class_match(setup, tmp_path):
     assert metrics["class_match_rate"] is None and metrics["chance"] == 1 / 5
 
 
-def test_config_composes_and_requires_samples_and_classifier():
+def test_config_composes_finds_the_default_sample_run_and_requires_a_classifier():
     from hydra import compose, initialize_config_dir
     from omegaconf.errors import MissingMandatoryValue
 
@@ -137,7 +137,6 @@ def test_config_composes_and_requires_samples_and_classifier():
         cfg = compose("evaluate", overrides=["dataset=vggsound"])
     assert cfg.split == "test" and cfg.crop_len == 848 and cfg.reals == "all"
     assert cfg.classifier.stats.endswith("train_means_stds_melspec_10s_22050hz.txt")
-    with pytest.raises(MissingMandatoryValue):
-        _ = cfg.samples_dir
+    assert cfg.samples_dir.endswith("sample/vggsound/default/samples/test")
     with pytest.raises(MissingMandatoryValue):
         _ = cfg.classifier.ckpt

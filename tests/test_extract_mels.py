@@ -125,5 +125,5 @@ def test_stage_through_hydra(outputs):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 processed, 0 skipped (already done), 0 failed" in result.stdout
     assert np.load(outputs / "demo_data/features/dog/melspec_10s_22050hz/a_mel.npy").shape == (80, 860)
-    run_dir = outputs / "extract_mels" / "demo" / "chain=direct"
+    run_dir = outputs / "extract_mels" / "demo" / "chain-direct"
     assert (run_dir / ".hydra" / "config.yaml").exists() and not (run_dir / "failures.jsonl").exists()

@@ -153,7 +153,7 @@ def test_sweep_through_submitit_local_trains_and_a_rerun_resumes(demo, outputs):
            f"codebook.ckpt={demo}", "trainer.max_steps=20", "trainer.val_every=5", "trainer.log_every=10")
     for S in (1, 5):
         # codebook.ckpt and trainer.* stay out of the folder name
-        run = outputs / "train_transformer" / "demo" / f"transformer.feat_sample_size={S}"
+        run = outputs / "train_transformer" / "demo" / f"transformer.feat_sample_size-{S}"
         assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
         losses = _val_losses((run / "train_transformer.log").read_text())
         assert len(losses) == 4 and losses[-1] < losses[0] - 0.3, losses  # from about ln(32) = 3.47
