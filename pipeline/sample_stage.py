@@ -31,7 +31,8 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -285,18 +286,92 @@ def _extract(video: Path, fcfg: Mapping[str, Any], device: torch.device, cache: 
                                  batch_size=int(fcfg.get("batch_size", 64)), device=device)
 
 
-def run_user(cfg, run_dir: Path) -> dict[str, Any]:
-    from pipeline.extraction import ClipError
-    from pipeline.video import mux_audio
+@dataclass
+class UserModels:
+    """What sampling a user's video needs, loaded once (the stage and the app share it)."""
+
+    model: Any                       # the transformer wrapper (eval mode, on `device`)
+    meta: dict[str, Any]             # the checkpoint's metadata (model_args, features, sampling)
+    fcfg: dict[str, Any] | None      # the features the model was trained on
+    vocode: Any                      # MelGAN, else Griffin-Lim: (80, T) mel -> waveform
+    device: torch.device
+    name: str = "transformer_ckpt"   # names the checkpoint in error messages
+    cache: dict = field(default_factory=dict)  # feature networks, by (kind, weights, width)
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return self.meta["model_args"]
+
+    @property
+    def condition(self) -> str:
+        return str(self.args.get("condition", "features"))
+
+
+def load_user_models(cfg, device: torch.device | None = None) -> UserModels:
+    """The transformer, its features config and the vocoder of a sample config (`transformer_ckpt`,
+    `codebook_ckpt`, `vocoder_ckpt`, `feature_weights`, `+features`, `device`)."""
     from pipeline.vocoder import load_vocoder_or_griffinlim
 
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "cpu")
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "cpu")
     model, meta = load_model(cfg, device)
-    args = meta["model_args"]
-    settings = sampling_settings(cfg, meta, int(args["vocab_size"]))
-    condition = str(args.get("condition", "features"))
-    fcfg = features_config(cfg, meta)
-    vocode = load_vocoder_or_griffinlim(cfg.get("vocoder_ckpt"), device=device)
+    return UserModels(model, meta, features_config(cfg, meta), load_vocoder_or_griffinlim(cfg.get("vocoder_ckpt"),
+                      device=device), device, str(cfg.transformer_ckpt))
+
+
+def sample_user_clip(models: UserModels, video: Path | None, outs: Sequence[Path], settings: Mapping[str, Any], *,
+                     seed: int = 0, max_seconds: float | None = 10.0, features: np.ndarray | Path | None = None,
+                     class_id: int | None = None, seconds: float | None = None) -> list[dict[str, Any]]:
+    """One sample per path of `outs` from a video (its features extracted) or `features` (a (T, D) array or a
+    .pkl file): writes `<out>.npy`, `<out>.wav` and, with a video, `<out>.mp4` (its picture, the new sound).
+
+    Returns per sample {"mel": (80, T) float32 in [0, 1], "wave": float32 at 22050 Hz, "npy", "wav", "mp4"
+    (None without a video)}. Sample k is seeded by seed * 1_000_003 + k, as the stage does.
+    """
+    from pipeline.video import mux_audio
+
+    if seconds is None and video is not None:
+        seconds = video_seconds(video)
+    model, device = models.model, models.device
+    cond = _user_condition(models, video, features, class_id, seed)
+    span = seconds if max_seconds is None or seconds is None else min(seconds, float(max_seconds))
+    cols = model.first_stage_permuter.W
+    if span is not None and span * MEL_FPS > cols * FRAMES_PER_COLUMN:
+        cols = math.ceil(span * MEL_FPS / FRAMES_PER_COLUMN)  # sliding window past 10 s
+    gt = _user_gt_tokens(model, video, settings, cols, device)
+    results = []
+    for k, out in enumerate(outs):
+        gen = _generator(device, int(seed) * 1_000_003 + k)
+        mel = generate(model, cond, settings, model.first_stage_permuter.H * cols, gt, gen)[0]  # (80, 16 cols)
+        wave = np.asarray(models.vocode(mel.numpy()), dtype=np.float32)
+        if span is not None:
+            wave = wave[:round(span * SR)]  # the sound stops where the video (or max_seconds) does
+        out = Path(out)
+        save_npy(out.with_suffix(".npy"), mel.numpy())
+        save_wav(out.with_suffix(".wav"), wave, SR, subtype="PCM_24")
+        mp4 = mux_audio(video, wave, out.with_suffix(".mp4"), sr=SR) if video is not None else None
+        results.append({"mel": mel.numpy(), "wave": wave, "npy": out.with_suffix(".npy"),
+                        "wav": out.with_suffix(".wav"), "mp4": None if mp4 is None else Path(mp4)})
+    return results
+
+
+@torch.no_grad()
+def reconstruct_user_clip(models: UserModels, video: Path, out: Path) -> dict[str, Any]:
+    """The codebook's reconstruction of the video's own sound (its first 9.85 s), for comparison with samples:
+    writes `<out>.wav`; returns {"mel": (80, 848), "wave", "wav"}."""
+    seconds = video_seconds(video)
+    tokens = models.model.encode_to_tokens(_video_image(video, models.device))
+    mel = ((models.model.decode_to_spec(tokens)[0, 0].float() + 1) / 2).cpu().numpy()  # (80, 848) in [0, 1]
+    wave = np.asarray(models.vocode(mel), dtype=np.float32)[:round(seconds * SR)]
+    save_wav(Path(out).with_suffix(".wav"), wave, SR, subtype="PCM_24")
+    return {"mel": mel, "wave": wave, "wav": Path(out).with_suffix(".wav")}
+
+
+def run_user(cfg, run_dir: Path) -> dict[str, Any]:
+    from pipeline.extraction import ClipError
+
+    models = load_user_models(cfg)
+    settings = sampling_settings(cfg, models.meta, int(models.args["vocab_size"]))
     if cfg.get("features_file"):
         if cfg.get("video") and len(list_videos(Path(str(cfg.video)))) != 1:
             raise ValueError("features_file goes with one video file (or none), not a folder")
@@ -305,7 +380,6 @@ def run_user(cfg, run_dir: Path) -> dict[str, Any]:
         inputs = [(v, None) for v in list_videos(Path(str(cfg.video)))]
     root = Path(str(cfg.video)) if cfg.get("video") and Path(str(cfg.video)).is_dir() else None
     failures = FailureManifest(run_dir / "failures.jsonl")
-    cache: dict = {}
     written = skipped = 0
     for video, features_file in inputs:
         source = video or features_file
@@ -317,25 +391,12 @@ def run_user(cfg, run_dir: Path) -> dict[str, Any]:
                                          (video is None or o.with_suffix(".mp4").exists()) for o in outs):
                 skipped += len(outs)
                 continue
-            cond = _user_condition(cfg, condition, fcfg, args, video, features_file, device, cache)
-            span = seconds if cfg.max_seconds is None or seconds is None else min(seconds, float(cfg.max_seconds))
-            cols = model.first_stage_permuter.W
-            if span is not None and span * MEL_FPS > cols * FRAMES_PER_COLUMN:
-                cols = math.ceil(span * MEL_FPS / FRAMES_PER_COLUMN)  # sliding window past 10 s
-            gt = _user_gt_tokens(model, video, settings, cols, device)
-            for k, out in enumerate(outs):
-                gen = _generator(device, int(cfg.seed) * 1_000_003 + k)
-                mel = generate(model, cond, settings, model.first_stage_permuter.H * cols, gt, gen)[0]  # (80, 16 cols)
-                wave = np.asarray(vocode(mel.numpy()), dtype=np.float32)
-                if span is not None:
-                    wave = wave[:round(span * SR)]  # the sound stops where the video (or max_seconds) does
-                save_npy(out.with_suffix(".npy"), mel.numpy())
-                save_wav(out.with_suffix(".wav"), wave, SR, subtype="PCM_24")
-                if video is not None:
-                    mux_audio(video, wave, out.with_suffix(".mp4"), sr=SR)
+            for result in sample_user_clip(models, video, outs, settings, seed=int(cfg.seed),
+                                           max_seconds=cfg.max_seconds, features=features_file,
+                                           class_id=cfg.get("class_id"), seconds=seconds):
                 written += 1
-                print(f"[sample] {source} -> {out.with_suffix('.wav')}"
-                      + (f", {out.with_suffix('.mp4')}" if video is not None else ""), flush=True)
+                print(f"[sample] {source} -> {result['wav']}" + (f", {result['mp4']}" if video is not None else ""),
+                      flush=True)
         except (ClipError, ValueError, FileNotFoundError) as error:
             if len(inputs) == 1:
                 raise
@@ -347,20 +408,26 @@ def run_user(cfg, run_dir: Path) -> dict[str, Any]:
     return {"written": written, "skipped": skipped, "out": run_dir}
 
 
-def _user_condition(cfg, condition: str, fcfg, args, video, features_file, device, cache) -> torch.Tensor:
-    if condition == "class":
-        if cfg.get("class_id") is None:
+def _user_condition(models: UserModels, video: Path | None, features: np.ndarray | Path | None,
+                    class_id: int | None, seed: int) -> torch.Tensor:
+    args, fcfg, device = models.args, models.fcfg, models.device
+    if models.condition == "class":
+        if class_id is None:
             raise ValueError("this transformer is class-conditioned: pass class_id=N (the data set's class index)")
-        return torch.tensor([int(cfg.class_id)], device=device)
-    if condition == "none":
+        return torch.tensor([int(class_id)], device=device)
+    if models.condition == "none":
         S, depth = int(args["feat_sample_size"]), int(args["feat_depth"])
-        return torch.rand(1, depth, S, generator=torch.Generator().manual_seed(int(cfg.seed))).to(device)
-    if features_file is not None:
-        feats, source = load_pickle_array_checked(features_file), str(features_file)
+        return torch.rand(1, depth, S, generator=torch.Generator().manual_seed(int(seed))).to(device)
+    if isinstance(features, (str, Path)):
+        feats, source = load_pickle_array_checked(Path(features)), str(features)
+    elif features is not None:
+        feats, source = features, "the given features"
     else:
+        if video is None:
+            raise ValueError("sampling from features needs a video or a features file")
         if fcfg is None:
-            raise ValueError(f"{cfg.transformer_ckpt} records no features config: pass +features=KIND")
-        feats, source = _extract(video, fcfg, device, cache), f"{video} ({fcfg['name']} features)"
+            raise ValueError(f"{models.name} records no features config: pass +features=KIND")
+        feats, source = _extract(video, fcfg, device, models.cache), f"{video} ({fcfg['name']} features)"
     return condition_from_features(feats, fcfg or {}, args, source).to(device)
 
 
@@ -379,9 +446,14 @@ def _user_gt_tokens(model, video: Path | None, settings, cols: int, device) -> t
     if video is None or cols != model.first_stage_permuter.W:
         raise ValueError("mode=half primes with the video's own sound: it needs a video of at most 10 s "
                          "(or max_seconds=10); use mode=nopix otherwise")
+    return model.encode_to_tokens(_video_image(video, device))
+
+
+def _video_image(video: Path, device: torch.device) -> torch.Tensor:
+    """The video's own sound as the model's input: (1, 80, 848) in [-1, 1] (its 10-s mel, centre-cropped)."""
     from pipeline.data.features import center_offset
     from pipeline.mel import extract_mel
 
     mel = extract_mel(video, chain="direct")  # (80, 860) in [0, 1]; ClipError without an audio stream
     x = 2 * mel[:, center_offset(mel.shape[1], 848):][:, :848] - 1
-    return model.encode_to_tokens(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device))
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device)
