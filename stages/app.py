@@ -1,0 +1,20 @@
+"""An interactive sampler (Gradio) in place of the original's Streamlit tool.
+
+`python -m stages.app transformer_ckpt=PATH [vocoder_ckpt=PATH] [port=7860]` serves a page on which you upload
+a video (or pick a clip of the data set's split), choose the sampling settings and get the generated sounds,
+the video with the new sound and the spectrograms. Needs gradio: `pip install -e .[app]`.
+"""
+import hydra
+
+import pipeline.config  # noqa: F401  (registers resolvers)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="app")
+def main(cfg) -> None:
+    from pipeline.app import run
+
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
