@@ -121,7 +121,7 @@ def test_our_checkpoint_round_trip(tmp_path):
     sd = model.state_dict()
     assert all(torch.equal(again.state_dict()[k], sd[k]) for k in sd)
     with_loss = load_codebook(tmp_path / "last.pt", with_loss=True)
-    assert with_loss.loss.config == loss.config and with_loss.loss.discriminator_iter_start == 1
+    assert with_loss.loss.config == loss.config and with_loss.loss.discriminator_iter_start == cfg.loss.disc_start
     x = torch.rand(1, 1, 80, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(again.encode_indices(x), model.eval().encode_indices(x))
