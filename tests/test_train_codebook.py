@@ -36,12 +36,13 @@ def tiny_codebook_cfg(vas_dir: Path, tmp_path: Path, *overrides: str):
 
 
 def test_tiny_codebook_learns_and_its_checkpoint_loads(vas_dir, tmp_path):
-    # 208 frames (13 code columns) instead of 848 keep the test fast; the model is fully convolutional
-    cfg = tiny_codebook_cfg(vas_dir, tmp_path, "codebook.optim.base_learning_rate=1e-3",
-                            "codebook.loss.disc_start=24", "data.crop_len=208")
-    trainer = Trainer(CodebookTask(cfg), {**cfg.trainer, "max_steps": 30, "val_every": 15, "ckpt_every": 15,
-                                           "log_every": 1},
-                      tmp_path / "run", logger_cfg={"name": "none"}, seed=0, batch_size=2)
+    # 208 frames (13 code columns) instead of 848 keep the test fast; the model is fully convolutional.
+    # The GAN stays off here (a 0.2 M-parameter model is knocked back by it); the two-process test runs it.
+    cfg = tiny_codebook_cfg(vas_dir, tmp_path, "codebook.optim.base_learning_rate=5e-4",
+                            "codebook.loss.disc_start=1000", "data.crop_len=208")
+    trainer = Trainer(CodebookTask(cfg), {**cfg.trainer, "max_steps": 60, "val_every": 30, "ckpt_every": 30,
+                                           "log_every": 1}, tmp_path / "run", logger_cfg={"name": "none"},
+                      seed=0, batch_size=2)
     first = {}
 
     original_step = trainer.task.train_step
@@ -53,9 +54,8 @@ def test_tiny_codebook_learns_and_its_checkpoint_loads(vas_dir, tmp_path):
 
     trainer.task.train_step = spy
     metrics = trainer.fit()
-    # real VAS mels are hard for a 0.2 M-parameter model: it first learns the mean level (about -15 %)
-    assert metrics["val/rec_loss"] < 0.92 * first["rec"], (first, metrics)
-    assert metrics["val/disc_factor"] == 1  # the GAN terms were on for the last steps
+    # real VAS mels are hard for a 0.2 M-parameter model: it first learns the level and the band structure
+    assert metrics["val/rec_loss"] < 0.85 * first["rec"], (first, metrics)
     assert 0 <= metrics["val/dead_code_share"] < 1 and metrics["val/code_perplexity"] >= 1
 
     model = load_codebook(tmp_path / "run" / "checkpoints" / "last.pt", with_loss=True)
