@@ -75,7 +75,7 @@ def build_loss(loss_cfg: Mapping) -> VQLPAPSWithDiscriminator:
     """The loss from a `codebook.loss` config: reads `lpaps_stats` (txt) and `lpaps_trunk` (VGGish-ish ckpt)."""
     args = _plain(loss_cfg)
     stats, trunk = args.pop("lpaps_stats", None), args.pop("lpaps_trunk", None)
-    if args.get("perceptual_weight", 1.0) > 0 and trunk is None:
+    if args.get("perceptual_weight", 1.0) > 0 and trunk in (None, "???"):
         raise ValueError("the perceptual loss (LPAPS) needs codebook.loss.lpaps_trunk: a VGGish-ish checkpoint "
                          "(python -m stages.train_classifier classifier=vggishish, or the original's vggishish16.pt), "
                          "`random` to reproduce the original release (its LPAPS weights never loaded), or "
