@@ -10,8 +10,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPECVQGAN_SHARED", ROOT.parent / "shared")).resolve()
 
-torch.set_num_threads(1)  # `make test` runs 2 pytest workers on 2 cores: one thread each
+# before any test runs: an OpenMP pool of 2 made before accelerate.debug_launcher forks deadlocks its children
+torch.set_num_threads(1)
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread per test: `make test` runs 2 pytest workers on 2 cores, and a second thread only adds
+    synchronisation (several times slower, up to 35x, when the cores are busy). Restored after each test, so a
+    stage that sets its own thread count cannot leak it into the next test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _require(path: Path) -> Path:
@@ -45,3 +57,14 @@ def outputs(tmp_path: Path, monkeypatch) -> Path:
     out.mkdir()
     monkeypatch.setenv("SPECVQGAN_OUTPUTS", str(out))
     return out
+
+
+@pytest.fixture(scope="module")
+def original_transformer_small(original_fixtures):
+    """The original's small GPTFeats checkpoint: (state_dict, io tensors, config_small.json)."""
+    import json
+
+    ckpt = torch.load(original_fixtures / "transformer_small.ckpt", weights_only=True)["state_dict"]
+    io = torch.load(original_fixtures / "transformer_small_io.pt", weights_only=True)
+    cfg = json.loads((original_fixtures / "config_small.json").read_text())
+    return ckpt, io, cfg

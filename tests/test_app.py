@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipeline.app import Sampler, build_app, import_gradio
-from tests.test_sample_stage import features_preset, one_thread  # noqa: F401  (the fixture)
+from tests.test_sample_stage import features_preset  # noqa: F401  (the fixture)
 from tests.test_train_transformer import ROOT, make_codebook, make_dataset, make_transformer, write_video
 
 

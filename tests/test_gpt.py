@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,22 +18,9 @@ def tiny_feats(feat_depth: int = 8, S: int = 3, **kw) -> GPTFeats:
     ).eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second thread only adds synchronisation (35x slower when the
-    cores are busy), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def original_small(original_fixtures):
-    ckpt = torch.load(original_fixtures / "transformer_small.ckpt", weights_only=True)["state_dict"]
-    io = torch.load(original_fixtures / "transformer_small_io.pt", weights_only=True)
-    cfg = json.loads((original_fixtures / "config_small.json").read_text())
-    return ckpt, io, cfg
+def original_small(original_transformer_small):
+    return original_transformer_small
 
 
 def test_shapes_and_attention():

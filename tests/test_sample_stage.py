@@ -35,17 +35,6 @@ def features_preset(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.merge(*parents, cfg))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second torch thread only adds synchronisation."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def models(outputs: Path, tmp_path: Path) -> dict[str, Path]:
     make_dataset(outputs / "demo_data", train=1, valid=1)

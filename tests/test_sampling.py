@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -17,21 +15,9 @@ from pipeline.sampling import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second thread only adds synchronisation (35x slower when the
-    cores are busy), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def original(original_fixtures):
-    ckpt = torch.load(original_fixtures / "transformer_small.ckpt", weights_only=True)["state_dict"]
-    io = torch.load(original_fixtures / "transformer_small_io.pt", weights_only=True)
-    cfg = json.loads((original_fixtures / "config_small.json").read_text())
+def original(original_transformer_small):
+    ckpt, io, cfg = original_transformer_small
     model = GPTFeats(**cfg["gpt"], feat_depth=2048).eval()
     model.load_state_dict(
         {k[len("transformer.") :]: v for k, v in ckpt.items() if k.startswith("transformer.")}

@@ -26,15 +26,6 @@ from pipeline.train import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads contend and run several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def demo_mels(tmp_path_factory) -> dict:
     """A generated demo data set (4 classes x 5 clips of 2 s, tiny frames) with its mels, in the VAS layout."""

@@ -10,8 +10,9 @@ from omegaconf import open_dict
 
 import pipeline.config  # noqa: F401
 from pipeline.pretrained import load_codebook
-from pipeline.tasks.codebook import CodebookTask, scaled_lr
+from pipeline.tasks.codebook import CodebookTask
 from pipeline.train import Trainer
+from pipeline.train.loop import scaled_lr
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

@@ -72,15 +72,6 @@ def test_config_composes_with_paper_and_tiny_presets():
     assert demo.vocoder.name == "tiny" and demo.trainer.max_steps == demo.vocoder.schedule.max_steps
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads contend and run several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_short_run_lowers_mel_l1_and_checkpoint_loads(tmp_path, one_thread):
     from pipeline.pretrained import load_vocoder
 

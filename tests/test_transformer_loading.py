@@ -22,14 +22,6 @@ from pipeline.pretrained.transformer import (
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def small(original_fixtures):
     cfg = json.loads((original_fixtures / "config_small.json").read_text())

@@ -15,11 +15,6 @@ from pipeline.train import Task
 log = logging.getLogger(__name__)
 
 
-def scaled_lr(base_lr: float, batch_size: int, grad_accum: int, num_processes: int) -> float:
-    """The original's effective learning rate: accumulation x processes x batch x base (train.py)."""
-    return float(base_lr) * int(batch_size) * int(grad_accum) * int(num_processes)
-
-
 class CodebookTask(Task):
     """Encoder/quantiser/decoder ("model") against a PatchGAN inside the loss ("loss"), as the original.
 
@@ -40,9 +35,7 @@ class CodebookTask(Task):
         model = build_codebook(self.codebook_cfg.model)
         loss = build_loss(self.codebook_cfg.loss)
         optim = self.codebook_cfg.optim
-        lr = scaled_lr(optim.base_learning_rate, optim.batch_size, self.trainer.cfg.get("grad_accum", 1),
-                       self.trainer.num_processes)
-        log.info("learning rate %.3g (base %.3g x batch x accumulation x processes)", lr, optim.base_learning_rate)
+        lr = self.trainer.scaled_lr(optim.base_learning_rate)
         betas = tuple(optim.betas)
         self.modules = {"model": model, "loss": loss}
         self.optimizers = {

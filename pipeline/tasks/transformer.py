@@ -28,7 +28,6 @@ from pipeline.pretrained.transformer import (
     check_compatible,
     model_args_from_config,
 )
-from pipeline.tasks.codebook import scaled_lr
 from pipeline.tasks.media import log_spectrograms
 from pipeline.train import Task
 
@@ -118,10 +117,8 @@ class TransformerTask(Task):
         torch.manual_seed(int(self.cfg.seed))
         wrapper = build_transformer(self.model_args(), codebook)
         optim = self.tcfg.optim
-        lr = scaled_lr(optim.base_learning_rate, optim.batch_size, self.trainer.cfg.get("grad_accum", 1),
-                       self.trainer.num_processes)
-        log.info("learning rate %.3g (base %.3g x batch x accumulation x processes); %.2f M trainable parameters",
-                 lr, optim.base_learning_rate, sum(p.numel() for p in wrapper.transformer.parameters()) / 1e6)
+        lr = self.trainer.scaled_lr(optim.base_learning_rate)
+        log.info("%.2f M trainable parameters", sum(p.numel() for p in wrapper.transformer.parameters()) / 1e6)
         self.modules = {"model": wrapper}
         groups = wrapper.transformer_param_groups(float(optim.weight_decay))
         self.optimizers = {"transformer": torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas))}

@@ -95,6 +95,11 @@ class Task:
         return {}
 
 
+def scaled_lr(base_lr: float, batch_size: int, grad_accum: int, num_processes: int) -> float:
+    """The original's effective learning rate: accumulation x processes x batch x base (train.py)."""
+    return float(base_lr) * int(batch_size) * int(grad_accum) * int(num_processes)
+
+
 def _scalar(value: torch.Tensor | float) -> float:
     return float(value.detach().float().mean().item()) if torch.is_tensor(value) else float(value)
 
@@ -144,6 +149,12 @@ class Trainer:
     @property
     def num_processes(self) -> int:
         return self.accelerator.num_processes
+
+    def scaled_lr(self, base_lr: float) -> float:
+        """`base_lr` scaled by this run's batch, accumulation and processes, as the original does; logged."""
+        lr = scaled_lr(base_lr, self.batch_size, int(self.cfg.get("grad_accum", 1)), self.num_processes)
+        log.info("learning rate %.3g (base %.3g x batch x accumulation x processes)", lr, base_lr)
+        return lr
 
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
