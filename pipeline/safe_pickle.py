@@ -41,6 +41,17 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
 _ALLOWED[("_codecs", "encode")] = _latin1_encode
 
 
+def numpy_scalar_globals() -> list[tuple[object, str]]:
+    """The numpy globals above (dtype and scalar constructors, under numpy 1's and 2's module names) as
+    (object, "module.name") pairs for `torch.serialization.safe_globals`, plus the dtype classes torch's
+    unpickler must accept in a BUILD: what the original's checkpoints pickle for numpy metrics."""
+    pairs: list[tuple[object, str]] = [(obj, f"{module}.{name}") for (module, name), obj in _ALLOWED.items()
+                                       if module != "_codecs"]  # torch has its own _codecs.encode
+    pairs += [(type(np.dtype(code)), f"numpy.dtypes.{type(np.dtype(code)).__name__}")
+              for code in ("f8", "f4", "f2", "i8", "i4", "i2", "i1", "u1", "b1")]
+    return pairs
+
+
 class UnsafePickleError(pickle.UnpicklingError):
     """A pickle asked for something other than a numpy array; nothing it named was imported or called."""
 

@@ -102,7 +102,7 @@ def test_unexpected_and_missing_keys_are_listed(original_fixtures, tmp_path):
     del raw["state_dict"]["encoder.extra.weight"], raw["state_dict"]["loss.other.w"]
     del raw["state_dict"]["decoder.mid.attn_1.q.bias"]
     torch.save(raw, path)
-    with pytest.raises(ValueError, match=r"missing \(1\): \['decoder\.mid\.attn_1\.q\.bias'\]"):
+    with pytest.raises(ValueError, match=r"missing keys \(1\): \['decoder\.mid\.attn_1\.q\.bias'\]"):
         load_codebook(path)
 
 

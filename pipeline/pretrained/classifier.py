@@ -1,9 +1,13 @@
 """load_classifier: VGGish-ish or Melception from our checkpoints or the original's training checkpoints.
 
-Accepted files (read with weights_only=True; numpy scalars in the original's `metrics` are allowed):
+`load_classifier` takes a file or a folder: the original's release folder holding one `.pt` (and, beside it, the
+normalisation stats train_means_stds_melspec_10s_22050hz.txt, as `specvqgan/modules/autoencoder/lpaps/` ships
+vggishish16.pt) or one of our run folders. Accepted files (read by `pipeline.checkpoints.read_checkpoint`, which
+admits the numpy scalars of the original's `metrics`):
 - ours: {"format": "specvqgan-pipeline", "kind": "classifier", "model_args": {"arch": "vggishish" |
-  "melception", ...constructor arguments}, "state_dict": {...}};
-- the original's `<Model>-<timestamp>.pt`: {loss, metrics, epoch, optimizer, model} with the state dict in `model`;
+  "melception", ...constructor arguments}, "state_dict": {...}, "normalization": {"mean", "std"}, "classes"};
+- the original's `melception-21-05-10T09-28-40.pt` / `vggishish16.pt`: {loss, metrics, epoch, optimizer, model}
+  with the state dict in `model`;
 - a bare state dict.
 The architecture comes from the keys (`Mixed_*` -> Melception, `features.*` + `classifier.*` -> VGGish-ish), its
 sizes from the tensor shapes, and `model_args` where the shapes are ambiguous. Loading is strict.
@@ -16,25 +20,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from models.melception import Melception
 from models.vggishish import VGGishish
-from pipeline.pretrained.vocoder import FORMAT, load_strictly, read_checkpoint
+from pipeline.checkpoints import checkpoint_format, describe, load_state_strictly, locate, read_checkpoint
+from pipeline.pretrained.released import model_files
+
+KIND = "classifier"
 
 ARCHS = ("vggishish", "melception")
-
-
-def _numpy_safe_globals() -> list:
-    """The numpy scalar and dtype constructors a training checkpoint's `metrics` may pickle (numpy 1 and 2)."""
-    core = getattr(np, "_core", None) or np.core
-    scalar = core.multiarray.scalar
-    safe: list = [np.dtype, scalar, (scalar, "numpy.core.multiarray.scalar"),
-                  (scalar, "numpy._core.multiarray.scalar")]
-    safe += [type(np.dtype(t)) for t in ("f8", "f4", "i8", "i4", "b1")]
-    return safe
 
 
 def detect_arch(state_dict: Mapping[str, Any]) -> str:
@@ -48,8 +44,10 @@ def detect_arch(state_dict: Mapping[str, Any]) -> str:
 
 
 def infer_melception_args(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Classes, auxiliary head and width multiplier (the first conv has 32 x width channels) from the shapes."""
     return {"num_classes": int(state_dict["fc.weight"].shape[0]),
-            "aux_logits": any(k.startswith("AuxLogits.") for k in state_dict)}
+            "aux_logits": any(k.startswith("AuxLogits.") for k in state_dict),
+            "width": int(state_dict["Conv2d_1a_3x3.conv.weight"].shape[0]) / 32}
 
 
 def infer_vggishish_args(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -86,29 +84,49 @@ def _build(arch: str, state_dict: Mapping[str, torch.Tensor], model_args: Mappin
 
 
 def load_classifier(path: str | os.PathLike, kind: str | None = None,
-                    map_location: str | torch.device = "cpu") -> nn.Module:
-    """VGGishish or Melception of `path` in eval mode; `kind` ('vggishish' / 'melception') asserts which."""
+                    map_location: str | torch.device = "cpu", stats: str | os.PathLike | None = None) -> nn.Module:
+    """VGGishish or Melception of `path` (a file or a folder) in eval mode; `kind` ('vggishish' / 'melception')
+    asserts which.
+
+    The model carries `normalization`, the (mean, std) float32 tensors (n_mels,) its inputs are standardised with
+    (`StandardNormalizeAudio` on [0, 1] mels), or None when unknown: from `stats` (the original's 80 x [mean, std]
+    txt, train_means_stds_melspec_10s_22050hz.txt) when given, else our checkpoint's, else the txt lying beside a
+    released checkpoint in its folder. `classes` is the class names our checkpoints store, else None.
+    """
     if kind is not None and kind not in ARCHS:
         raise ValueError(f"kind must be one of {ARCHS} or None, got {kind!r}")
-    with torch.serialization.safe_globals(_numpy_safe_globals()):
-        obj = read_checkpoint(path, map_location)
+    files = model_files(locate(path, KIND), KIND)
+    path = files.checkpoint
+    obj = read_checkpoint(path, map_location)
+    fmt = checkpoint_format(obj)
     model_args: Mapping[str, Any] = {}
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+    normalization, classes = None, None
+    if fmt == "ours":
         if obj.get("kind") != "classifier":
             raise ValueError(f"{path} is a {obj.get('kind')!r} checkpoint of this project, not a classifier")
         state_dict, model_args = obj["state_dict"], dict(obj.get("model_args") or {})
-    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        norm, classes = obj.get("normalization"), obj.get("classes")
+        if norm is not None:
+            normalization = (torch.as_tensor(norm["mean"]).float().flatten(),
+                             torch.as_tensor(norm["std"]).float().flatten())
+    elif fmt == "training":
         state_dict = obj["model"]  # the original's {loss, metrics, epoch, optimizer, model}
-    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+    elif fmt == "state_dict":
         state_dict = obj
     else:
         raise ValueError(f"{path} is not a classifier checkpoint (ours, the original's with a `model` state dict, "
-                         f"or a bare state dict); found {type(obj).__name__}")
+                         f"or a bare state dict); found {describe(obj)}")
     if all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module."):]: v for k, v in state_dict.items()}  # saved from DataParallel
     arch = model_args.get("arch") or detect_arch(state_dict)
     if kind is not None and arch != kind:
         raise ValueError(f"{path} holds a {arch} classifier, but {kind} was asked for")
     model = _build(arch, state_dict, model_args)
-    load_strictly(model, state_dict, path, assign=True)
+    load_state_strictly(model, state_dict, path, arch, assign=True)
+    stats = stats if stats is not None else (files.extras.get("stats") if normalization is None else None)
+    if stats is not None:
+        from pipeline.pretrained.codebook import load_mel_stats
+
+        normalization = load_mel_stats(stats)
+    model.normalization, model.classes = normalization, classes
     return model.eval()

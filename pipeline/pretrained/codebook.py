@@ -1,32 +1,37 @@
 """Build, save and load the spectrogram codebook (VQModel), from our checkpoints or the original's `.ckpt`.
 
-Two formats, told apart by content (never by extension):
+`load_codebook` takes a checkpoint file or a folder (`pipeline.pretrained.released`). Two formats, told apart by
+content (never by extension):
 - ours: {"format": "specvqgan-pipeline", "kind": "codebook", "model_args": VQModel kwargs, "loss_args": loss
   kwargs or None, "state_dict": the original's key layout (with `loss.*` when trained with a loss), ...};
-- the original's Lightning checkpoint {"state_dict", "epoch", "global_step"} with no config: the architecture
-  is inferred from the tensor shapes.
+- the original's Lightning checkpoint {"state_dict", "epoch", "global_step", ...}, as released (Lightning 1.2.10,
+  read without Lightning: `pipeline.checkpoints`). In its log folder the architecture comes from
+  `configs/*-project.yaml` (`model.params.{ddconfig, n_embed, embed_dim}`, the loss from `lossconfig.params`);
+  a lone file's is inferred from the tensor shapes.
 
 `loss.discriminator.*` / `loss.perceptual_loss.*` go into the loss module with `with_loss=True` (strictly) and
 are otherwise ignored; every other missing or unexpected key raises an error that lists it.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from models.vqgan import VQModel
 from models.vqgan_loss import VQLPAPSWithDiscriminator
+from pipeline.checkpoints import FORMAT, checkpoint_format, describe, locate, read_checkpoint, state_mismatch
+from pipeline.pretrained.released import model_files, require
 
 log = logging.getLogger(__name__)
 
-FORMAT = "specvqgan-pipeline"
 KIND = "codebook"
 LOSS_PREFIXES = ("loss.discriminator.", "loss.perceptual_loss.")
 
@@ -60,7 +65,7 @@ def load_mel_stats(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _vggishish_features(path: Path) -> dict[str, torch.Tensor]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = read_checkpoint(path)  # vggishish16.pt: a training dict whose metrics are numpy scalars
     for key in ("model", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -179,66 +184,94 @@ def infer_loss_args(loss_state: Mapping[str, torch.Tensor]) -> dict:
     return args
 
 
-def _raise_mismatch(path: Path, what: str, missing: list[str], unexpected: list[str]) -> None:
-    if missing or unexpected:
-        raise ValueError(f"{path}: the {what} weights do not match the model built for them.\n"
-                         f"  missing ({len(missing)}): {missing}\n  unexpected ({len(unexpected)}): {unexpected}\n"
-                         f"Is this a codebook checkpoint of this project or the original's release?")
+def _raise_mismatch(path: Path, what: str, expected: Mapping[str, torch.Tensor],
+                    got: Mapping[str, torch.Tensor]) -> None:
+    problem = state_mismatch(expected, got, str(path), what)
+    if problem:
+        raise ValueError(f"{problem}. Is this a codebook checkpoint of this project or the original's release?")
 
 
-def read_codebook_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"
-                       ) -> tuple[dict, dict | None, dict[str, torch.Tensor]]:
-    """(model_args, saved loss_args or None, state_dict) of either format."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"codebook checkpoint {path} not found (set codebook.ckpt to a trained run's "
-                                f"checkpoints/last.pt or an original .ckpt)")
-    obj = torch.load(path, map_location=map_location, weights_only=True)
-    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+def args_from_project_config(cfg: Mapping[str, Any], source: str) -> tuple[dict, dict]:
+    """(VQModel kwargs, loss kwargs) from an original project config whose model is a VQModel."""
+    target = str(require(cfg, "model.target", source))
+    if not target.endswith("VQModel"):
+        raise ValueError(f"{source}: model.target is {target}, not a codebook (VQModel); a transformer's folder "
+                         f"loads with load_transformer")
+    params = cfg["model"]["params"]
+    ddconfig = {"norm_groups": 32, **dict(require(cfg, "model.params.ddconfig", source))}  # GroupNorm(32) in all
+    model_args = {"ddconfig": ddconfig, "n_embed": int(require(cfg, "model.params.n_embed", source)),
+                  "embed_dim": int(require(cfg, "model.params.embed_dim", source)), "beta": 0.25}
+    accepted = set(inspect.signature(VQLPAPSWithDiscriminator).parameters)
+    loss_params = (params.get("lossconfig") or {}).get("params") or {}
+    return model_args, {k: v for k, v in loss_params.items() if k in accepted}
+
+
+class CodebookFile(NamedTuple):
+    path: Path                       # the checkpoint file read
+    model_args: dict                 # VQModel kwargs
+    loss_args: dict | None           # saved (ours) or configured (the original's folder) loss kwargs
+    state: dict[str, torch.Tensor]   # the state dict, `loss.*` included
+    origin: str                      # where the sizes came from: "ours", "config" or "shapes"
+
+
+def read_codebook_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> CodebookFile:
+    """What a codebook file or folder of either format holds. The loss_args of an original folder are its
+    config's; in `load_codebook` they give way to what the weights show."""
+    files = model_files(locate(path, KIND), KIND)
+    path = files.checkpoint
+    obj = read_checkpoint(path, map_location)
+    fmt = checkpoint_format(obj)
+    if fmt == "ours":
         if obj.get("kind") != KIND:
             raise ValueError(f"{path} is a {obj.get('kind')!r} checkpoint of this project, not a codebook")
-        return dict(obj["model_args"]), obj.get("loss_args"), dict(obj["state_dict"])
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        return CodebookFile(path, dict(obj["model_args"]), obj.get("loss_args"), dict(obj["state_dict"]), "ours")
+    if fmt == "lightning":
         state = dict(obj["state_dict"])
         if "quantize.embedding.weight" not in state:
             hint = " (a transformer checkpoint? load it with load_transformer)" if any(
                 k.startswith("first_stage_model.") for k in state) else ""
             raise ValueError(f"{path}: a Lightning checkpoint without codebook weights{hint}")
-        return infer_model_args(state), None, state
+        if files.config is not None:
+            model_args, loss_args = args_from_project_config(files.config, str(files.folder))
+            return CodebookFile(path, model_args, loss_args, state, "config")
+        return CodebookFile(path, infer_model_args(state), None, state, "shapes")
     raise ValueError(f"{path}: neither this project's checkpoint (format={FORMAT!r}) nor an original Lightning "
-                     f"checkpoint with a `state_dict`; top-level keys: "
-                     f"{sorted(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__}")
+                     f"checkpoint with a `state_dict`; found {describe(obj)}")
 
 
 def load_codebook(path: str | os.PathLike, with_loss: bool = False, map_location: str | torch.device = "cpu",
                   loss_args: Mapping | None = None) -> VQModel:
-    """The codebook in eval mode; `with_loss=True` also loads `loss.*` (strictly) into `model.loss`.
+    """The codebook of `path` (a checkpoint file or a log folder) in eval mode; `with_loss=True` also loads
+    `loss.*` (strictly) into `model.loss`.
 
-    `loss_args` override the loss kwargs (the original's files hold no loss config: only the shapes'
-    discriminator/LPAPS sizes are known, the rest take VQLPAPSWithDiscriminator's defaults, disc_start 0).
+    `loss_args` override the loss kwargs. A lone original file holds no loss config: only the shapes'
+    discriminator/LPAPS sizes are known, the rest take VQLPAPSWithDiscriminator's defaults, disc_start 0; in its
+    log folder the config's `lossconfig.params` fill them in.
     """
-    path = Path(path)
-    model_args, saved_loss_args, state = read_codebook_file(path, map_location)
+    path, model_args, saved_loss_args, state, origin = read_codebook_file(path, map_location)
     loss_state = {k: v for k, v in state.items() if k.startswith("loss.")}
     model_state = {k: v for k, v in state.items() if not k.startswith("loss.")}
     with torch.device("meta"):  # no allocation or init: the checkpoint's tensors are assigned
         model = VQModel(**model_args)
-    result = model.load_state_dict(model_state, strict=False, assign=True)
     # loss.* keys outside the discriminator and perceptual loss are never ours to ignore
-    stray = [] if with_loss else sorted(k for k in loss_state if not k.startswith(LOSS_PREFIXES))
-    _raise_mismatch(path, "codebook", list(result.missing_keys), list(result.unexpected_keys) + stray)
+    stray = {} if with_loss else {k: v for k, v in loss_state.items() if not k.startswith(LOSS_PREFIXES)}
+    _raise_mismatch(path, "codebook", model.state_dict(), {**model_state, **stray})
+    model.load_state_dict(model_state, strict=True, assign=True)
     device = model.quantize.embedding.weight.device
     model.code_counts = torch.zeros(model.n_embed, dtype=torch.long, device=device)
     if with_loss:
         if not loss_state:
             raise ValueError(f"{path} holds no loss.* weights (saved without its loss); use with_loss=False")
-        args = {"disc_start": 0, **infer_loss_args(loss_state), **(saved_loss_args or {}), **dict(loss_args or {})}
+        shapes = infer_loss_args(loss_state)
+        saved = saved_loss_args or {}
+        # ours: the saved kwargs are the truth; the original's config: the weights say which parts exist
+        args = {"disc_start": 0, **shapes, **saved} if origin == "ours" else {"disc_start": 0, **saved, **shapes}
+        args.update(dict(loss_args or {}))
         with torch.device("meta"):
             loss = VQLPAPSWithDiscriminator(**args)
         sub = {k[len("loss."):]: v for k, v in loss_state.items()}
-        result = loss.load_state_dict(sub, strict=False, assign=True)
-        _raise_mismatch(path, "loss", [f"loss.{k}" for k in result.missing_keys],
-                        [f"loss.{k}" for k in result.unexpected_keys])
+        _raise_mismatch(path, "loss", {f"loss.{k}": v for k, v in loss.state_dict().items()}, loss_state)
+        loss.load_state_dict(sub, strict=True, assign=True)
         for p in (loss.perceptual_loss.parameters() if loss.perceptual_weight > 0 else ()):
             p.requires_grad = False
         model.loss = loss

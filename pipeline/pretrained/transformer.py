@@ -1,12 +1,16 @@
 """Loading a stage-2 transformer (the Net2Net wrapper: codebook + permuter + GPT) from a local file.
 
-Two formats, told apart by their content:
-(a) the original's released Net2NetTransformer `.ckpt`: `state_dict` with `transformer.*`,
-`first_stage_model.*` (a VQModel without `loss.*`) and `first_stage_permuter.*`. The GPT's sizes are read from
-the shapes (vocab from `tok_emb`, block_size from `pos_emb`, n_layer from the blocks, n_embd, feat_depth or
-n_classes from the `embedder`); n_head is not in the shapes: pass it (default 16 for n_embd 1024, the
-paper's). The codebook's ddconfig is read from the shapes too (spec §3.7); `resolution` is not stored and is
-taken as 848, the paper's, which only places the attention levels.
+`load_transformer` takes a checkpoint file or a folder (`pipeline.pretrained.released`). Two formats, told apart
+by their content:
+(a) the original's released Net2NetTransformer `.ckpt` (Lightning 1.2.10, read without Lightning:
+`pipeline.checkpoints`): `state_dict` with `transformer.*`, `first_stage_model.*` (a VQModel without `loss.*`)
+and `first_stage_permuter.*`: the codebook is inside, no second file is needed. In its log folder every size
+comes from `configs/*-project.yaml` (`args_from_project_config`: GPT_config, the condition's embedder, the
+permuter's grid, feat_sample_size, the first stage's ddconfig) and is checked against the weights' shapes. A lone
+file's sizes are read from the shapes (vocab from `tok_emb`, block_size from `pos_emb`, n_layer from the
+blocks, n_embd, feat_depth or n_classes from the `embedder`); n_head is not in the shapes: pass it (default 16
+for n_embd 1024, the paper's). The codebook's ddconfig is read from the shapes too (spec §3.7); `resolution` is
+not stored and is taken as 848, the paper's, which only places the attention levels.
 (b) ours: {"format": "specvqgan-pipeline", "kind": "transformer", "model_args": {...}, "state_dict": {...},
 "codebook": <path to a codebook checkpoint> | {"model_args": VQModel kwargs[, "state_dict": ...]} | None}.
 With a dict, the codebook weights are `first_stage_model.*` in `state_dict` (or the dict's own
@@ -30,8 +34,19 @@ from torch import nn
 from models.cond_transformer import Net2NetTransformer
 from models.gpt import build_gpt
 from models.permuter import ColumnMajor
+from pipeline.checkpoints import (
+    checkpoint_format,
+    describe,
+    load_state_strictly,
+    locate,
+    read_checkpoint,
+    state_mismatch,
+    strip_prefix,
+)
+from pipeline.pretrained.codebook import infer_model_args
+from pipeline.pretrained.released import get, model_files, require
 
-FORMAT = "specvqgan-pipeline"
+KIND = "transformer"
 GPT_KEYS = (
     "condition",
     "vocab_size",
@@ -91,7 +106,7 @@ def gpt_args_from_state_dict(
     sd: Mapping[str, torch.Tensor], n_head: int | None = None, grid: tuple[int, int] = (5, 53)
 ) -> dict[str, Any]:
     """The GPT's model_args from an original `transformer.*` state dict (prefix stripped or not)."""
-    sd = _strip(sd, "transformer.") if any(k.startswith("transformer.") for k in sd) else dict(sd)
+    sd = strip_prefix(sd, "transformer.") if any(k.startswith("transformer.") for k in sd) else dict(sd)
     for key in ("tok_emb.weight", "pos_emb", "embedder.weight"):
         if key not in sd:
             raise KeyError(f"no transformer.{key} in the state dict: not a GPTFeats/GPTClass checkpoint")
@@ -133,28 +148,59 @@ def gpt_args_from_state_dict(
     }
 
 
-def vqmodel_args_from_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """VQModel kwargs (ddconfig, n_embed, embed_dim) from the shapes of a `first_stage_model.*`-style dict."""
-    ch, in_channels = sd["encoder.conv_in.weight"].shape[:2]
-    levels = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
-    ch_mult = [int(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // ch for i in levels]
-    num_res_blocks = len({k.split(".")[4] for k in sd if k.startswith("encoder.down.0.block.")})
-    attn_resolutions = [PAPER_RESOLUTION // 2**i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in sd]
-    z_channels = int(sd["decoder.conv_in.weight"].shape[1])
-    n_embed, embed_dim = sd["quantize.embedding.weight"].shape
-    ddconfig = {
-        "double_z": int(sd["encoder.conv_out.weight"].shape[0]) == 2 * z_channels,
-        "z_channels": z_channels,
-        "resolution": PAPER_RESOLUTION,
-        "in_channels": int(in_channels),
-        "out_ch": int(sd["decoder.conv_out.weight"].shape[0]),
-        "ch": int(ch),
-        "ch_mult": ch_mult,
-        "num_res_blocks": num_res_blocks,
-        "attn_resolutions": attn_resolutions,
-        "dropout": 0.0,
-    }
-    return {"ddconfig": ddconfig, "n_embed": int(n_embed), "embed_dim": int(embed_dim)}
+def args_from_project_config(cfg: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the wrapper's model_args, the first stage's VQModel kwargs) from an original project config.
+
+    n_classes of a class condition is None when the config does not give it (the released ones do not ship a
+    `token_embedding_config`): `load_transformer` then takes it from the weights.
+    """
+    target = str(require(cfg, "model.target", source))
+    if not target.endswith("Net2NetTransformer"):
+        hint = ": a codebook's folder loads with load_codebook" if target.endswith("VQModel") else ""
+        raise ValueError(f"{source}: model.target is {target}, not a Net2NetTransformer{hint}")
+    tcfg = require(cfg, "model.params.transformer_config", source)
+    gpt_kind = str(tcfg.get("target", "")).rsplit(".", 1)[-1]
+    gpt = require(cfg, "model.params.transformer_config.params.GPT_config", source)
+    args: dict[str, Any] = {k: int(require(gpt, k, f"{source} (GPT_config)"))
+                            for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}
+    args.update({k: float(gpt.get(k) or 0.0) for k in ("embd_pdrop", "resid_pdrop", "attn_pdrop")})
+    permuter = require(cfg, "model.params.first_stage_permuter_config", source)
+    if not str(permuter.get("target", "")).endswith("ColumnMajor"):
+        raise ValueError(f"{source}: first_stage_permuter_config.target {permuter.get('target')} is not supported "
+                         f"(only the released models' ColumnMajor)")
+    grid = [int(require(permuter, "params.H", source)), int(require(permuter, "params.W", source))]
+    if gpt_kind == "GPTFeats":
+        feat_sample_size = get(cfg, "data.params.feat_sampler_cfg.params.feat_sample_size")
+        args.update(condition="none" if get(cfg, "data.params.replace_feats_with_random") else "features",
+                    feat_depth=int(require(tcfg, "params.feat_embedding_config.params.in_channels", source)),
+                    n_classes=None, feat_sample_size=int(feat_sample_size if feat_sample_size is not None
+                                                         else args["block_size"] - grid[0] * grid[1]))
+    elif gpt_kind == "GPTClass":
+        n_classes = get(tcfg, "params.token_embedding_config.params.num_embeddings")
+        args.update(condition="class", feat_depth=None, feat_sample_size=1,
+                    n_classes=None if n_classes is None else int(n_classes))
+    else:
+        raise ValueError(f"{source}: transformer_config.target {tcfg.get('target')} is not supported (GPTFeats or "
+                         f"GPTClass; GPTFeatsClass was an ablation, never released)")
+    args["grid"] = grid
+    vq = require(cfg, "model.params.first_stage_config.params", source)
+    vq_args = {"ddconfig": {"norm_groups": 32, **dict(require(vq, "ddconfig", source))},
+               "n_embed": int(require(vq, "n_embed", source)), "embed_dim": int(require(vq, "embed_dim", source))}
+    return args, vq_args
+
+
+def _check_config_against_weights(model_args: dict[str, Any], sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Every size the config states must be what the weights have (fills in n_classes when the config has none)."""
+    shapes = gpt_args_from_state_dict(sd, model_args["n_head"], tuple(model_args["grid"]))
+    if model_args["n_classes"] is None:
+        model_args["n_classes"] = shapes["n_classes"]
+    keys = ["vocab_size", "block_size", "n_layer", "n_embd", "feat_depth", "n_classes", "feat_sample_size"]
+    diffs = [f"{k} {shapes[k]} in the weights vs {model_args[k]} in the config" for k in keys
+             if shapes[k] != model_args[k]]
+    if (shapes["condition"] == "class") != (model_args["condition"] == "class"):
+        diffs.append(f"a {shapes['condition']} embedder in the weights vs condition {model_args['condition']}")
+    if diffs:
+        raise ValueError(f"{source}: the checkpoint does not fit its configs/*-project.yaml: " + "; ".join(diffs))
 
 
 # --- building
@@ -187,29 +233,23 @@ def load_transformer(
     cfg: Mapping[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> Net2NetTransformer:
-    """The wrapper in eval mode from an original `.ckpt` or one of our checkpoints (module docstring).
+    """The wrapper in eval mode from a checkpoint file or a log folder, original or ours (module docstring).
 
+    n_head: for a lone original file (its log folder's config has it; a different value is an error).
     cfg: a `transformer` config (or a config holding one); when given, the checkpoint is checked against it
-    first (`check_compatible`) and its n_head is used for original checkpoints unless `n_head` is passed.
+    first (`check_compatible`) and its n_head is used for a lone original file unless `n_head` is passed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"transformer checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # an old Lightning pickle with objects weights_only refuses
-        raise ValueError(
-            f"{path} could not be read with weights_only=True ({e}); re-save its state_dict alone "
-            "with torch.save({'state_dict': ckpt['state_dict']}, path)"
-        ) from e
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ValueError(
-            f"{path} holds no `state_dict`: neither an original Net2NetTransformer checkpoint nor ours"
-        )
-    sd: dict[str, torch.Tensor] = ckpt["state_dict"]
-    codebook_sd = None
-    if ckpt.get("format") == FORMAT:
-        if ckpt.get("kind", "transformer") != "transformer":
+    files = model_files(locate(path, KIND), KIND)
+    path = files.checkpoint
+    ckpt = read_checkpoint(path, map_location)
+    fmt = checkpoint_format(ckpt)
+    if fmt not in ("ours", "lightning"):
+        raise ValueError(f"{path} holds no `state_dict`: neither an original Net2NetTransformer checkpoint nor ours "
+                         f"(found {describe(ckpt)})")
+    sd: dict[str, torch.Tensor] = dict(ckpt["state_dict"])
+    codebook_sd, vq_args = None, None
+    if fmt == "ours":
+        if ckpt.get("kind", KIND) != KIND:
             raise ValueError(f"{path} is a {ckpt.get('kind')} checkpoint, not a transformer")
         model_args = dict(ckpt["model_args"])
         codebook = ckpt.get("codebook")
@@ -220,16 +260,21 @@ def load_transformer(
         vq_args = codebook.get("model_args") if isinstance(codebook, dict) else None
         if isinstance(codebook, dict) and codebook.get("state_dict") is not None:
             codebook_sd = codebook["state_dict"]
+    elif files.config is not None:
+        source = f"{files.folder}/configs"
+        model_args, vq_args = args_from_project_config(files.config, source)
+        if n_head is not None and int(n_head) != model_args["n_head"]:
+            raise ValueError(f"n_head={n_head} was passed but {source} says n_head {model_args['n_head']}")
+        _check_config_against_weights(model_args, sd, f"{path}")
     else:
         if cfg is not None and n_head is None:
             n_head = int(_transformer_node(cfg)["n_head"])
         model_args = gpt_args_from_state_dict(sd, n_head)
-        vq_args = None
     if cfg is not None:
         check_compatible(model_args, cfg, source=str(path))
 
     # the codebook: from codebook_path, else embedded
-    own_first_stage = {k: v for k, v in sd.items() if k.startswith("first_stage_model.")}
+    own_first_stage = strip_prefix(sd, "first_stage_model.")
     sd = {k: v for k, v in sd.items() if not k.startswith("first_stage_model.")}
     if codebook_path is not None:
         from pipeline.pretrained import load_codebook
@@ -237,20 +282,22 @@ def load_transformer(
         first_stage = load_codebook(codebook_path)
         _drop_loss(first_stage)
     else:
-        codebook_sd = (
-            codebook_sd if codebook_sd is not None else _strip(own_first_stage, "first_stage_model.")
-        )
+        codebook_sd = codebook_sd if codebook_sd is not None else own_first_stage
         if not codebook_sd:
             raise ValueError(f"{path} holds no codebook (first_stage_model.*): pass codebook_path=...")
-        first_stage = build_vqmodel(vq_args or vqmodel_args_from_state_dict(codebook_sd))
-        _load_strict(first_stage, codebook_sd, f"{path} (first_stage_model)")
+        first_stage = build_vqmodel(vq_args or infer_model_args(codebook_sd))
+        # DummyLoss in the original: no loss.* inside a transformer
+        load_state_strictly(first_stage, {k: v for k, v in codebook_sd.items() if not k.startswith("loss.")},
+                            f"{path} (first_stage_model)", "codebook")
     vocab, n_embed = model_args["vocab_size"], first_stage.quantize.n_e
     if vocab != n_embed:
         raise ValueError(f"{path}: the transformer's vocab_size {vocab} != the codebook's n_embed {n_embed}")
 
     model = build_transformer(model_args, first_stage)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("first_stage_model.")}
-    _check_keys(own, sd, str(path))
+    problem = state_mismatch(own, sd, str(path), "transformer")
+    if problem:
+        raise ValueError(problem)
     model.load_state_dict({**model.state_dict(), **sd}, strict=True)
     model.model_args = model_args  # what built it, for check_compatible and for re-saving
     return model.eval()
@@ -258,39 +305,10 @@ def load_transformer(
 
 # --- helpers
 # -----------------------------------------------------------------------------------------------------
-def _check_keys(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], source: str) -> None:
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(got) if tuple(expected[k].shape) != tuple(got[k].shape))
-    if missing or unexpected or wrong:
-        lines = [f"{source} does not match the model it describes:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
-        if wrong:
-            lines.append(
-                "  wrong shapes: "
-                + ", ".join(f"{k} {tuple(got[k].shape)} != {tuple(expected[k].shape)}" for k in wrong)
-            )
-        raise ValueError("\n".join(lines))
-
-
-def _load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    expected = {k: v for k, v in module.state_dict().items()}
-    got = {k: v for k, v in sd.items() if not k.startswith("loss.")}  # DummyLoss in the original: no loss.*
-    _check_keys(expected, got, source)
-    module.load_state_dict(got, strict=True)
-
-
 def _drop_loss(vqmodel: nn.Module) -> None:
     """Inside the transformer the codebook carries no loss (the original's DummyLoss): no `loss.*` keys."""
     if getattr(vqmodel, "loss", None) is not None:
         vqmodel.loss = None
-
-
-def _strip(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def _transformer_node(cfg: Mapping[str, Any]) -> Mapping[str, Any]:

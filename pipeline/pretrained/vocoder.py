@@ -1,6 +1,8 @@
-"""load_vocoder: a MelGAN generator from our checkpoint or the original's bare `best_netG.pt` state dict.
+"""load_vocoder: a MelGAN generator from our checkpoint or the original's release (`vocoder/logs/vggsound/`).
 
-Accepted files (detected from the content, read with weights_only=True):
+`load_vocoder` takes a file or a folder: the original's `vocoder/logs/vggsound/` (`best_netG.pt` + `args.yml`,
+whose n_mel_channels / ngf / n_residual_layers build the Generator, as the original's `load_vocoder` does) or one
+of our run folders. Accepted files (detected from the content, read by `pipeline.checkpoints.read_checkpoint`):
 - ours: {"format": "specvqgan-pipeline", "kind": "vocoder", "model_args": {...}, "state_dict": {...}}. The state
   dict is the generator's (keys `model.*`, old-style or parametrised weight norm), or the whole task's with the
   generator bare or under `netG.` (the `netD.*` discriminator keys are ignored); `model_args` holds the
@@ -14,46 +16,22 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from torch import nn
 
 from models.melgan import Generator, from_legacy_weight_norm
+from pipeline.checkpoints import (
+    checkpoint_format,
+    describe,
+    load_state_strictly,
+    locate,
+    read_checkpoint,
+    strip_prefix,
+)
+from pipeline.pretrained.released import model_files
 
-FORMAT = "specvqgan-pipeline"
-
-
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """torch.load(weights_only=True) with a clear error for a missing or unreadable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a trained model")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"cannot read {path} as a weights-only torch checkpoint ({type(e).__name__}: {e})") from e
-
-
-def load_strictly(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                  assign: bool = False) -> nn.Module:
-    """model.load_state_dict(strict) with an error that lists missing / unexpected keys and names the file.
-
-    `assign` takes the file's tensors as they are (for a model built on the meta device).
-    """
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in sorted(set(own) & set(state_dict)) if tuple(own[k].shape) != tuple(state_dict[k].shape)]
-    if missing or unexpected or wrong:
-        raise ValueError(f"{path} does not match {type(model).__name__}: missing keys {missing[:20]}"
-                         f"{' ...' if len(missing) > 20 else ''} ({len(missing)}), unexpected keys "
-                         f"{unexpected[:20]}{' ...' if len(unexpected) > 20 else ''} ({len(unexpected)}), "
-                         f"shape mismatches {wrong[:20]} ({len(wrong)})")
-    model.load_state_dict(state_dict, strict=True, assign=assign)
-    return model
+KIND = "vocoder"
 
 
 def infer_generator_args(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -77,27 +55,40 @@ def _generator_args(model_args: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if k == "ratios" else v) for k, v in dict(args).items() if k in accepted}
 
 
+def _args_from_melgan_yml(args: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Generator kwargs from MelGAN's args.yml (the original's Generator(n_mel_channels, ngf, n_residual_layers))."""
+    names = {"n_mel_channels": "input_size", "ngf": "ngf", "n_residual_layers": "n_residual_layers"}
+    missing = [k for k in names if k not in args]
+    if missing:
+        raise ValueError(f"{source}: args.yml has no {missing}: not MelGAN's training arguments")
+    return {ours: int(args[theirs]) for theirs, ours in names.items()}
+
+
 def load_vocoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Generator:
-    """The MelGAN generator of `path` in eval mode (see the module docstring for the accepted layouts)."""
+    """The MelGAN generator of `path`, a file or a folder, in eval mode (module docstring)."""
+    files = model_files(locate(path, KIND), KIND)
+    path = files.checkpoint
     obj = read_checkpoint(path, map_location)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        if obj.get("kind") != "vocoder":
+    fmt = checkpoint_format(obj)
+    if fmt == "ours":
+        if obj.get("kind") != KIND:
             raise ValueError(f"{path} is a {obj.get('kind')!r} checkpoint of this project, not a vocoder")
         state_dict = dict(obj["state_dict"])
         if any(k.startswith("netG.") for k in state_dict):
-            state_dict = {k[len("netG."):]: v for k, v in state_dict.items() if k.startswith("netG.")}
+            state_dict = strip_prefix(state_dict, "netG.")
         else:  # the training task's layout: the generator bare (as best_netG.pt), the discriminator under netD.
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("netD.")}
         args = _generator_args(obj.get("model_args") or {}) or infer_generator_args(state_dict)
-    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+    elif fmt == "state_dict":
         if "model.1.weight_v" not in obj and "model.1.parametrizations.weight.original1" not in obj:
             raise ValueError(f"{path} holds a state dict but not a MelGAN generator's (no `model.1.weight_v`; "
                              f"first keys {list(obj)[:5]})")
         state_dict, args = obj, infer_generator_args(obj)
+        if files.melgan_args is not None:  # the released folder: its args.yml builds the model, as the original
+            args = {**args, **_args_from_melgan_yml(files.melgan_args, f"{files.folder}/args.yml")}
     else:
         raise ValueError(f"{path} is neither a vocoder checkpoint of this project nor the original's bare netG "
-                         f"state dict (found {type(obj).__name__} with keys "
-                         f"{list(obj)[:8] if isinstance(obj, dict) else '-'})")
+                         f"state dict (found {describe(obj)})")
     model = Generator(**args)
-    load_strictly(model, from_legacy_weight_norm(state_dict), path)
+    load_state_strictly(model, from_legacy_weight_norm(state_dict), path, "MelGAN generator")
     return model.eval()

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.checkpoints import FORMAT, read_checkpoint
 from pipeline.io import save_torch
-
-FORMAT = "specvqgan-pipeline"
 
 
 def rng_state() -> dict[str, Any]:
@@ -57,11 +56,10 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read one of our checkpoints safely; a clear error if it is missing or not ours."""
+    """Read one of our checkpoints safely (`pipeline.checkpoints.read_checkpoint`); a clear error if it is
+    missing, unreadable or not ours."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    checkpoint = read_checkpoint(path, map_location)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ValueError(f"{path} is not a checkpoint of this project (no format={FORMAT!r} key); "
                          f"original checkpoints load through pipeline.pretrained")
