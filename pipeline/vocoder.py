@@ -101,10 +101,14 @@ class Vocoder:
 
 
 def load_vocoder_or_griffinlim(ckpt: str | os.PathLike | None, device: str | torch.device = "cpu",
-                               **kwargs) -> Vocoder:
-    """A Vocoder from a MelGAN checkpoint (ours or the original's netG), or Griffin-Lim when `ckpt` is None/''."""
+                               zoo_cfg=None, **kwargs) -> Vocoder:
+    """A Vocoder from a MelGAN checkpoint (ours or the original's netG, a file or folder, or a released name such
+    as `melgan`, fetched into the stage config `zoo_cfg`'s paths.models), or Griffin-Lim when `ckpt` is None/''."""
     if ckpt in (None, ""):
         return Vocoder(None, **kwargs)
     from pipeline.pretrained import load_vocoder
+    from pipeline.zoo import resolve
+
+    ckpt = resolve(ckpt, cfg=zoo_cfg)
 
     return Vocoder(load_vocoder(ckpt, map_location="cpu"), device=device, **kwargs)

@@ -14,7 +14,7 @@ CONF = str(ROOT / "conf")
 STAGES = sorted(p.stem for p in (ROOT / "stages").glob("*.py") if not p.stem.startswith("_"))
 # keys a user must give for these stages; everything else has a default
 REQUIRED = {"codec": ["mode=encode", "input=x.wav", "output=x.svqc", "codebook.ckpt=c.pt"],
-            "evaluate": ["classifier.ckpt=melception.pt"]}
+            "evaluate": ["classifier.ckpt=melception.pt"], "download": ["what=list"]}
 # files a user must name, asked for only where they are used: the feature network's weights (where frames
 # become features) and the LPAPS trunk (when the paper codebook is trained with its perceptual loss)
 NEEDED_ONLY_WHEN_USED = {"features.weights", "codebook.loss.lpaps_trunk"}

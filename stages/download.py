@@ -1,0 +1,21 @@
+"""Fetch the original's released models and data by name: `python -m stages.download what=NAME` or
+`what=[NAME,NAME,...]` (Hydra's list syntax: a bare comma would mean a sweep).
+
+`what=list` prints every name with its setting, the paper's FID / MKL and whether it is here. Files go to
+`paths.models` (models) and `paths.data` (data archives), resumably, md5-checked, unpacked safely; a second run
+downloads nothing. See pipeline/download_stage.py.
+"""
+import hydra
+
+import pipeline.config  # noqa: F401  (registers resolvers)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="download")
+def main(cfg) -> None:
+    from pipeline.download_stage import run
+
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Downloads against a real HTTP server on 127.0.0.1 serving archives in the original's released layout
+(tests/zoo_server.py): a good archive, a wrong md5, a transfer cut off and resumed with Range, a 404, archives
+with a `../` member, a symlink out, an absolute name and a device file; a second run downloads nothing; and
+`stages.download` itself through its Hydra entry point."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.download import ChecksumError, DownloadError, UnsafeArchiveError, fetch
+from pipeline.zoo import Zoo, ZooError
+from tests.zoo_server import SHARED_RELEASED, FileServer, tar_gz, tar_with
+
+ROOT = Path(__file__).resolve().parents[1]
+CODEBOOK_RUN = "2021-01-01T00-00-00_vas_codebook"
+
+
+@pytest.fixture
+def server():
+    srv = FileServer().start()
+    yield srv
+    srv.stop()
+
+
+def _zoo(server: FileServer, tmp_path: Path, models: dict) -> Zoo:
+    return Zoo({"hosts": {"a3s": server.url}, "models": models}, models=tmp_path / "models",
+               data=tmp_path / "data")
+
+
+@pytest.fixture
+def codebook(server, tmp_path):
+    """The released-layout codebook folder served as the release names it; (zoo, entry name, archive bytes)."""
+    body = tar_gz(SHARED_RELEASED / CODEBOOK_RUN)
+    md5 = server.add(f"models/{CODEBOOK_RUN}.tar.gz", body)
+    zoo = _zoo(server, tmp_path, {"fixture_codebook": {"kind": "codebook", "about": "the small codebook",
+                                                       "file": f"models/{CODEBOOK_RUN}.tar.gz", "md5": md5}})
+    return zoo, "fixture_codebook", body
+
+
+def test_good_archive_unpacks_as_released_and_a_second_run_downloads_nothing(codebook, server, tmp_path):
+    zoo, name, body = codebook
+    path, worked = zoo.install(zoo.get(name), progress=False)
+    assert worked and path == tmp_path / "models" / CODEBOOK_RUN
+    for rel in ("checkpoints/epoch_000.ckpt", "configs/2021-01-01T00-00-00-project.yaml"):
+        assert (path / rel).read_bytes() == (SHARED_RELEASED / CODEBOOK_RUN / rel).read_bytes()
+    assert not list((tmp_path / "models").glob(".unpack-*"))            # the temporary folder is gone
+    assert not list((tmp_path / "models" / ".downloads").iterdir())     # the archive too (keep_archives=False)
+    assert len(server.requests) == 1 and server.requests[0].sent == len(body)
+
+    assert zoo.install(zoo.get(name), progress=False) == (path, False)
+    assert zoo.resolve(name) == path
+    assert len(server.requests) == 1                                   # nothing fetched again
+
+
+def test_wrong_md5_is_refused_and_deleted(server, tmp_path):
+    body = tar_gz(SHARED_RELEASED / CODEBOOK_RUN)
+    server.add(f"models/{CODEBOOK_RUN}.tar.gz", body)
+    zoo = _zoo(server, tmp_path, {"bad": {"kind": "codebook", "file": f"models/{CODEBOOK_RUN}.tar.gz",
+                                          "md5": "0" * 32}})
+    with pytest.raises(ChecksumError, match=rf"{CODEBOOK_RUN}.tar.gz .*md5 [0-9a-f]{{32}} differs from the "
+                                            rf"published {'0' * 32}; the file was deleted"):
+        zoo.install(zoo.get("bad"), progress=False)
+    models = tmp_path / "models"
+    assert not (models / CODEBOOK_RUN).exists() and not zoo.installed(zoo.get("bad"))
+    left = [p.name for p in models.rglob("*") if p.is_file() and ".zoo" not in p.parts]  # (.zoo: the lock)
+    assert left == [] and not (models / ".zoo" / "bad.json").exists()  # neither the file nor a .part is left
+
+
+def test_a_cut_transfer_resumes_with_range_without_sending_bytes_twice(codebook, server):
+    zoo, name, body = codebook
+    server.cut_once.add(f"models/{CODEBOOK_RUN}.tar.gz")
+    path, worked = zoo.install(zoo.get(name), progress=False)
+    assert worked and (path / "checkpoints" / "epoch_000.ckpt").is_file()
+    first, second = server.requests
+    assert first.range is None and first.status == 200 and 0 < first.sent < len(body)
+    assert second.range == f"bytes={first.sent}-" and second.status == 206
+    assert first.sent + second.sent == len(body)                       # not a byte sent twice
+
+
+def test_an_interrupted_run_keeps_the_part_and_the_next_run_resumes(codebook, server, tmp_path):
+    zoo, name, body = codebook
+    server.cut_once.add(f"models/{CODEBOOK_RUN}.tar.gz")
+    with pytest.raises(DownloadError, match=r"after 1 attempts; \d+ bytes kept in .*\.part: run the same command"):
+        zoo.install(zoo.get(name), progress=False, retries=0)
+    part = tmp_path / "models" / ".downloads" / f"{CODEBOOK_RUN}.tar.gz.part"
+    assert part.stat().st_size == server.requests[0].sent
+    zoo.install(zoo.get(name), progress=False, retries=0)
+    assert server.requests[1].range == f"bytes={server.requests[0].sent}-"
+    assert sum(r.sent for r in server.requests) == len(body) and not part.exists()
+
+
+def test_processes_resolving_the_same_name_download_it_once(codebook, server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    zoo, name, _ = codebook
+    with ThreadPoolExecutor(3) as pool:  # as the processes of `accelerate launch` resolving the same model
+        paths = list(pool.map(lambda _: zoo.resolve(name), range(3)))
+    assert len(set(paths)) == 1 and (paths[0] / "checkpoints" / "epoch_000.ckpt").is_file()
+    assert len(server.requests) == 1
+
+
+def test_404_names_the_url(server, tmp_path):
+    dest = tmp_path / "x.tar.gz"
+    with pytest.raises(DownloadError, match=rf"{server.url}/models/missing.tar.gz: HTTP 404 Not Found"):
+        fetch(f"{server.url}/models/missing.tar.gz", dest, None, progress=False)
+    assert not dest.exists() and not dest.with_name("x.tar.gz.part").exists()
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, 0o644
+    return info
+
+
+@pytest.mark.parametrize("members, reason", [
+    ([(_member("run/ok.txt"), b"fine"), (_member("run/../../escaped.txt"), b"evil")], "outside the destination"),
+    ([(_member("run/ok.txt"), b"fine"), (_member("run/link", tarfile.SYMTYPE, "../../escaped.txt"), None)],
+     "outside the destination"),
+    ([(_member("run/abs", tarfile.SYMTYPE, "/etc/passwd"), None)], "absolute"),
+    ([(_member("/abs.txt"), b"evil")], "absolute"),
+    ([(_member("run/dev", tarfile.CHRTYPE), None)], "special file"),
+], ids=["dotdot", "symlink_out", "absolute_link", "absolute_name", "device"])
+def test_unsafe_archives_are_refused_and_nothing_is_written(server, tmp_path, members, reason):
+    md5 = server.add("models/run.tar.gz", tar_with(members))
+    zoo = _zoo(server, tmp_path, {"evil": {"kind": "codebook", "file": "models/run.tar.gz", "md5": md5}})
+    with pytest.raises(UnsafeArchiveError, match=rf"run.tar.gz: member .* refused \(.*{reason}.*\); nothing was "
+                                                 rf"unpacked"):
+        zoo.install(zoo.get("evil"), progress=False)
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "abs.txt").exists()
+    models = tmp_path / "models"
+    assert not (models / "run").exists() and not list(models.glob(".unpack-*")) and not zoo.installed(zoo.get("evil"))
+
+
+def test_resolve_paths_names_and_the_offline_message(codebook, tmp_path):
+    zoo, name, _ = codebook
+    local = tmp_path / "mine.pt"
+    local.write_bytes(b"x")
+    assert zoo.resolve(local) == local                                 # a local file as is
+    assert zoo.resolve(tmp_path / "not_there.pt") == tmp_path / "not_there.pt"  # a path: the caller reports it
+    with pytest.raises(ZooError, match=r"did you mean fixture_codebook"):
+        zoo.resolve("fixture_codebok")
+    with pytest.raises(ZooError, match=rf"{name} is not downloaded .*run `python -m stages.download what={name}`"):
+        zoo.resolve(name, fetch=False)
+    dead = Zoo({"hosts": {"a3s": "http://127.0.0.1:9"}, "models": {name: {"kind": "codebook", "file": "m.tar.gz",
+                                                                         "md5": None}}}, models=tmp_path / "m2")
+    with pytest.raises(ZooError, match=rf"could not fetch {name}: .*\n  Run `python -m stages.download what={name}`"):
+        dead.resolve(name)
+
+
+def test_expand_names_groups_and_patterns(tmp_path):
+    zoo = Zoo(models=tmp_path / "models")
+    assert [e.name for e in zoo.expand("vas_codebook,melception")] == ["vas_codebook", "melception"]
+    assert len(zoo.expand("vas_bn")) == 24 and len(zoo.expand("vggsound_0*_mels")) == 9
+    assert {e.name for e in zoo.expand("codebooks")} == {"vas_codebook", "vggsound_codebook"}
+    with pytest.raises(ZooError, match="did you mean vas_codebook"):
+        zoo.expand("vas_codebok")
+
+
+def _stage(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SPECVQGAN_OUTPUTS": str(tmp_path / "outputs"), "SPECVQGAN_MODELS": str(tmp_path / "models"),
+           "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "stages.download", "logger=none", "progress=false", *overrides],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_stage_fetches_lists_and_fails_clearly(codebook, server, tmp_path):
+    zoo, name, _ = codebook
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump({"hosts": {"a3s": "http://unused.invalid"},
+                                        "models": {name: {"kind": "codebook", "about": "the small codebook",
+                                                          "file": f"models/{CODEBOOK_RUN}.tar.gz",
+                                                          "md5": zoo.get(name).md5[f"models/{CODEBOOK_RUN}.tar.gz"]},
+                                                   "gone": {"kind": "codebook", "file": "models/gone.tar.gz",
+                                                            "md5": "1" * 32}}}))
+    common = (f"zoo.registry={registry}", f"+zoo.mirrors.a3s={server.url}")
+    first = _stage(tmp_path, f"what={name}", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"{name}: installed -> {tmp_path / 'models' / CODEBOOK_RUN}" in first.stdout
+    again = _stage(tmp_path, f"what={name}", *common)
+    assert again.returncode == 0 and f"{name}: already here" in again.stdout and len(server.requests) == 1
+    listing = _stage(tmp_path, "what=list", *common)
+    assert listing.returncode == 0 and name in listing.stdout and "yes" in listing.stdout
+    missing = _stage(tmp_path, f"what=[{name},gone]", *common)
+    assert missing.returncode != 0
+    assert f"gone: DownloadError: {server.url}/models/gone.tar.gz: HTTP 404 Not Found" in missing.stderr
