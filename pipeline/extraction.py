@@ -2,17 +2,27 @@
 
 Shared by `extract_mels` and `extract_features`. A stage gives a list of `Clip`s (where each clip's outputs
 go) and a function that processes one clip and writes its outputs atomically. A clip whose outputs all exist
-is skipped, so an interrupted or requeued job resumes. A clip that fails with `ClipError` (corrupt file, no
-audio, silence...) or any other exception goes into `failures.jsonl` with its reason and the run goes on.
+is skipped, so an interrupted or requeued job (or an array task of a rerun) does only what is missing.
+
+Before a clip is processed its source is checked: absent ("missing"), unreadable or truncated ("corrupt": an
+mp4 whose header declares 10 s but whose data ends at 4.9 s is not looped as if it were a short clip). A clip
+that fails with `ClipError` or any other exception goes into the run's `failures.jsonl` with its reason, its
+kind and the attempt (time, host, SLURM job) and the run goes on: every shard and every rerun of a run appends
+to that one file, one record per clip and attempt. An output folder that cannot be written fails at start.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import socket
+import tempfile
+import time
+import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
@@ -22,7 +32,21 @@ log = logging.getLogger(__name__)
 
 
 class ClipError(RuntimeError):
-    """A clip cannot be processed; the message says why and names the file."""
+    """A clip cannot be processed; the message says why and names the file.
+
+    `kind` sorts failures: "missing" (listed but absent), "corrupt" (unreadable or truncated) or "unusable"
+    (a readable file that cannot serve: no audio, silence, too few frames). Left None, it is read from the
+    message ("corrupt" when it says so, else "unusable")."""
+
+    def __init__(self, message: str, kind: str | None = None):
+        super().__init__(message)
+        self.kind = kind or ("corrupt" if "corrupt" in message else "unusable")
+
+    def __reduce__(self):  # keeps `kind` across worker processes
+        return (type(self), (str(self), self.kind))
+
+# a source whose packets end this much before its declared duration is truncated (seconds, share)
+TRUNCATION_TOLERANCE = (0.25, 0.05)
 
 
 @dataclass(frozen=True)
@@ -51,12 +75,77 @@ class Summary:
     skipped: int = 0
     failed: int = 0
     failures_path: Path | None = None
+    kinds: dict[str, int] = field(default_factory=dict)  # failures by kind (missing, corrupt, ...)
 
     def __str__(self) -> str:
         text = f"{self.processed} processed, {self.skipped} skipped (already done), {self.failed} failed"
         if self.failed:
-            text += f"; reasons in {self.failures_path}"
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.kinds.items()))
+            text += f" ({kinds}); reasons in {self.failures_path}"
         return text
+
+
+def check_source(path: Path) -> None:
+    """Raise ClipError when a source video is missing, unreadable or truncated (reads packets, decodes nothing)."""
+    import av
+
+    if not path.exists():
+        raise ClipError(f"missing: {path} is listed but does not exist (fix the split file or the videos folder)",
+                        kind="missing")
+    try:
+        container = av.open(str(path))
+    except Exception as error:  # noqa: BLE001 - PyAV raises several error types for broken files
+        raise ClipError(f"corrupt file {path}: cannot open it ({type(error).__name__}: {error})",
+                        kind="corrupt") from None
+    with container:
+        declared = container.duration / 1e6 if container.duration else None
+        end = 0.0
+        try:
+            for packet in container.demux():
+                if packet.pts is not None and packet.time_base is not None:
+                    end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+        except Exception as error:  # noqa: BLE001
+            raise ClipError(f"corrupt file {path}: reading its packets failed ({type(error).__name__}: {error})",
+                            kind="corrupt") from None
+    start = min((float(s.start_time * s.time_base) for s in container.streams
+                 if s.start_time is not None and s.time_base is not None), default=0.0)
+    if declared and end - start < declared - max(TRUNCATION_TOLERANCE[0], TRUNCATION_TOLERANCE[1] * declared):
+        raise ClipError(f"corrupt file {path}: truncated, its header declares {declared:.2f} s but its data ends "
+                        f"at {end - start:.2f} s (re-download or re-encode it)", kind="corrupt")
+
+
+def check_writable(clips: Iterable[Clip]) -> None:
+    """Fail before any work when an output folder cannot be written (probed at its nearest existing parent)."""
+    folders = {p.parent for clip in clips for p in clip.outputs}
+    probed: set[Path] = set()
+    for folder in sorted(folders):
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing in probed:
+            continue
+        probed.add(existing)
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is a file")
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as error:
+            raise PermissionError(f"output folder {folder} cannot be written ({error}): fix its permissions or "
+                                  f"point the stage's output (features_dir / dataset.features) elsewhere") from None
+
+
+def attempt() -> dict[str, Any]:
+    """Who is trying now: recorded with each failure, so reruns and array tasks stay apart."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID")
+    return {"id": uuid.uuid4().hex[:12], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": socket.gethostname(), "pid": os.getpid(), "slurm_job": job}
+
+
+def _checked(process: Callable[[Clip], None], clip: Clip) -> None:
+    check_source(clip.source)
+    process(clip)
 
 
 def read_split(path: str | os.PathLike) -> list[str]:
@@ -106,7 +195,7 @@ def run_clips(
     num_workers: int = 0,
     desc: str = "clips",
 ) -> Summary:
-    """Run `process` on every unfinished clip; `num_workers` > 0 uses that many processes."""
+    """Run `process` on every unfinished clip (after `check_source`); `num_workers` > 0 uses that many processes."""
     manifest = FailureManifest(failures_path)
     summary = Summary(failures_path=manifest.path)
     todo = []
@@ -115,6 +204,9 @@ def run_clips(
             summary.skipped += 1
         else:
             todo.append(clip)
+    check_writable(todo)
+    this_attempt = attempt()
+    process = functools.partial(_checked, process)
 
     def record(clip: Clip, error: BaseException | None) -> None:
         if error is None:
@@ -122,8 +214,10 @@ def run_clips(
             return
         summary.failed += 1
         reason = str(error) if isinstance(error, ClipError) else f"{type(error).__name__}: {error}"
+        kind = error.kind if isinstance(error, ClipError) else "error"
+        summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
         log.warning("failed %s (%s): %s", clip.id, clip.source, reason)
-        manifest.add(clip.id, reason, source=str(clip.source))
+        manifest.add(clip.id, reason, kind=kind, source=str(clip.source), attempt=this_attempt)
 
     bar = tqdm(total=len(todo), desc=desc, unit="clip", dynamic_ncols=True)
     if num_workers <= 0:

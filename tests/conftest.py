@@ -1,7 +1,10 @@
 """Shared test fixtures: where the real reference data lies, and a scratch outputs folder."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,10 @@ SHARED = Path(os.environ.get("SPECVQGAN_SHARED", ROOT.parent / "shared")).resolv
 # before any test runs: an OpenMP pool of 2 made before accelerate.debug_launcher forks deadlocks its children
 torch.set_num_threads(1)
 os.environ.setdefault("WANDB_MODE", "disabled")
+# released models by name never land in the checkout; a test that fetches one points at its own local server
+if "SPECVQGAN_MODELS" not in os.environ:
+    os.environ["SPECVQGAN_MODELS"] = tempfile.mkdtemp(prefix="specvqgan-test-models-")
+    atexit.register(shutil.rmtree, os.environ["SPECVQGAN_MODELS"], True)
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +55,22 @@ def vas_dir() -> Path:
 def original_fixtures() -> Path:
     """Small checkpoints made by the original code, with their inputs and outputs."""
     return _require(SHARED / "fixtures" / "original")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster with accounting (tests/slurm_cluster.py), started once and stopped by pid.
+    Its tests live in tests/test_slurm.py, which `make test` (--dist loadfile) runs in one worker. Skips, saying
+    why, where the Debian packages or root are missing."""
+    from tests.slurm_cluster import SlurmCluster, unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    atexit.register(cluster.stop)  # also after Ctrl-C, which skips fixture teardown
+    yield cluster.start()
+    cluster.stop()
 
 
 @pytest.fixture

@@ -1,10 +1,15 @@
-"""Run a training task from a stage's Hydra config: the run folder, seeding, logging, the trainer."""
+"""Run a training task from a stage's Hydra config: the run folder (its identity checked and recorded in
+run.json, its outcome in result.json), seeding, logging, the trainer."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.cluster import RESULT_FILE
+from pipeline.io import save_json
+from pipeline.run_identity import check_run_folder, record_start
 from pipeline.train import Task, Trainer
 
 log = logging.getLogger(__name__)
@@ -20,11 +25,19 @@ def train(task: Task, cfg: DictConfig, batch_size: int | None = None) -> dict[st
     """Train `task` under `cfg.trainer` in the Hydra run folder; prints where the checkpoints are."""
     folder = run_dir()
     batch_size = batch_size or _batch_size(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    record = check_run_folder(folder, config)  # every process refuses a folder that holds another run
     trainer = Trainer(task, OmegaConf.to_container(cfg.trainer, resolve=True), folder,
                       logger_cfg=OmegaConf.to_container(cfg.logger, resolve=True),
-                      config=OmegaConf.to_container(cfg, resolve=True), seed=int(cfg.seed), batch_size=batch_size)
+                      config=config, seed=int(cfg.seed), batch_size=batch_size)
+    if trainer.accelerator.is_main_process:
+        record_start(folder, config, record)
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:
+        best, last = trainer.ckpt_dir / "best.pt", trainer.ckpt_dir / "last.pt"
+        save_json(Path(folder) / RESULT_FILE, {
+            "step": trainer.step, "metrics": metrics, "stopped_early": trainer.stopped_early,
+            "best": str(best) if best.exists() else None, "last": str(last) if last.exists() else None})
         print(f"[{task.kind}] step {trainer.step}; checkpoints in {trainer.ckpt_dir}; "
               + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     return metrics

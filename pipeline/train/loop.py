@@ -5,11 +5,18 @@ train step and one validation step compute, and what media to log; the trainer o
 (one CPU process, one GPU, or several GPUs through `accelerate launch` / torchrun), mixed precision, gradient
 accumulation, validation and early stopping, checkpoints (every N steps, best and last; atomic; main process
 only), automatic resume from `<run>/checkpoints/last.pt`, the non-finite-loss guard and logging.
+
+Preemption: on SIGTERM (SLURM's preemption, requeue and time limit), SIGUSR2 (submitit's early warning, asked
+for with `--signal`) or SIGINT the trainer finishes the optimiser step it is in, saves `last.pt` and exits
+(status 128 + signal); for SIGUSR2 it then hands over to the handler that was there before (submitit's, which
+requeues the job). A requeued or rerun job resumes at that step, so a signal between checkpoints loses no step.
 """
 from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +30,9 @@ from pipeline.train.checkpoint import load_checkpoint, rng_state, save_checkpoin
 from pipeline.train.logger import Logger
 
 log = logging.getLogger(__name__)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -139,6 +149,7 @@ class Trainer:
         self.best: float | None = None
         self.bad_evals = 0
         self.stopped_early = False
+        self.stop_signal: int | None = None   # set by a preemption signal; the loop saves and exits
         task.trainer = self
 
     # --- helpers for tasks ---------------------------------------------------------------------------
@@ -202,6 +213,7 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train until `max_steps` (or `max_epochs`, or early stopping); returns the last validation metrics."""
         train_loader, val_loader = self._prepare()
+        self._remove_stale_temp_files()
         self._maybe_resume()
         max_steps = int(self.cfg.get("max_steps") or 0)
         max_epochs = self.cfg.get("max_epochs")
@@ -214,6 +226,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         running: dict[str, list[float]] = defaultdict(list)
         tic, samples = time.perf_counter(), 0
+        previous_handlers = self._catch_stop_signals()
         try:
             while self.step < max_steps and not self.stopped_early:
                 if max_epochs is not None and self.epoch >= int(max_epochs):
@@ -254,19 +267,79 @@ class Trainer:
                         metrics = self.validate(val_loader)
                     if ckpt_every and self.step % ckpt_every == 0:
                         self.save("last.pt")
+                    if self._stop_requested():
+                        self.save("last.pt")
+                        log.warning("stopped by %s at step %d; resume from %s", signal.Signals(self.stop_signal).name,
+                                    self.step, self.ckpt_dir / "last.pt")
+                        break
                     if self.step >= max_steps or self.stopped_early:
                         break
                 else:
                     self.epoch += 1
                     self.batches_into_epoch = 0
+                if self.stop_signal is not None:
+                    break
+            if self.stop_signal is not None:
+                return metrics
             if val_loader is not None and (not val_every or self.step % val_every != 0):
                 metrics = self.validate(val_loader)
             if not ckpt_every or self.step % ckpt_every != 0 or not (self.ckpt_dir / "last.pt").exists():
                 self.save("last.pt")
         finally:
+            self._restore_signal_handlers(previous_handlers)
             self.accelerator.wait_for_everyone()
             self.logger.finish()
+            if self.stop_signal is not None:
+                self._exit_after_stop(previous_handlers)
         return metrics
+
+    # --- preemption ----------------------------------------------------------------------------------
+    def _catch_stop_signals(self) -> dict[int, Any]:
+        """Install the stop handlers (main thread only); returns the handlers they replace."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, self._on_stop_signal)
+        return previous
+
+    def _on_stop_signal(self, signum: int, frame) -> None:
+        if self.stop_signal == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C does not wait for the checkpoint
+        if self.stop_signal is None:
+            log.warning("caught %s: saving a checkpoint after this step, then exiting", signal.Signals(signum).name)
+            self.stop_signal = signum
+
+    def _stop_requested(self) -> bool:
+        """Whether any process caught a stop signal (all processes agree, so they save the same step)."""
+        if self.num_processes > 1:
+            flag = torch.tensor(int(self.stop_signal or 0), device=self.device)
+            flag = int(self.accelerator.reduce(flag, "max").item())
+            if flag and self.stop_signal is None:
+                self.stop_signal = flag
+        return self.stop_signal is not None
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _exit_after_stop(self, previous: dict[int, Any]) -> None:
+        """SIGUSR2 goes on to the handler it interrupted (submitit's checkpoint-and-requeue); then exit."""
+        handler = previous.get(self.stop_signal)
+        if self.stop_signal == signal.SIGUSR2 and callable(handler):
+            handler(self.stop_signal, None)
+        if self.stop_signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + int(self.stop_signal))
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temporary files of a checkpoint write that was killed (pipeline.io.atomic_write's `.<name>.*.tmp`)."""
+        if self.accelerator.is_main_process and self.ckpt_dir.is_dir():
+            for tmp in self.ckpt_dir.glob(".*.tmp"):
+                log.info("removing %s, left by an interrupted checkpoint write", tmp)
+                tmp.unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
 
     def _epoch_loader(self, loader) -> Iterable:
         if hasattr(loader, "set_epoch"):
