@@ -17,43 +17,76 @@ OUT = Path(os.environ.get("SPECVQGAN_OUTPUTS", "outputs"))
 DATA = "dataset=demo"
 
 
-def steps() -> list[tuple[str, list[str]]]:
-    """The stages in data-flow order; each later one finds the earlier ones' outputs by derived paths."""
+def samples_per_clip() -> int:
+    """Samples of each validation clip so that the class-match target counts over evaluate's `min_samples`."""
+    import math
+
+    from omegaconf import OmegaConf
+
+    wanted = int(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "evaluate.yaml").min_samples)
+    clips = [line for line in Path(f"{OUT}/demo_data/demo_valid.txt").read_text().splitlines() if line.strip()]
+    return max(1, math.ceil(wanted / max(len(clips), 1)))
+
+
+def sample_dir(overrides: list[str]) -> str:
+    """The samples folder of a sample run with these overrides (the run folder the stage derives)."""
+    from pipeline.config import run_name
+
+    return f"{OUT}/sample/demo/{run_name(overrides)}/samples/valid"
+
+
+def steps():
+    """The stages in data-flow order; each later one finds the earlier ones' outputs by derived paths.
+
+    A generator: the sampling steps read the validation split that the first step writes.
+    """
     codebook = f"{OUT}/train_codebook/demo/default/checkpoints/best.pt"
     vocoder = f"{OUT}/train_vocoder/demo/default/checkpoints/best.pt"
     classifier = f"{OUT}/train_classifier/demo/classifier-melception_tiny/checkpoints/best.pt"
     video = f"{OUT}/demo_data/videos/00_chirp_circle/video_00004.mp4"
     codes = f"{OUT}/codec/demo_clip.svqc"
-    return [
-        ("make_demo_data", []),
-        ("extract_mels", [DATA, "chain=direct"]),
-        ("extract_features", [DATA]),                       # EfficientNet-Lite0: weights ship offline
-        ("train_codebook", [DATA]),                         # codebook=tiny via dataset=demo
-        ("train_vocoder", [DATA]),                          # vocoder=tiny
-        ("train_classifier", [DATA, "classifier=melception_tiny"]),
-        ("train_transformer", [DATA]),                      # transformer=tiny, conditioned on 5 frames
-        ("sample", [DATA, f"vocoder_ckpt={vocoder}"]),       # the valid split, vocoded with the tiny MelGAN
-        ("sample", [DATA, f"video={video}", f"vocoder_ckpt={vocoder}"]),  # a "user" video -> wav + mp4
-        ("evaluate", [DATA, f"classifier.ckpt={classifier}"]),  # samples of the sample run above
-        ("codec", [DATA, "mode=encode", f"input={video}", f"output={codes}", f"codebook.ckpt={codebook}"]),
-        ("codec", [DATA, "mode=decode", f"input={codes}", f"output={OUT}/codec/demo_clip_decoded.wav",
-                   f"codebook.ckpt={codebook}", f"vocoder.ckpt={vocoder}"]),
-    ]
+    yield "make_demo_data", []
+    yield "extract_mels", [DATA, "chain=direct"]
+    yield "extract_features", [DATA]                       # EfficientNet-Lite0: weights ship offline
+    yield "train_codebook", [DATA]                         # codebook=tiny via dataset=demo
+    yield "train_vocoder", [DATA]                          # vocoder=tiny
+    yield "train_classifier", [DATA, "classifier=melception_tiny"]
+    yield "train_transformer", [DATA]                      # transformer=tiny, 53 frames: one per code column
+    split = [f"samples_per_clip={samples_per_clip()}", "batch_size=8"]  # every valid clip, >= 32 samples in all
+    shuffled = [*split, "condition_shuffle=true", "write_wav=false"]  # the baseline: other clips' pictures
+    yield "sample", [DATA, *split, f"vocoder_ckpt={vocoder}"]  # the valid split, vocoded with the tiny MelGAN
+    yield "sample", [DATA, *shuffled]
+    yield "sample", [DATA, f"video={video}", f"vocoder_ckpt={vocoder}"]  # a "user" video -> wav + mp4
+    yield "evaluate", [DATA, f"classifier.ckpt={classifier}", f"samples_dir={sample_dir(split)}",
+                       f"shuffled_samples_dir={sample_dir(shuffled)}"]  # + codebook, vocoder, events by default
+    yield "codec", [DATA, "mode=encode", f"input={video}", f"output={codes}", f"codebook.ckpt={codebook}"]
+    yield "codec", [DATA, "mode=decode", f"input={codes}", f"output={OUT}/codec/demo_clip_decoded.wav",
+                    f"codebook.ckpt={codebook}", f"vocoder.ckpt={vocoder}"]
 
 
 def report() -> None:
-    """Where the demo's results are, and the evaluation's numbers."""
-    metrics = Path(f"{OUT}/sample/demo/default/samples/valid/metrics.json")
+    """Where the demo's results are, and the targets table of the evaluation."""
+    from pipeline.model_checks import format_targets
+
     print(f"\n[demo] results under {OUT.resolve()}:")
     for pattern in ("demo_data", "train_*/demo/*/checkpoints", "sample/demo/*/samples/valid",
                     "sample/demo/video*/*.mp4", "codec/*"):
         for path in sorted(OUT.glob(pattern)):
             print(f"  {path}")
-    if metrics.exists():
-        print(f"[demo] evaluation ({metrics}):")
-        for key, value in sorted(json.loads(metrics.read_text()).items()):
-            if not isinstance(value, (dict, list)):
-                print(f"  {key}: {value}")
+    folder = Path(sample_dir([f"samples_per_clip={samples_per_clip()}", "batch_size=8"]))
+    metrics = folder / "metrics.json"
+    if not metrics.exists():
+        print(f"[demo] no evaluation at {metrics}")
+        return
+    values = json.loads(metrics.read_text())
+    print(f"[demo] evaluation ({metrics}):")
+    for key, value in sorted(values.items()):
+        if not isinstance(value, (dict, list)):
+            print(f"  {key}: {value}")
+    for name, note in sorted((values.get("notes") or {}).items()):
+        print(f"  note on {name}: {note}")
+    print(f"\n[demo] targets, each beside its baseline from this run (report: {folder / 'report.html'}):")
+    print(format_targets(values.get("targets") or []))
 
 
 def run(stage: str, args: list[str]) -> None:

@@ -38,10 +38,12 @@ class DemoSpec:
     num_classes: int = 4
     clips_per_class: int = 6
     valid_share: float = 1 / 3
-    seconds: float = 4.0
+    seconds: float = 10.0
     size: int = 128
     fps: int = 25
     sample_rate: int = 22050
+    background: float = 1e-4  # std of the background hiss: 1e-4 sits at the mel floor, so the idle object is silent
+    events_per_clip: tuple[int, int] = (4, 6)  # fewest and most events of a clip (fewer when they do not fit)
     seed: int = 0
 
     def __post_init__(self):
@@ -53,6 +55,13 @@ class DemoSpec:
             raise ValueError(f"size={self.size}: use an even frame size >= 32 (yuv420p needs even sides)")
         if not 0 <= self.valid_share < 1:
             raise ValueError(f"valid_share={self.valid_share}: use a share in [0, 1)")
+        low, high = self.events_per_clip
+        if not 1 <= low <= high:
+            raise ValueError(f"events_per_clip={list(self.events_per_clip)}: use [fewest, most] with "
+                             f"1 <= fewest <= most")
+        if not 0 < self.background < 0.1:
+            raise ValueError(f"background={self.background}: use a hiss std in (0, 0.1); 0 would leave silent "
+                             f"stretches, which the extraction stages treat as broken audio")
 
     @property
     def num_valid(self) -> int:
@@ -111,10 +120,11 @@ class ClipPlan:
 
 
 def _event_onsets(rng: np.random.Generator, spec: DemoSpec, event_frames: int) -> list[int]:
-    """Random onset frames, at least a gap apart, inside the clip (one event per ~1.3 s on average)."""
+    """Random onset frames, at least a gap apart, inside the clip (spec.events_per_clip of them, fewer if they
+    cannot fit)."""
     gap = event_frames + int(0.2 * spec.fps)
     first, last = int(0.2 * spec.fps), spec.num_frames - event_frames - int(0.1 * spec.fps)
-    wanted = int(rng.integers(max(1, int(spec.seconds / 2)), max(2, int(spec.seconds)) + 1))
+    wanted = int(rng.integers(spec.events_per_clip[0], spec.events_per_clip[1] + 1))
     for n in range(wanted, 0, -1):
         for _ in range(50):
             onsets = np.sort(rng.integers(first, last + 1, size=n))
@@ -179,7 +189,7 @@ def clip_audio(p: ClipPlan, spec: DemoSpec) -> np.ndarray:
     sr = spec.sample_rate
     rng = np.random.default_rng((*p.seed, 1))
     total = round(spec.seconds * sr)
-    audio = 0.004 * rng.standard_normal(total)  # never silent: extraction stages reject silence
+    audio = spec.background * rng.standard_normal(total)  # a faint hiss: digital silence reads as broken audio
     for onset in p.onsets:
         start = onset * sr // spec.fps  # the first sample of the onset frame
         sound = event_sound(p.cls, sr, rng)[: total - start]
@@ -267,6 +277,15 @@ def encode_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, f
         container.mux(sound.encode())
 
 
+def _length_note(spec: DemoSpec) -> str:
+    if spec.seconds < 10:
+        return ("Clips are shorter than 10 s: the mel stage loops their audio to 10 s (the clip plus the AAC "
+                "padding) and the feature stage tiles their frames, as the original treats short clips; the two "
+                "loops drift apart a little.")
+    return ("Clips last the models' 10 s: nothing is looped or tiled, so every event is heard and seen once, "
+            "at the time `events.json` gives.")
+
+
 def _readme(spec: DemoSpec, classes: list[DemoClass]) -> str:
     rows = "\n".join(f"| {c.name} | {c.shape}, colour RGB{c.colour}, {c.texture} background | {c.kind} sound "
                      f"(x{c.pitch:g} pitch), {c.event_seconds:g} s |" for c in classes)
@@ -277,8 +296,7 @@ def _readme(spec: DemoSpec, classes: list[DemoClass]) -> str:
             f"{spec.size}x{spec.size} at {spec.fps} fps, audio AAC mono {spec.sample_rate} Hz.\n\n"
             f"In every clip the object idles dimly; at each event it jumps to a new place and lights up for "
             f"exactly as long as its sound plays (onsets on frame boundaries; `events.json` lists them in "
-            f"seconds). Clips are shorter than 10 s on purpose: the mel stage loops audio to 10 s and the "
-            f"feature stage tiles features, as the original treats short clips.\n\n"
+            f"seconds). {_length_note(spec)}\n\n"
             f"| class | look | sound |\n| --- | --- | --- |\n{rows}\n")
 
 
@@ -326,7 +344,8 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     spec = DemoSpec(num_classes=int(cfg["num_classes"]), clips_per_class=int(cfg["clips_per_class"]),
                     valid_share=float(cfg["valid_share"]), seconds=float(cfg["seconds"]),
                     size=int(cfg["size"]), fps=int(cfg["fps"]), sample_rate=int(cfg["sample_rate"]),
-                    seed=int(cfg["seed"]))
+                    background=float(cfg["background"]),
+                    events_per_clip=tuple(int(n) for n in cfg["events_per_clip"]), seed=int(cfg["seed"]))
     dataset = cfg["dataset"]
     result = generate(dataset["root"], spec, dataset["videos"], dataset["splits"]["train"],
                       dataset["splits"]["valid"], overwrite=bool(cfg["overwrite"]))

@@ -6,6 +6,8 @@ Generation metrics take Melception features (`models.melception.Melception.featu
     kid(real_2048, fake_2048)                      KID, 100 subsets of min(1000, N1, N2), cubic polynomial kernel
     mkl(fake_logits, fake_keys, real_logits, real_keys)   mean KL(real || fake) over fakes paired with their clip
 Classifier metrics: classifier_metrics(logits, targets) -> accuracy_1, accuracy_5, mAP, mROCAUC, dprime.
+Sample-count checks: isc_too_few, kid_too_few, fid_too_few say (as a sentence) when a set is too small for the
+metric's own definition, so that callers report a reason instead of a degenerate figure.
 
 The procedures follow the original (torch-fidelity's FID/ISc/KID as adapted in `evaluation/metrics/*.py`, and
 `vggishish/metrics.py`); sklearn's average_precision_score and roc_auc_score are re-implemented here.
@@ -94,6 +96,14 @@ def inception_score(logits, splits: int = 10, shuffle: bool = True, seed: int = 
     return {"inception_score_mean": float(np.mean(scores)), "inception_score_std": float(np.std(scores))}
 
 
+def isc_too_few(n: int, splits: int = 10) -> str | None:
+    """Why ISc of `n` samples in `splits` splits is degenerate (a split of one sample scores exactly 1), else None."""
+    if n // max(splits, 1) < 2:
+        return (f"{n} samples give fewer than 2 per split of {splits}: ISc needs at least {2 * splits} samples "
+                f"(each split of one sample scores exactly 1)")
+    return None
+
+
 # --------------------------------------------------------------------------------------------------- KID
 def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None,
                       coef0: float = 1.0) -> np.ndarray:
@@ -130,6 +140,51 @@ def kid(features_1, features_2, subsets: int = 100, subset_size: int = 1000, deg
         mmds[i] = mmd2_unbiased(kernel(x, x), kernel(x, y), kernel(y, y))
     return {"kernel_inception_distance_mean": float(np.mean(mmds)),
             "kernel_inception_distance_std": float(np.std(mmds))}
+
+
+def kid_too_few(n1: int, n2: int, subset_size: int = 1000) -> tuple[str | None, str | None]:
+    """(why KID is degenerate or None, a note when its subsets are smaller than requested or None).
+
+    Degenerate: subsets of fewer than 2 rows (no unbiased MMD), or subsets that are the whole of both sets (every
+    subset is the same: the std is 0 by construction). Smaller subsets than `subset_size` are the original's
+    min(1000, N1, N2) rule, kept with a note.
+    """
+    size = min(subset_size, n1, n2)
+    if size < 2:
+        return f"subsets of {size} sample(s): the unbiased MMD needs at least 2 per set", None
+    if size == n1 == n2:
+        return (f"both sets have {size} samples, so every subset is the whole of both sets (std 0 by "
+                f"construction): KID needs more samples than subset_size in at least one set"), None
+    if size < subset_size:
+        return None, (f"subsets of {size} instead of {subset_size} (the sets have {n1} and {n2} samples); "
+                      f"the std reflects only the resampling of the larger set")
+    return None, None
+
+
+FID_MIN_RANK_SHARE = 0.25  # below this share of the feature dimension a covariance says too little for FID
+
+
+def fid_too_few(real, fake) -> tuple[str | None, str | None]:
+    """(why FID of these (N, D) feature sets is degenerate or None, a note when it is rank-deficient or None).
+
+    A covariance of rank r < D (fewer than D + 1 independent samples) has no spread along D - r directions.
+    FID is still the standard figure there (the paper's VAS numbers compare 2048-d features of fewer reals than
+    that, and are reproduced as computed), so it only gets a note; below `FID_MIN_RANK_SHARE` of D (e.g. the
+    demo's 8 reals in 128 dimensions) most of the space is missing and the figure is degenerate.
+    """
+    reasons, notes = [], []
+    for name, f in (("reals", _np(real)), ("fakes", _np(fake))):
+        d = f.shape[1]
+        rank = int(np.linalg.matrix_rank(np.atleast_2d(np.cov(f, rowvar=False)))) if len(f) >= 2 else 0
+        if rank < d:
+            text = f"{name}: {len(f)} samples, covariance rank {rank} < {d} feature dims"
+            (reasons if rank < FID_MIN_RANK_SHARE * d else notes).append(text)
+    if reasons:
+        return (f"FID needs covariances of rank >= {FID_MIN_RANK_SHARE:g} x the feature dimension in both sets ("
+                + "; ".join(reasons + notes) + ")"), None
+    if notes:
+        return None, "rank-deficient covariances, FID biased upward (" + "; ".join(notes) + ")"
+    return None, None
 
 
 # --------------------------------------------------------------------------------------------------- MKL

@@ -119,3 +119,19 @@ def test_deterministic_and_skips_existing(demo, tmp_path):
 def test_refuses_a_real_dataset(tmp_path):
     with pytest.raises(ValueError, match="demo data set"):
         make(tmp_path, "dataset=vas")
+
+
+
+def test_the_idle_object_is_silent_and_clips_have_their_events():
+    """The hiss between events sits at the mel floor (no random texture for a codebook to copy), and a 10-s clip
+    has events_per_clip events."""
+    from pipeline.demo_data import DemoSpec, clip_audio, plan
+    from pipeline.mel import mel_spectrogram
+
+    spec = DemoSpec(num_classes=4, clips_per_class=2)
+    p = plan(spec)[0]
+    quiet = clip_audio(p, spec)[: p.onsets[0] * spec.sample_rate // spec.fps]  # before the first event
+    assert mel_spectrogram(quiet).mean() < 0.01
+    assert all(4 <= len(q.onsets) <= 6 for q in plan(spec))
+    with pytest.raises(ValueError, match="events_per_clip"):
+        DemoSpec(events_per_clip=(3, 2))

@@ -88,8 +88,9 @@ def test_sample_names_map_to_clips(tmp_path):
 
 def test_reals_against_themselves_give_zero_fid_and_mkl(setup):
     samples = write_fakes(setup, "copies", noise=0.0)
-    metrics = run(eval_cfg(setup, samples), folder=setup["tmp"] / "run_copies")
-    assert abs(metrics["frechet_inception_distance"]) < 1e-3
+    metrics = run(eval_cfg(setup, samples, degenerate_metrics="compute"), folder=setup["tmp"] / "run_copies")
+    assert abs(metrics["frechet_inception_distance"]) < 1e-3  # computed on request, as the original did
+    assert "covariance rank" in metrics["notes"]["frechet_inception_distance"]
     assert abs(metrics["kullback_leibler_divergence"]) < 1e-4
     assert math.isfinite(metrics["kernel_inception_distance_mean"])  # unbiased: not 0 for paired identical sets
     assert metrics["num_fakes"] == metrics["num_reals"] == len(setup["ids"])
@@ -99,9 +100,32 @@ def test_reals_against_themselves_give_zero_fid_and_mkl(setup):
     assert on_disk["frechet_inception_distance"] == metrics["frechet_inception_distance"]
 
 
+def test_too_few_samples_give_null_metrics_with_reasons_not_degenerate_figures(setup):
+    samples = write_fakes(setup, "few", noise=0.1, samples_per_clip=1)
+    metrics = run(eval_cfg(setup, samples), folder=setup["tmp"] / "run_few")
+    n = len(setup["ids"])
+    assert metrics["num_fakes"] == metrics["num_reals"] == n < 20
+    for key in ("frechet_inception_distance", "inception_score_mean", "inception_score_std",
+                "kernel_inception_distance_mean", "kernel_inception_distance_std"):
+        assert metrics[key] is None, key
+    notes = metrics["notes"]
+    assert f"{n} samples give fewer than 2 per split of 10" in notes["inception_score"]
+    assert "whole of both sets" in notes["kernel_inception_distance"]
+    assert f"reals: {n} samples, covariance rank" in notes["frechet_inception_distance"]
+    assert math.isfinite(metrics["kullback_leibler_divergence"])  # per-fake: defined for any count
+    on_disk = json.loads((samples / "metrics.json").read_text())
+    assert on_disk["notes"] == notes and on_disk["inception_score_mean"] is None
+    # the model checks without their inputs say why, and so does the targets table
+    assert "no shuffled-condition samples" in metrics["shuffled_note"]
+    assert "no codebook checkpoint" in metrics["codebook"]["skipped"]
+    assert "no events file" in metrics["synchrony"]["skipped"]
+    assert all(row["met"] is None for row in metrics["targets"] if row["measure"].startswith(("synchrony", "codebook",
+                                                                                               "vocoder")))
+
+
 def test_perturbed_fakes_give_finite_metrics_and_larger_distances(setup):
     samples = write_fakes(setup, "noisy", noise=0.1, samples_per_clip=2)
-    metrics = run(eval_cfg(setup, samples), folder=setup["tmp"] / "run_noisy")
+    metrics = run(eval_cfg(setup, samples, degenerate_metrics="compute"), folder=setup["tmp"] / "run_noisy")
     for key in ("frechet_inception_distance", "inception_score_mean", "inception_score_std",
                 "kernel_inception_distance_mean", "kernel_inception_distance_std", "kullback_leibler_divergence",
                 "class_match_rate", "chance"):
@@ -140,3 +164,112 @@ def test_config_composes_finds_the_default_sample_run_and_requires_a_classifier(
     assert cfg.samples_dir.endswith("sample/vggsound/default/samples/test")
     with pytest.raises(MissingMandatoryValue):
         _ = cfg.classifier.ckpt
+
+
+# ------------------------------------------------------------------------ on the generated demo data set
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, original_fixtures) -> dict:
+    """A small generated demo data set (real mp4s, events.json, mels by the mel stage's function), a random tiny
+    Melception of its classes, a random tiny codebook and the original's small MelGAN."""
+    from models.melception import Melception
+    from pipeline.data import mel_path
+    from pipeline.data.layout import audio_path
+    from pipeline.demo_data import DemoSpec, generate
+    from pipeline.extraction import video_path
+    from pipeline.io import save_npy
+    from pipeline.mel import extract_mel_and_audio
+    from pipeline.train.checkpoint import save_checkpoint
+    from tests.test_train_transformer import make_codebook
+
+    tmp = tmp_path_factory.mktemp("evaluate_demo")
+    root = tmp / "demo_data"
+    spec = DemoSpec(num_classes=2, clips_per_class=3, valid_share=0.34, seconds=2.0, size=32, fps=25)
+    generate(root, spec)
+    classes = (root / "classes.txt").read_text().split()
+    dataset = {"name": "demo", "layout": "vas", "root": str(root), "videos": str(root / "videos"),
+               "features": str(root / "features"), "events": str(root / "events.json"), "classes": classes,
+               "splits": {"train": str(root / "demo_train.txt"), "valid": str(root / "demo_valid.txt")},
+               "eval_split": "valid"}
+    for split in ("train", "valid"):
+        for clip in (root / f"demo_{split}.txt").read_text().split():
+            mel, wave, _ = extract_mel_and_audio(video_path(root / "videos", clip, "vas"), chain="direct")
+            save_npy(mel_path(dataset, clip), mel)
+            save_npy(audio_path(dataset, clip), wave)
+    torch.manual_seed(0)
+    model = Melception(num_classes=len(classes), width=0.0625).eval()
+    ckpt = tmp / "melception.pt"
+    save_checkpoint(ckpt, {"kind": "classifier", "model_args": {"arch": "melception", "width": 0.0625},
+                           "state_dict": model.state_dict(), "classes": classes,
+                           "normalization": {"mean": torch.full((80,), 0.3), "std": torch.full((80,), 0.2)}})
+    return {"tmp": tmp, "dataset": dataset, "classifier": ckpt, "codebook": make_codebook(tmp / "codebook.pt"),
+            "vocoder": original_fixtures / "melgan_netG_small.pt",
+            "valid": (root / "demo_valid.txt").read_text().split()}
+
+
+def demo_samples(demo: dict, name: str, shift: int = 0, samples_per_clip: int = 2) -> Path:
+    """Copies of the valid clips' real mels as samples; shift=1 files each clip's samples under the next clip."""
+    from pipeline.audio import save_wav
+    from pipeline.data import mel_path
+    from pipeline.mel import inverse_mel
+
+    out = demo["tmp"] / name
+    clips = demo["valid"]
+    for i, clip in enumerate(clips):
+        source = clips[(i + shift) % len(clips)]
+        label, video = clip.split("/")
+        mel = np.load(mel_path(demo["dataset"], source))[:, 6:854]
+        folder = out / f"cls_{demo['dataset']['classes'].index(label)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(samples_per_clip):
+            np.save(folder / f"{video}_mel_sample_{k}.npy", mel)
+            if k == 0:  # one wav: the report's players and video
+                save_wav(folder / f"{video}_mel_sample_{k}.wav", inverse_mel(mel, n_iter=4), 22050)
+    return out
+
+
+def test_model_checks_synchrony_and_report_on_the_demo_data(demo):
+    from pipeline.model_checks import format_targets
+    from pipeline.report import local_links
+
+    samples, shuffled = demo_samples(demo, "copies"), demo_samples(demo, "shuffled", shift=1)
+    cfg = OmegaConf.create({
+        "dataset": demo["dataset"], "samples_dir": str(samples), "shuffled_samples_dir": str(shuffled),
+        "split": "valid", "reals": "all", "classifier": {"ckpt": str(demo["classifier"]), "stats": None},
+        "batch_size": 4, "crop_len": 848, "num_workers": 0, "device": "cpu", "metrics_file": "metrics.json",
+        "logger": {"name": "none"}, "codebook_ckpt": str(demo["codebook"]), "vocoder_ckpt": str(demo["vocoder"]),
+        "events_file": demo["dataset"]["events"], "train_split": "train", "report_clips": 16})
+    metrics = run(cfg, folder=demo["tmp"] / "run")
+
+    sync = metrics["synchrony"]
+    assert sync["real"]["rate"] >= 0.9 and sync["real"]["events"] >= 4  # the events, looped, are found on the mels
+    assert sync["samples"]["rate"] == sync["real"]["rate"]  # the samples are the real mels
+    assert sync["shuffled"]["rate"] < sync["samples"]["rate"]  # another clip's sound misses this clip's events
+    assert sync["samples"]["events"] == 2 * sync["real"]["events"]  # two samples per clip
+    cb = metrics["codebook"]
+    assert cb["train_clips"] == 4 and cb["clips"] == 2 and 0 < cb["l1"] and 0 < cb["mean_spectrogram_l1"]
+    assert 1 <= cb["codes_used"] <= cb["n_embed"] == 32 and cb["codes_used_share"] == cb["codes_used"] / 32
+    voc = metrics["vocoder"]
+    assert voc["clips"] == 2 and voc["chance"] == 0.5 and 0 <= voc["identified_share"] <= 1
+    assert 0 < voc["griffinlim_mel_l1"] < 0.1 and voc["mel_l1"] > 0
+    assert metrics["shuffled_class_match_rate"] is not None and metrics["num_shuffled_fakes"] == 4
+    measures = [row["measure"] for row in metrics["targets"]]
+    assert len(measures) == 9 and any(m.startswith("synchrony of the real mels") for m in measures)
+    table = format_targets(metrics["targets"])
+    assert "measure" in table.splitlines()[0] and "baseline" in table.splitlines()[0]
+
+    page = samples / "report.html"
+    links = local_links(page)
+    assert sum(link.endswith(".png") for link in links) == 4 and sum(link.endswith(".mp4") for link in links) == 2
+    assert sum(link.endswith(".wav") for link in links) == 4  # real and generated per clip
+    assert all((samples / link).is_file() for link in links)
+
+
+def test_gan_steps_come_from_the_checkpoint(tmp_path):
+    from pipeline.model_checks import gan_steps
+
+    for disc_start, factor, expected in ((10, 1.0, 15), (600, 1.0, 0), (10, 0.0, 0)):
+        torch.save({"loss_args": {"disc_start": disc_start, "disc_factor": factor}, "train_state": {"step": 25}},
+                   tmp_path / "c.pt")
+        assert gan_steps(str(tmp_path / "c.pt")) == {"trained_steps": 25, "gan_steps": expected}
+    torch.save({"state_dict": {}}, tmp_path / "original.pt")  # no record: unknown, not 0
+    assert gan_steps(str(tmp_path / "original.pt")) == {"trained_steps": None, "gan_steps": None}

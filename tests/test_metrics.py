@@ -200,3 +200,24 @@ def test_classifier_metrics_absent_class_as_original():
         warnings.simplefilter("error")
         skipped = metrics.classifier_metrics(logits, targets, skip_absent_classes=True)
     assert 0 < skipped["mROCAUC"] < 1
+
+
+def test_too_few_samples_are_named_for_each_metric():
+    rng = np.random.default_rng(0)
+    assert metrics.isc_too_few(19, 10) and "fewer than 2 per split" in metrics.isc_too_few(8, 10)
+    assert metrics.isc_too_few(20, 10) is None
+    reason, note = metrics.kid_too_few(8, 8, 1000)
+    assert "whole of both sets" in reason and note is None
+    reason, note = metrics.kid_too_few(8, 32, 1000)
+    assert reason is None and "subsets of 8 instead of 1000" in note
+    assert metrics.kid_too_few(1, 40)[0].startswith("subsets of 1 sample")
+    assert metrics.kid_too_few(2000, 3000) == (None, None)
+    small, large = rng.standard_normal((3, 16)), rng.standard_normal((40, 16))
+    reason, note = metrics.fid_too_few(small, large)
+    assert "reals: 3 samples, covariance rank 2 < 16" in reason and "fakes" not in reason and note is None
+    assert metrics.fid_too_few(large, large) == (None, None)
+    # rank-deficient but not degenerate (the paper's VAS regime): computed, with a note
+    reason, note = metrics.fid_too_few(rng.standard_normal((12, 16)), large)
+    assert reason is None and "covariance rank 11 < 16" in note
+    # a duplicated set has fewer independent samples than rows
+    assert "rank 2" in metrics.fid_too_few(np.tile(small, (5, 1)), large)[0]

@@ -1,6 +1,7 @@
 """Vocoder training: the torch mel equals the original's numpy chain on real audio, the checkpoint layout loads
 through load_vocoder, the tiny preset composes, and a short run lowers the validation mel L1 of the generated
-audio (the honest measure: the GAN losses themselves do not fall monotonically)."""
+audio (the honest measure: the GAN losses themselves do not fall monotonically) while its audio follows its mel:
+each clip's vocoded mel is nearest to that clip's own mel."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -78,15 +79,29 @@ def test_short_run_lowers_mel_l1_and_checkpoint_loads(tmp_path, one_thread):
     torch.manual_seed(0)
     cfg = tiny_cfg(demo_like(tmp_path / "data"))
     task = VocoderTask(cfg)
-    trainer = Trainer(task, {"device": "cpu", "max_steps": 16, "val_every": 0, "log_every": 100},
+    trainer = Trainer(task, {"device": "cpu", "max_steps": 32, "val_every": 0, "log_every": 100},
                       tmp_path / "run", batch_size=2)
     train_loader, val_loader = trainer._prepare()
     before = trainer.validate(val_loader)["val/mel_l1"]
     trainer.best = None
     trainer._prepare = lambda: (train_loader, val_loader)  # already built: fit reuses the same modules
     after = trainer.fit()["val/mel_l1"]
-    print(f"validation mel L1: untrained {before:.3f} -> after 16 steps {after:.3f}")
+    print(f"validation mel L1: untrained {before:.3f} -> after 32 steps {after:.3f}")
     assert after < 0.8 * before, (before, after)
+    # the output follows the input: a constant waveform would be equally far from every clip's mel
+    netG, mel_of = trainer.unwrap("netG").eval(), trainer.task._mel_of
+    with torch.no_grad():
+        waves = torch.cat([batch for batch in val_loader])  # (clips, 1, N), the classes' last clips
+        waves = waves[..., : waves.shape[-1] // 256 * 256]
+        mels = mel_of(waves)
+        vocoded = netG(mels)
+        distances = (mel_of(vocoded)[:, None] - mels[None]).abs().mean((2, 3))  # (vocoded i, real j)
+    print(f"vocoded-vs-real mel L1 (rows: vocoded clip): {distances.numpy().round(3).tolist()}")
+    assert torch.equal(distances.argmin(1), torch.arange(len(waves))), distances
+    # and the two outputs differ as their inputs do (one waveform for every mel, the old preset: 0 apart)
+    apart, inputs_apart = (mel_of(vocoded[:1]) - mel_of(vocoded[1:2])).abs().mean(), (mels[0] - mels[1]).abs().mean()
+    print(f"vocoded mels {apart:.3f} apart, their input mels {inputs_apart:.3f}")
+    assert apart > 0.25 * inputs_apart  # measured 0.058 vs 0.165 after 32 steps
 
     ckpt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     keys = set(ckpt["state_dict"])

@@ -89,7 +89,7 @@ def test_our_checkpoint_round_trip_and_config_check(small, tmp_path):
     with pytest.raises(ValueError, match="feat_sample_size.*5.*212"):
         load_transformer(ours, cfg=tiny)
     check_compatible(
-        original.model_args, transformer_cfg("tiny", "transformer.vocab_size=16")
+        original.model_args, transformer_cfg("tiny", "transformer.vocab_size=16", "transformer.feat_sample_size=5")
     )  # 5 feats: fits
     with pytest.raises(ValueError, match="block_size"):
         check_compatible(original.model_args, transformer_cfg("vas"))
@@ -101,7 +101,7 @@ def test_config_presets_derive_block_size():
     assert transformer_cfg("vas", "transformer.feat_sample_size=5").block_size == 270
     assert transformer_cfg("vas", "transformer.condition=class").block_size == 266
     tiny = transformer_cfg("tiny")
-    assert (tiny.n_layer, tiny.n_embd, tiny.n_head, tiny.block_size) == (2, 64, 4, 270)
+    assert (tiny.n_layer, tiny.n_embd, tiny.n_head, tiny.block_size) == (2, 64, 4, 265 + 53)  # a frame per column
     args = model_args_from_config(tiny)
     assert args["grid"] == [5, 53] and args["condition"] == "features"
 

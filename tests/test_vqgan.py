@@ -140,7 +140,7 @@ def _loss_inputs(model, seed=0):
 
 
 def test_generator_loss_before_disc_start_has_no_gan_term():
-    model = tiny_model(disc_start=10)
+    model = tiny_model(disc_start=10, min_adapt_weight=1.0, max_adapt_weight=1.0)  # the paper's clamp
     x, xrec, qloss = _loss_inputs(model)
     loss, log = model.loss(qloss, x, xrec, 0, global_step=9, last_layer=model.get_last_layer())
     expected = (x - xrec).abs().mean() + qloss
@@ -167,7 +167,7 @@ def test_generator_loss_adaptive_weight_after_disc_start():
     assert torch.allclose(loss, nll + lam * g + qloss, rtol=1e-4)
     loss.backward()  # the graph survives the adaptive-weight gradients
     # paper clamp [1, 1]: the weight is disc_weight whatever the gradients
-    model = tiny_model(disc_start=0)
+    model = tiny_model(disc_start=0, min_adapt_weight=1.0, max_adapt_weight=1.0)
     x, xrec, qloss = _loss_inputs(model)
     _, log = model.loss(qloss, x, xrec, 0, global_step=0, last_layer=model.get_last_layer())
     assert torch.isclose(log["train/d_weight"], torch.tensor(0.8)) and log["train/disc_factor"] == 1
@@ -176,7 +176,7 @@ def test_generator_loss_adaptive_weight_after_disc_start():
 def test_constant_adaptive_weight_fast_path_is_identical():
     grads = []
     for exact in (True, False):
-        model = tiny_model(disc_start=0)  # paper clamp [1, 1]
+        model = tiny_model(disc_start=0, min_adapt_weight=1.0, max_adapt_weight=1.0)  # paper clamp [1, 1]
         model.loss.exact_adaptive_grads = exact
         x, xrec, qloss = _loss_inputs(model)
         loss, log = model.loss(qloss, x, xrec, 0, global_step=3, last_layer=model.get_last_layer())

@@ -14,12 +14,20 @@ from pipeline.train import Task
 
 log = logging.getLogger(__name__)
 
+DISC_STEPS = ("original", "fast")  # codebook.optim.disc_step: see CodebookTask
+
 
 class CodebookTask(Task):
     """Encoder/quantiser/decoder ("model") against a PatchGAN inside the loss ("loss"), as the original.
 
     The generator step runs the discriminator with its parameters frozen, so only the autoencoder's gradients
     exist there; the discriminator step runs through the (possibly DDP-wrapped) loss module.
+
+    `codebook.optim.disc_step` says what the discriminator judges (DISC_STEPS):
+    - `original`: the reconstruction of the autoencoder as updated by this step's `opt_ae.step()`, as the original
+      (PyTorch Lightning 1.2 calls `training_step` once per optimiser, so its second call runs the forward pass
+      again after the autoencoder's update). Costs one more forward pass (without gradients) per step.
+    - `fast`: the reconstruction made before that update (one forward pass per step).
     """
 
     kind = "codebook"
@@ -30,6 +38,11 @@ class CodebookTask(Task):
         self.cfg = cfg
         self.codebook_cfg = cfg.codebook
         self.collapse_share = float(cfg.get("collapse_dead_share", 0.9))
+        self.disc_step = str(self.codebook_cfg.optim.get("disc_step", "original"))
+        if self.disc_step not in DISC_STEPS:
+            raise ValueError(f"codebook.optim.disc_step={self.disc_step!r} is unknown: use original (the discriminator "
+                             f"judges the reconstruction after the autoencoder's update, as the original) or fast "
+                             f"(the one from before it, saving a forward pass)")
 
     def build(self) -> None:
         model = build_codebook(self.codebook_cfg.model)
@@ -72,7 +85,10 @@ class CodebookTask(Task):
             loss.discriminator.requires_grad_(True)
         self.optimizers["ae"].step()
         self.optimizers["ae"].zero_grad(set_to_none=True)
-        # discriminator: real vs. the detached reconstruction
+        # discriminator: real vs. the detached reconstruction (original: of the autoencoder just updated)
+        if self.disc_step == "original":
+            with torch.no_grad(), self.trainer.autocast():
+                xrec, qloss = bare(x)
         with self.trainer.autocast():
             d_loss, d_logs = loss_module(qloss, x, xrec.detach(), 1, step, split="train")
         self.trainer.backward(d_loss)

@@ -19,8 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
 
 from pipeline.data import ConditionedDataset
 from pipeline.pretrained.transformer import (
@@ -75,8 +77,10 @@ def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
         last = Path(run_dir) / "checkpoints" / "last.pt"
         if last.exists():
             check_compatible(read_model_args(last), tcfg, source=f"{last} (being resumed)")
-    path = Path(str(cfg.codebook.ckpt))
-    if not path.is_file():
+    from pipeline.zoo import resolve
+
+    path = resolve(cfg.codebook.ckpt, cfg=cfg)  # a path (file or log folder) or a released name, fetched if missing
+    if not path.exists():
         raise FileNotFoundError(
             f"codebook.ckpt={path} does not exist: train the codebook first (`python -m stages.train_codebook "
             f"dataset={cfg.dataset.name}`, whose run with no overrides is the default path) or pass "
@@ -91,6 +95,37 @@ def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
     if tcfg.condition == "class" and tcfg.get("n_classes") is None:
         raise ValueError("transformer.condition=class needs transformer.n_classes (VAS 8, VGGSound 309)")
     return codebook
+
+
+class RolledColumns(Dataset):
+    """Training items circularly shifted in time by a random whole number of codebook columns, the mel and its
+    condition's frames together (`transformer.roll_columns`; off in the paper presets).
+
+    On a data set of a few clips a GPT can learn each clip's token sequence by heart, keyed by its condition;
+    seen at every shift, a sound event only follows its visual event, which is what a demo with 16 training
+    clips must learn. The shift keeps the codebook grid: `frames_per_column` mel frames per column, and
+    feat_sample_size / columns condition rows per column (so feat_sample_size must be a multiple of columns).
+    """
+
+    def __init__(self, base: ConditionedDataset, columns: int, frames_per_column: int = 16):
+        size = int(base.sampler.size)
+        if base.condition == "features" and size % columns:
+            raise ValueError(f"transformer.roll_columns needs feat_sample_size to be a multiple of the {columns} "
+                             f"codebook columns (53, 106, 212), not {size}: a shift must move the condition by "
+                             f"whole rows; set transformer.roll_columns=false or change feat_sample_size")
+        self.base, self.columns, self.frames_per_column = base, int(columns), int(frames_per_column)
+        self.rows_per_column = size // columns
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.base[index])
+        k = int(torch.randint(0, self.columns, ()).item())  # from torch's generator, as the crops
+        item["image"] = np.roll(item["image"], k * self.frames_per_column, axis=-1)
+        if "feature" in item and self.base.condition == "features":
+            item["feature"] = np.roll(item["feature"], k * self.rows_per_column, axis=0)
+        return item
 
 
 class TransformerTask(Task):
@@ -136,7 +171,10 @@ class TransformerTask(Task):
         return ds
 
     def train_dataset(self):
-        return self._dataset(self.cfg.data.train_split, train=True)
+        ds = self._dataset(self.cfg.data.train_split, train=True)
+        if self.tcfg.get("roll_columns", False) and self.condition != "class":
+            return RolledColumns(ds, int(self.tcfg.grid.W))
+        return ds
 
     def val_dataset(self):
         return self._dataset(self.cfg.data.val_split, train=False)

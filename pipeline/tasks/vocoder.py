@@ -4,7 +4,9 @@ Each step takes 8192-sample crops of peak-normalised, randomly attenuated wavefo
 computes their mels on the fly with the original's chain (`MelTransform`, a torch copy of
 `pipeline.mel.mel_spectrogram`), and trains, as the original, first the discriminator (hinge) and then the
 generator (-mean D + lambda_feat x feature matching; no reconstruction loss). The mel L1 between the input mel
-and the mel of the generated audio is the monitor, not a loss. The original picked its "best" generator from
+and the mel of the generated audio is the monitor; `loss.lambda_mel` > 0 also makes it a generator loss term
+(0 in the paper presets, as the original; the tiny preset needs it: with only the GAN terms a narrow MelGAN
+trained for minutes gives one waveform whatever the mel). The original picked its "best" generator from
 the running mel L1 of training batches (spec §11.14); we compute it on the validation split instead, so best.pt
 is chosen on clips the vocoder never trained on.
 
@@ -122,8 +124,9 @@ class VocoderTask(Task):
             s = self._mel_of(x)  # (B, 80, seq_len / 256) in [0, 1]
         with self.trainer.autocast():
             x_pred = netG(s)  # (B, 1, seq_len)
+        lambda_mel = float(self.vcfg.loss.get("lambda_mel", 0.0))
         with torch.no_grad():
-            mel_l1 = F.l1_loss(self._mel_of(x_pred.detach()), s)  # the original's monitor, not a loss
+            mel_l1 = F.l1_loss(self._mel_of(x_pred.detach()), s)  # the original's monitor (a loss if lambda_mel > 0)
         # discriminator: fake (detached) and real in one forward through the prepared module
         n = x.shape[0]
         with self.trainer.autocast():
@@ -142,7 +145,10 @@ class VocoderTask(Task):
             with self.trainer.autocast():
                 g = generator_loss(bare_d(x_pred), d_real, lambda_feat=float(self.vcfg.loss.lambda_feat),
                                    n_layers_D=int(self.vcfg.model.netD.n_layers))
-            self.trainer.backward(g["loss"])
+            g_loss = g["loss"]
+            if lambda_mel > 0:  # through the differentiable mel chain, in float64 as the monitor
+                g_loss = g_loss + lambda_mel * F.l1_loss(self._mel_of(x_pred.float()), s)
+            self.trainer.backward(g_loss)
         finally:
             bare_d.requires_grad_(True)
         self.optimizers["netG"].step()
@@ -170,7 +176,8 @@ class VocoderTask(Task):
         return OmegaConf.to_container(self.vcfg.model, resolve=True)  # {"netG": {...}, "netD": {...}}
 
     def extra_checkpoint(self) -> dict[str, Any]:
-        return {"loss_args": {"lambda_feat": float(self.vcfg.loss.lambda_feat)}, "sample_rate": 22050,
+        return {"loss_args": {"lambda_feat": float(self.vcfg.loss.lambda_feat),
+                              "lambda_mel": float(self.vcfg.loss.get("lambda_mel", 0.0))}, "sample_rate": 22050,
                 "hop_length": self.hop, "version": 1}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
