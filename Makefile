@@ -9,7 +9,7 @@ DEMO_DIR ?= outputs/demo_data
 export WANDB_MODE ?= offline
 export PYTHONHASHSEED := 0
 
-.PHONY: help install demo test bench lint clean
+.PHONY: help install system-packages demo test bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg
 	@command -v ffmpeg >/dev/null || true
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[dev]"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[dev,app]"
 	touch $@
 
 install: $(VENV)/.installed  ## make a .venv with everything (CPU torch unless TORCH_SPEC says otherwise)
@@ -26,14 +26,23 @@ install: $(VENV)/.installed  ## make a .venv with everything (CPU torch unless T
 demo: install  ## the whole pipeline on a generated data set, on CPU
 	$(PY) -m pipeline.demo
 
-test: install  ## the tests (real data from ../shared)
-	$(PY) -m pytest -q -n 2 tests
+# Debian packages of the real components the tests start (a SLURM cluster with accounting, a headless browser for
+# report.html); one list, extend it
+APT_PACKAGES := slurmctld slurmd slurm-client munge slurmdbd mariadb-server chromium
+
+system-packages:  ## the Debian packages the tests start (installed as root when missing; else the tests skip)
+	launch/apt_install.sh $(APT_PACKAGES)
+
+# --dist loadfile: a file's tests share a worker, so tests/test_slurm.py starts one SLURM cluster (xdist 3.8's
+# loadgroup does not group under pytest 9)
+test: install system-packages  ## the tests (real data from ../shared; a real local SLURM cluster)
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: install  ## benchmarks, as ratios against baselines measured in the same run
 	$(PY) -m pipeline.bench
 
 lint: install  ## ruff over the code
-	$(VENV)/bin/ruff check pipeline stages models tests
+	$(VENV)/bin/ruff check pipeline stages models tests hydra_plugins
 
 clean:  ## remove outputs and caches (keeps the .venv)
 	rm -rf outputs/* .pytest_cache

@@ -12,6 +12,10 @@ Two modes (conf/sample.yaml):
         <run>/samples/<split>/sampling.json                       the checkpoint and the sampling settings
     `<name>` is the mel file's stem for the VAS layout (`video_02677_mel`) and the clip id for VGGSound, as the
     original. A rerun with other sampling settings in the same folder is refused (`overwrite=true` redoes it).
+    `condition_shuffle=true` gives every clip the visual condition of another clip (a fixed derangement,
+    `condition_derangement`, recorded in the manifest's `condition_clip`), same seeds otherwise: the baseline that
+    shows how much the video drives the sound. `av_benchmark=true` also lays the samples and the real clips out
+    for av-benchmark (`pipeline.av_benchmark`).
 
 (b) a user's own video file or folder (`video=...`) or pre-extracted features (`features_file=....pkl`): the
     features the model was trained on are extracted with `pipeline.features` (kind, preprocessing and weights
@@ -20,10 +24,11 @@ Two modes (conf/sample.yaml):
     `<stem>_sample_<k>.mp4` (the original picture, the new sound).
     Rules: a video needs frames and at least MIN_SECONDS (1 s): shorter clips would be tiled to 10 s from a few
     frames, so the condition would be a flicker. Up to 10 s (848 mel frames, 9.85 s) the model's own window is
-    used, and the sound is cut to the video's length. Longer videos: by default only the first `max_seconds`
-    (10) are generated (the sound stops there, the picture goes on); with `max_seconds=null` (or a larger
-    value) the whole length is generated with the sliding 5 x 53 window (5 x ceil(seconds * 86.13 / 16)
-    tokens), conditioned on the first 10 s' features throughout, as the original's tool does.
+    used, and the sound is cut to the video's length. Longer videos get sound for their whole length
+    (`max_seconds` caps it) from the sliding 5 x 53 window (5 x ceil(seconds * 86.13 / 16) tokens) with the
+    condition following the picture, frames decoded only as needed (`pipeline.long_video`); a model on
+    BN-Inception features (whose clips loop to 10 s by definition) or mode=half keeps the first 10 s'
+    condition throughout, as the original's tool does.
 """
 from __future__ import annotations
 
@@ -51,7 +56,8 @@ MEL_FPS = SR / HOP                 # 86.13 mel frames per second
 FRAMES_PER_COLUMN = 16             # mel frames per token column
 MIN_SECONDS = 1.0                  # shortest video accepted (module docstring)
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
-SETTINGS = ("transformer_ckpt", "codebook_ckpt", "mode", "temperature", "top_k", "top_p")
+SETTINGS = ("transformer_ckpt", "codebook_ckpt", "mode", "temperature", "top_k", "top_p", "condition_shuffle")
+AV_BENCHMARK_DIR = "av_benchmark"  # <run>/av_benchmark/<split>/{gt_audio,videos,pred_audio/sample_<k>}
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -64,16 +70,20 @@ def read_meta(path: Path) -> dict[str, Any]:
 def load_model(cfg, device: torch.device):
     """(wrapper in eval mode on `device`, checkpoint metadata)."""
     from pipeline.pretrained import load_transformer
+    from pipeline.pretrained.released import model_files
+    from pipeline.zoo import released_meta, resolve
 
-    path = Path(str(cfg.transformer_ckpt))
-    if not path.is_file():
+    source = cfg.get("model") or cfg.transformer_ckpt  # model: a released name (pipeline/zoo.yaml) or a path
+    path = resolve(source, cfg=cfg)
+    if not path.exists():
         raise FileNotFoundError(f"transformer_ckpt={path} does not exist: train one with `python -m "
                                 f"stages.train_transformer dataset={cfg.dataset.name}` (its run with no overrides is "
-                                f"the default) or pass transformer_ckpt=PATH")
-    meta = read_meta(path)
-    codebook = cfg.get("codebook_ckpt") or None
+                                f"the default), pass transformer_ckpt=PATH or model=<a released model's name>")
+    released = released_meta(source, cfg)  # the original's model: its backbone's features preset
+    meta = released if released is not None else read_meta(model_files(path, "transformer").checkpoint)
+    codebook = resolve(cfg.get("codebook_ckpt"), cfg=cfg)
     model = load_transformer(path, codebook_path=codebook).to(device).eval()
-    meta["model_args"] = dict(model.model_args)
+    meta["model_args"], meta["path"] = dict(model.model_args), str(path.resolve())
     return model, meta
 
 
@@ -145,6 +155,17 @@ def _check_settings(path: Path, settings: dict[str, Any], overwrite: bool) -> No
                              f"overwrite=true to replace them, or change an override that names the run folder")
 
 
+def condition_derangement(n: int, seed: int) -> list[int]:
+    """cond_of[i]: the clip whose condition clip i gets; a single random cycle, so no clip keeps its own."""
+    if n < 2:
+        raise ValueError(f"condition_shuffle=true needs at least 2 clips in the split, it has {n}")
+    order = np.random.RandomState(int(seed) % 2 ** 32).permutation(n)
+    cond_of = [0] * n
+    for j in range(n):
+        cond_of[order[j]] = int(order[(j + 1) % n])
+    return cond_of
+
+
 def run_split(cfg, run_dir: Path) -> dict[str, Any]:
     from accelerate import PartialState
 
@@ -158,9 +179,10 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
     settings = sampling_settings(cfg, meta, int(args["vocab_size"]))
     split = str(cfg.split)
     out = run_dir / "samples" / split
-    record = {"transformer_ckpt": str(Path(str(cfg.transformer_ckpt)).resolve()),
+    record = {"transformer_ckpt": meta["path"],
               "codebook_ckpt": cfg.get("codebook_ckpt"), **settings, "split": split,
-              "samples_per_clip": int(cfg.samples_per_clip), "vocoder": cfg.get("vocoder_ckpt") or "griffinlim"}
+              "samples_per_clip": int(cfg.samples_per_clip), "vocoder": cfg.get("vocoder_ckpt") or "griffinlim",
+              "condition_shuffle": bool(cfg.get("condition_shuffle", False))}
     _check_settings(out / "sampling.json", record, bool(cfg.overwrite))
     condition = str(args.get("condition", "features"))
     fcfg = features_config(cfg, meta)
@@ -172,6 +194,7 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
     if condition != "class" and ds.depth != int(args["feat_depth"]):
         raise ValueError(f"features.depth {ds.depth} != the model's feat_depth {args['feat_depth']}")
     n, overwrite = int(cfg.samples_per_clip), bool(cfg.overwrite)
+    cond_of = condition_derangement(len(ds), int(cfg.seed)) if record["condition_shuffle"] else list(range(len(ds)))
 
     def paths(i: int, k: int) -> tuple[Path, Path]:
         stem = out / f"cls_{ds.targets[i]}" / f"{sample_name(cfg.dataset, ds.ids[i])}_sample_{k}"
@@ -181,7 +204,8 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
         npy, wav = paths(i, k)
         return not overwrite and npy.exists() and (wav.exists() or not cfg.write_wav)
 
-    vocode = load_vocoder_or_griffinlim(cfg.get("vocoder_ckpt"), device=state.device) if cfg.write_wav else None
+    vocode = (load_vocoder_or_griffinlim(cfg.get("vocoder_ckpt"), device=state.device, zoo_cfg=cfg)
+              if cfg.write_wav else None)
     torch.manual_seed(int(cfg.seed) + state.process_index)  # the No-Feats vectors of the data layer
     written = skipped = 0
     with state.split_between_processes(list(range(len(ds)))) as mine:
@@ -191,6 +215,9 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
             for start in range(0, len(todo), int(cfg.batch_size)):
                 chunk = todo[start:start + int(cfg.batch_size)]
                 batch = torch.utils.data.default_collate([ds[i] for i in chunk])
+                if cond_of[chunk[0]] != chunk[0]:  # condition_shuffle: another clip's condition, own sound
+                    batch = {**batch, **{key: value for key, value in torch.utils.data.default_collate(
+                        [ds[cond_of[i]] for i in chunk]).items() if key in ("feature", "target")}}
                 cond = batch_condition(batch, condition, state.device)
                 gt = None
                 if settings["mode"] == "half":
@@ -214,9 +241,10 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
                 if npy.exists():
                     rows.append({"clip_id": ds.ids[i], "label": ds.labels.label(ds.ids[i]), "target": ds.targets[i],
                                  "k": k, "npy": str(npy.relative_to(out)),
-                                 "wav": str(wav.relative_to(out)) if wav.exists() else ""})
+                                 "wav": str(wav.relative_to(out)) if wav.exists() else "",
+                                 "condition_clip": ds.ids[cond_of[i]]})
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["clip_id", "label", "target", "k", "npy", "wav"])
+        writer = csv.DictWriter(buf, fieldnames=["clip_id", "label", "target", "k", "npy", "wav", "condition_clip"])
         writer.writeheader()
         writer.writerows(rows)
         with atomic_write(out / "manifest.csv", "w") as f:
@@ -224,6 +252,11 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
         save_json(out / "sampling.json", record)
         print(f"[sample] {split}: {written} samples written, {skipped} skipped (already there) on process 0 of "
               f"{state.num_processes}; {len(rows)} in {out / 'manifest.csv'}")
+        if cfg.get("av_benchmark"):
+            from pipeline.av_benchmark import write_av_benchmark
+
+            bench = write_av_benchmark(cfg.dataset, rows, out, run_dir / AV_BENCHMARK_DIR / split, n)
+            print(f"[sample] av-benchmark layout: {bench} (see its README.md)")
     state.wait_for_everyone()
     return {"written": written, "skipped": skipped, "out": out}
 
@@ -277,8 +310,10 @@ def _extract(video: Path, fcfg: Mapping[str, Any], device: torch.device, cache: 
 
     kind, weights = str(fcfg["name"]), fcfg.get("weights")
     if weights in (None, "", "???"):
-        raise ValueError(f"the checkpoint records no weights for its {kind} features: pass feature_weights=PATH "
-                         f"(a local file; nothing is downloaded)")
+        from pipeline.features import WEIGHTS_HELP
+
+        raise ValueError(f"the model was trained on {kind} features and no weights for that network are given: pass "
+                         f"feature_weights=PATH, a local file: {WEIGHTS_HELP.get(kind, kind)}")
     key = (kind, str(weights), fcfg.get("width"))
     if key not in cache:
         cache[key] = load_feature_model(kind, str(weights), width=fcfg.get("width"), device=device)
@@ -316,11 +351,11 @@ def load_user_models(cfg, device: torch.device | None = None) -> UserModels:
         device = torch.device("cuda" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "cpu")
     model, meta = load_model(cfg, device)
     return UserModels(model, meta, features_config(cfg, meta), load_vocoder_or_griffinlim(cfg.get("vocoder_ckpt"),
-                      device=device), device, str(cfg.transformer_ckpt))
+                      device=device, zoo_cfg=cfg), device, str(cfg.get("model") or cfg.transformer_ckpt))
 
 
 def sample_user_clip(models: UserModels, video: Path | None, outs: Sequence[Path], settings: Mapping[str, Any], *,
-                     seed: int = 0, max_seconds: float | None = 10.0, features: np.ndarray | Path | None = None,
+                     seed: int = 0, max_seconds: float | None = None, features: np.ndarray | Path | None = None,
                      class_id: int | None = None, seconds: float | None = None) -> list[dict[str, Any]]:
     """One sample per path of `outs` from a video (its features extracted) or `features` (a (T, D) array or a
     .pkl file): writes `<out>.npy`, `<out>.wav` and, with a video, `<out>.mp4` (its picture, the new sound).
@@ -333,8 +368,13 @@ def sample_user_clip(models: UserModels, video: Path | None, outs: Sequence[Path
     if seconds is None and video is not None:
         seconds = video_seconds(video)
     model, device = models.model, models.device
-    cond = _user_condition(models, video, features, class_id, seed)
     span = seconds if max_seconds is None or seconds is None else min(seconds, float(max_seconds))
+    if _long_video_path(models, video, features, settings, span):
+        from pipeline.long_video import sample_long_video
+
+        return [sample_long_video(models, video, out, settings, seed=seed, max_seconds=span, class_id=class_id,
+                                  sample_index=k) for k, out in enumerate(outs)]
+    cond = _user_condition(models, video, features, class_id, seed)
     cols = model.first_stage_permuter.W
     if span is not None and span * MEL_FPS > cols * FRAMES_PER_COLUMN:
         cols = math.ceil(span * MEL_FPS / FRAMES_PER_COLUMN)  # sliding window past 10 s
@@ -353,6 +393,19 @@ def sample_user_clip(models: UserModels, video: Path | None, outs: Sequence[Path
         results.append({"mel": mel.numpy(), "wave": wave, "npy": out.with_suffix(".npy"),
                         "wav": out.with_suffix(".wav"), "mp4": None if mp4 is None else Path(mp4)})
     return results
+
+
+def _long_video_path(models: UserModels, video: Path | None, features, settings: Mapping[str, Any],
+                     span: float | None) -> bool:
+    """Whether a video is sampled past one 10-s window with the condition following the picture
+    (`pipeline.long_video`): from scratch, features streamed from the video (RGB kinds) or no visual condition."""
+    from pipeline.long_video import STREAMED_KINDS
+
+    if video is None or features is not None or span is None or settings["mode"] != "nopix":
+        return False
+    if span * MEL_FPS <= models.model.first_stage_permuter.W * FRAMES_PER_COLUMN:
+        return False
+    return models.condition != "features" or str((models.fcfg or {}).get("name")) in STREAMED_KINDS
 
 
 @torch.no_grad()

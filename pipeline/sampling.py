@@ -25,6 +25,7 @@ own S frames starting at frame round(js * S_total / cols), clamped to the end; w
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 
 import torch
@@ -155,8 +156,24 @@ def inference_copy(model, dtype: torch.dtype = torch.float32, int8: bool = False
     return gpt.to(dtype)
 
 
+def sample(model, cond, num_tokens: int = 265, **options) -> torch.Tensor:
+    """KV-cached sampling of `num_tokens` tokens (B, num_tokens), exact w.r.t. `sample_uncached`.
+
+    model: the wrapper (uses .transformer and the permuter's grid) or a GPT. cond: features (B, D, S) or class
+    ids (B,). `options` are `sample_steps`'s: mode 'nopix' (from scratch) or 'half' (the first (cols // 2) * 5
+    tokens copied from gt_tokens); temperature, top_k, top_p, generator, greedy. num_tokens > 265 samples
+    5 x (num_tokens / 5) with the sliding window (module docstring). With `slide_cond`, `cond_frames` is the
+    frames per window (default: block_size - 265). `dtype` (e.g. torch.bfloat16) samples with a copy of the
+    model in that dtype, made for this call (not exact; see `inference_copy`, which makes reusable fast
+    copies); None keeps the model as it is.
+    """
+    for _, tokens in sample_steps(model, cond, num_tokens, **options):
+        pass
+    return tokens
+
+
 @torch.inference_mode()
-def sample(
+def sample_steps(
     model,
     cond,
     num_tokens: int = 265,
@@ -171,16 +188,11 @@ def sample(
     cond_frames: int | None = None,
     grid: tuple[int, int] | None = None,
     dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """KV-cached sampling of `num_tokens` tokens (B, num_tokens), exact w.r.t. `sample_uncached`.
-
-    model: the wrapper (uses .transformer and the permuter's grid) or a GPT. cond: features (B, D, S) or class
-    ids (B,). mode: 'nopix' (from scratch) or 'half' (the first (cols // 2) * 5 tokens copied from gt_tokens).
-    num_tokens > 265 samples 5 x (num_tokens / 5) with the sliding window (module docstring). With
-    `slide_cond`, `cond_frames` is the frames per window (default: block_size - 265). `dtype` (e.g.
-    torch.bfloat16) samples with a copy of the model in that dtype, made for this call (not exact; see
-    `inference_copy`, which makes reusable fast copies); None keeps the model as it is.
-    """
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """`sample` (its arguments are documented there), one token at a time: yields (tokens done, the
+    (B, num_tokens) buffer) after every sampled token, and once with the primed buffer before the first.
+    The buffer is updated in place (copy what you keep); positions from `tokens done` on hold 0. Draining it
+    gives exactly `sample`'s tokens (`sample` does)."""
     gpt = _gpt(model)
     if dtype is not None and dtype != gpt.pos_emb.dtype:
         gpt = inference_copy(gpt, dtype=dtype, fuse_qkv=False)
@@ -194,6 +206,7 @@ def sample(
     tokens = torch.zeros(B, num_tokens, dtype=torch.long, device=device)
     if n_prime:
         tokens[:, :n_prime] = gt_tokens[:, :n_prime].to(device)
+    yield n_prime, tokens
     cache: KVCache = gpt.new_cache(B, S + min(num_tokens, H * W))
     current_js, cached_to = None, 0  # the window in the cache; tokens[:, js*H:cached_to] are in it
     for pos in range(n_prime, num_tokens):
@@ -205,7 +218,39 @@ def sample(
             logits = gpt.step(tokens[:, cached_to:pos], cache)
             cached_to = pos
         tokens[:, pos] = pick_token(logits, temperature, top_k, top_p, greedy, generator)
-    return tokens
+        yield pos + 1, tokens
+
+
+@torch.inference_mode()
+def last_step_attention(
+    model,
+    cond,
+    tokens: torch.Tensor,
+    slide_cond: bool = False,
+    cond_frames: int | None = None,
+    grid: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The last layer's attention (mean over heads) of the step that sampled the last of `tokens` (B, N) over
+    its window's condition positions: (B, S), each row summing to at most 1 (the rest went to the tokens).
+
+    One uncached forward of [the window's condition, the window's tokens before the last] with explicit
+    attention weights, after sampling: the samplers' own fast path is untouched.
+    """
+    gpt = _gpt(model)
+    device = gpt.pos_emb.device
+    cond = cond.to(device) if cond is not None else None
+    tokens = tokens.to(device)
+    H, W = _grid(model, grid)
+    num_tokens = tokens.shape[1]
+    cols = -(-num_tokens // H)
+    pos = num_tokens - 1
+    js = _window_start(pos // H, cols, W)
+    c = _window_cond(cond, js, cols, cond_frames or gpt.block_size - H * W, slide_cond)
+    S = gpt.condition_length(c)
+    if S == 0:
+        raise ValueError("an unconditional model has no condition positions to attend to")
+    _, att = gpt(tokens[:, js * H : pos], c, return_attention=True)  # (B, heads, S + local, S + local)
+    return att[:, :, S - 1 + pos - js * H, :S].mean(dim=1).float()
 
 
 @torch.inference_mode()

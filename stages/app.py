@@ -1,8 +1,10 @@
 """An interactive sampler (Gradio) in place of the original's Streamlit tool.
 
-`python -m stages.app transformer_ckpt=PATH [vocoder_ckpt=PATH] [port=7860]` serves a page on which you upload
-a video (or pick a clip of the data set's split), choose the sampling settings and get the generated sounds,
-the video with the new sound and the spectrograms. Needs gradio: `pip install -e .[app]`.
+`python -m stages.app transformer_ckpt=PATH [vocoder_ckpt=PATH] [classifier_ckpt=PATH] [port=7860]` serves a
+page on which you upload a video (or pick a clip of the data set's split), choose the sampling settings and watch
+the spectrogram fill in as tokens are sampled, then get the generated sounds, the video with the new sound, the
+spectrograms, the last step's attention over the condition frames and (with a classifier) Melception's top-5
+classes; a second tab runs any audio file through the codebook and back. Needs gradio: `pip install -e .[app]`.
 """
 import hydra
 

@@ -1,7 +1,9 @@
-"""The neural audio codec: `python -m stages.codec mode=encode|decode input=... output=... codebook.ckpt=...`.
+"""The neural audio codec: `python -m stages.codec mode=encode|decode|roundtrip input=... output=... codebook.ckpt=...`.
 
-Encode turns any audio file into a compact file of codebook indices (~0.14-0.26 kbps); decode turns it back
-into 22050 Hz audio through `vocoder.ckpt` (Griffin-Lim when unset). See pipeline/codec.py for the format.
+Encode turns any audio file (any rate, channels, length) into a compact file of codebook indices (~0.14-0.26
+kbps); decode turns it back into 22050 Hz audio through `vocoder.ckpt` (Griffin-Lim when unset); roundtrip does
+both and reports the mel L1 and SNR against the input. Each prints bitrate and compression ratio and writes
+`<run>/codec_report.json`. See pipeline/codec.py for the format.
 """
 import hydra
 

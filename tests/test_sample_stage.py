@@ -115,3 +115,55 @@ def test_user_input_errors(models, tmp_path):
     save_pickle(tmp_path / "wrong.pkl", np.zeros((215, 2048), np.float32))
     with pytest.raises(ValueError, match=r"wrong.pkl: features of shape \(215, 2048\).*\(frames, 256\) resnet50"):
         run(OmegaConf.merge(cfg, {"features_file": str(tmp_path / "wrong.pkl")}), run_dir=tmp_path / "run")
+
+
+def test_condition_derangement_gives_no_clip_its_own_condition():
+    from pipeline.sample_stage import condition_derangement
+
+    for n in (2, 3, 8, 25):
+        cond_of = condition_derangement(n, seed=1337)
+        assert sorted(cond_of) == list(range(n)) and all(c != i for i, c in enumerate(cond_of))
+        seen, i = set(), 0  # one cycle through every clip
+        while i not in seen:
+            seen.add(i)
+            i = cond_of[i]
+        assert len(seen) == n
+    assert condition_derangement(8, 1) == condition_derangement(8, 1) != condition_derangement(8, 2)
+    with pytest.raises(ValueError, match="at least 2 clips"):
+        condition_derangement(1, 0)
+
+
+def test_condition_shuffle_and_the_av_benchmark_layout(models, melgan, outputs, tmp_path):
+    from pipeline.io import save_npy
+
+    root = outputs / "demo_data"
+    write_video(root / "videos" / "chirp" / "video_00001.mp4", 2.0)  # one clip with its video ...
+    save_npy(root / "features" / "noise" / "melspec_10s_22050hz" / "video_00001_audio.npy",  # ... one without
+             (0.1 * np.sin(np.arange(220500) / 10)).astype(np.float32))
+    common = [f"transformer_ckpt={models['split']}", "batch_size=2", "samples_per_clip=2"]
+    run(_cfg(*common, melgan, "av_benchmark=true"), run_dir=tmp_path / "run")
+    run(_cfg(*common, "condition_shuffle=true", "write_wav=false"), run_dir=tmp_path / "shuffled")
+
+    plain = list(csv.DictReader((tmp_path / "run" / "samples" / "valid" / "manifest.csv").open()))
+    shuffled = list(csv.DictReader((tmp_path / "shuffled" / "samples" / "valid" / "manifest.csv").open()))
+    assert all(r["condition_clip"] == r["clip_id"] for r in plain)
+    assert len(shuffled) == 4 and all(r["condition_clip"] != r["clip_id"] for r in shuffled)
+    a = np.load(tmp_path / "run" / "samples" / "valid" / plain[0]["npy"])
+    b = np.load(tmp_path / "shuffled" / "samples" / "valid" / shuffled[0]["npy"])
+    assert shuffled[0]["npy"] == plain[0]["npy"] and not np.array_equal(a, b)  # same file, other condition
+
+    bench = tmp_path / "run" / "av_benchmark" / "valid"
+    names = ["chirp__video_00001.wav", "noise__video_00001.wav"]
+    assert sorted(p.name for p in (bench / "gt_audio").iterdir()) == names
+    for k in (0, 1):
+        assert sorted(p.name for p in (bench / "pred_audio" / f"sample_{k}").iterdir()) == names
+        wave, sr = sf.read(bench / "pred_audio" / f"sample_{k}" / names[0])
+        assert sr == 22050 and wave.shape == (848 * 256,)
+    assert [p.name for p in (bench / "videos").iterdir()] == ["chirp__video_00001.mp4"]
+    gt_chirp, sr = sf.read(bench / "gt_audio" / names[0])
+    assert sr == 22050 and abs(len(gt_chirp) / sr - 2.0) < 0.1  # the clip's own sound, from its video
+    assert len(sf.read(bench / "gt_audio" / names[1])[0]) == 220500  # the stored waveform
+    readme = (bench / "README.md").read_text()
+    assert "evaluate.py --gt_audio" in readme and "extract_video.py" in readme and "1 clip(s) have no video" in readme
+    with pytest.raises(ValueError, match="av_benchmark=true needs the samples' wavs"):
+        run(_cfg(*common, "write_wav=false", "av_benchmark=true"), run_dir=tmp_path / "nowav")

@@ -1,0 +1,127 @@
+"""Sound for a whole video (pipeline/long_video.py) with tiny models made here: frames decoded only as needed,
+the condition following the picture window by window, 25 s of sound for a 25 s video in its mp4."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from models.cond_transformer import Net2NetTransformer
+from models.gpt import GPTFeats
+from models.permuter import ColumnMajor
+from pipeline.features import Preprocessing, extract_streams
+from pipeline.features import load_model as load_feature_model
+from pipeline.long_video import decode_long, frame_features, long_condition, sample_long_video
+from pipeline.pretrained.codebook import build_codebook
+from pipeline.sample_stage import UserModels
+from pipeline.sampling import _window_cond
+from pipeline.video import frame_times, write_video
+from pipeline.vocoder import Vocoder
+
+ROOT = Path(__file__).resolve().parents[1]
+S = 212  # condition frames per window: the paper's 212-feature models, 4 frames per code column
+
+
+def _fcfg() -> dict:
+    """conf/features/resnet50_tiny.yaml over resnet50.yaml: the real pipeline with an 8x narrower random net."""
+    folder = ROOT / "conf" / "features"
+    tiny = OmegaConf.load(folder / "resnet50_tiny.yaml")
+    tiny.pop("defaults")
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(folder / "resnet50.yaml"), tiny))
+
+
+def _video(path: Path, seconds: float, fps: float = 10.0) -> Path:
+    """A 32 x 32 video whose brightness and colour change every frame (so frame features differ)."""
+    n = int(round(seconds * fps))
+    i = np.arange(n)[:, None, None, None]
+    frames = np.broadcast_to((i * np.array([7, 13, 29]) % 256), (n, 32, 32, 3)).astype(np.uint8)
+    write_video(path, np.ascontiguousarray(frames), fps)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models() -> UserModels:
+    fcfg = _fcfg()
+    torch.manual_seed(0)
+    codebook = build_codebook(OmegaConf.load(ROOT / "conf" / "codebook" / "tiny.yaml").model)
+    gpt = GPTFeats(vocab_size=codebook.n_embed, block_size=S + 265, feat_depth=256, n_layer=1, n_head=2, n_embd=32)
+    model = Net2NetTransformer(codebook, gpt, ColumnMajor()).eval()
+    args = {"feat_depth": 256, "feat_sample_size": S, "vocab_size": codebook.n_embed, "condition": "features"}
+    return UserModels(model, {"model_args": args}, fcfg, Vocoder(None, n_iter=2), torch.device("cpu"), "tiny")
+
+
+def test_frame_features_are_the_extractions_frames_without_holding_the_video(models, tmp_path):
+    fcfg, prep = models.fcfg, Preprocessing.from_cfg(models.fcfg)
+    net = load_feature_model("resnet50", "random", width=8)
+    short = _video(tmp_path / "short.mp4", 6.0)
+    feats = frame_features(short, "resnet50", net, prep, batch_size=16)
+    expected = extract_streams(short, "resnet50", net, prep)["rgb"]  # tiled to 215 rows from round(6 * 21.5)
+    assert feats.shape == (129, int(fcfg["depth"])) and np.allclose(feats, expected[:129], atol=1e-5)
+    # a 25 s video, its first 5 s: only the frames on screen at 21.5 fps up to 5 s are decoded and kept
+    long = _video(tmp_path / "long.mp4", 25.0, fps=30.0)
+    kept: list[int] = []
+    feats = frame_features(long, "resnet50", net, prep, seconds=5.0, batch_size=16, on_frame=kept.append)
+    assert feats.shape[0] == round(5 * 21.5) and len(kept) == len(set(kept)) == 108 and max(kept) < 150
+    assert len(frame_times(long)) == 750
+    with pytest.raises(ValueError, match="bninception loops every clip"):
+        frame_features(long, "bninception", net, prep)
+
+
+def test_the_condition_follows_the_picture():
+    cols = 135  # 25 s
+    feats = np.arange(600, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # row t holds t: its time
+    cond, per_window = long_condition(feats, cols, {"feat_depth": 3, "feat_sample_size": S}, {"feat_crop_len": 212})
+    assert per_window == S and cond.shape == (1, 3, 540)  # 4 frames per column over all 135 columns
+    for js in (0, 1, 40, 82):  # the windows' first columns (82 = 135 - 53, the last)
+        window = _window_cond(cond, js, cols=cols, S=S, slide_cond=True)[0, 0].numpy()
+        assert np.array_equal(window, np.arange(4 * js, 4 * js + 212))  # the frames under columns js .. js + 52
+    short, _ = long_condition(feats[:100], cols, {"feat_depth": 3, "feat_sample_size": 5}, {"feat_crop_len": 212})
+    assert short.shape == (1, 3, 13) and short[0, 0, -1] == 0  # past the video's end: zero rows, as in training
+
+
+def test_long_tokens_decode_window_by_window(models):
+    model = models.model
+    tokens = torch.randint(0, 16, (1, 5 * 53))
+    with torch.no_grad():
+        assert np.allclose(decode_long(model, tokens), ((model.decode_to_spec(tokens)[0, 0] + 1) / 2).numpy())
+    long = torch.randint(0, 16, (1, 5 * 120))
+    mel = decode_long(model, long)
+    assert mel.shape == (80, 16 * 120)
+    with torch.no_grad():  # the first window's interior is its own decoding
+        first = ((model.decode_to_spec(long[:, :5 * 53])[0, 0] + 1) / 2).numpy()
+    assert np.allclose(mel[:, :600], first[:, :600], atol=1e-6)
+
+
+def test_a_25_s_video_gets_25_s_of_sound(models, tmp_path, capsys):
+    video = _video(tmp_path / "clip.mp4", 25.0)
+    settings = {"mode": "nopix", "temperature": 1.0, "top_k": 8, "top_p": None}
+    made = sample_long_video(models, video, tmp_path / "out" / "clip_sample_0", settings, seed=3)
+    assert made["seconds"] == pytest.approx(25.0, abs=0.11)
+    assert made["mel"].shape == (80, 16 * 135) and abs(made["wave"].size - 25.0 * 22050) <= 0.11 * 22050
+    assert "sound for clip.mp4" in capsys.readouterr().err  # the progress bar, in seconds of audio
+    with av.open(str(made["mp4"])) as mp4, av.open(str(video)) as src:
+        assert float(mp4.streams.audio[0].duration * mp4.streams.audio[0].time_base) == pytest.approx(25.0, abs=0.15)
+        assert mp4.streams.video[0].frames == src.streams.video[0].frames  # the picture untouched
+    again = sample_long_video(models, video, tmp_path / "again" / "clip", settings, seed=3, max_seconds=12.0,
+                              progress=False)
+    assert again["mel"].shape == (80, 16 * 65) and again["wave"].size == round(12.0 * 22050)
+    with pytest.raises(ValueError, match="mode=nopix"):
+        sample_long_video(models, video, tmp_path / "x", {**settings, "mode": "half"})
+
+
+def test_the_sample_stage_gives_a_long_video_its_whole_length_by_default(models, tmp_path):
+    from pipeline.sample_stage import sample_user_clip
+
+    video = _video(tmp_path / "long.mp4", 12.0)
+    settings = {"mode": "nopix", "temperature": 1.0, "top_k": 8, "top_p": None}
+    made = sample_user_clip(models, video, [tmp_path / "stage" / "long_sample_0"], settings, seed=5)[0]
+    assert made["wave"].size == round(12.0 * 22050) and made["mp4"].exists()  # no max_seconds: the whole video
+    direct = sample_long_video(models, video, tmp_path / "direct" / "long", settings, seed=5, progress=False)
+    assert np.array_equal(made["mel"], direct["mel"])  # the stage's path is the long-video sampler
+    capped = sample_user_clip(models, video, [tmp_path / "capped" / "long_sample_0"], settings, seed=5,
+                              max_seconds=4.0)[0]
+    assert capped["wave"].size == round(4.0 * 22050)
