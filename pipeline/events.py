@@ -3,7 +3,7 @@
 A sound onset is a sharp rise of a mel frame's energy: the [0, 1] mel is turned back into power
 (`20 log10 |m| = 100 mel - 80`, the inverse of `pipeline.mel.mel_spectrogram`), summed over the 80 bins and
 taken in dB; a frame is an onset when it rises at least `ONSET_RISE_DB` above the quietest of the
-`ONSET_LAG` frames before it, is the peak of that rise (librosa's peak picker, at most one onset per
+`ONSET_LAG` frames before it, is the peak of that rise (librosa's peak-picking rule, `peak_pick`, at most one onset per
 `ONSET_WAIT` frames) and reaches `ONSET_MIN_DB` (so faint blips in near-silence do not count). On the demo's
 real mels this finds every event within 1 frame (and any loop seam of the mel stage that is a real energy rise).
 
@@ -52,13 +52,24 @@ def onset_strength(mel01: np.ndarray, lag: int = ONSET_LAG) -> np.ndarray:
 def onset_frames(mel01: np.ndarray, rise_db: float = ONSET_RISE_DB, lag: int = ONSET_LAG,
                  wait: int = ONSET_WAIT, min_db: float = ONSET_MIN_DB) -> np.ndarray:
     """Frame indices of the sound onsets of a [0, 1] mel (80, T), ascending."""
-    import librosa
-
     strength = onset_strength(mel01, lag)
-    peaks = librosa.util.peak_pick(strength, pre_max=lag, post_max=lag + 1, pre_avg=lag, post_avg=lag + 1,
-                                   delta=rise_db, wait=wait)
-    peaks = np.asarray(peaks, dtype=np.int64)
+    peaks = peak_pick(strength, pre=lag, post=lag + 1, delta=rise_db, wait=wait)
     return peaks[frame_energy_db(mel01)[peaks] >= min_db] if peaks.size else peaks
+
+
+def peak_pick(x: np.ndarray, pre: int, post: int, delta: float, wait: int) -> np.ndarray:
+    """Indices n where x[n] is the maximum of x[n - pre : n + post], at least `delta` above the mean of that
+    window, and more than `wait` after the previous peak: librosa.util.peak_pick with pre_max = pre_avg = pre
+    and post_max = post_avg = post (windows cut at the ends). Written out because librosa's numba kernel
+    crashed (segmentation fault) in a fresh virtual environment on this machine kind; T is a clip's frames."""
+    x = np.asarray(x, dtype=np.float64)
+    peaks: list[int] = []
+    for n in range(len(x)):
+        window = x[max(0, n - pre):n + post]
+        if x[n] > 0 and x[n] == window.max() and x[n] >= window.mean() + delta and (
+                not peaks or n > peaks[-1] + wait):
+            peaks.append(n)
+    return np.asarray(peaks, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------------- events
