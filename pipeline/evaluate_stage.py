@@ -96,24 +96,16 @@ def load_melception(ckpt: str, stats: str | None, device: torch.device):
     from pipeline.pretrained import load_classifier
     from pipeline.tasks.classifier import Normalize, read_stats
 
-    model = load_classifier(ckpt, kind="melception").to(device)
-    classes, norm = None, None
-    try:
-        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - the original's checkpoint pickles numpy scalars: no stats inside anyway
-        obj = None
-    if isinstance(obj, dict) and obj.get("format") == "specvqgan-pipeline":
-        classes = obj.get("classes")
-        norm = obj.get("normalization")
-    if norm is not None:
-        normalize = Normalize(norm["mean"], norm["std"])
+    model = load_classifier(ckpt, kind="melception").to(device)  # with the statistics our checkpoints hold
+    if model.normalization is not None:
+        normalize = Normalize(*model.normalization)
     elif stats and Path(stats).is_file():
         normalize = Normalize(*read_stats(stats))
     else:
         raise FileNotFoundError(f"{ckpt} holds no normalisation statistics and classifier.stats={stats!r} does not "
                                 f"exist: pass the statistics file the classifier was trained with (the released "
                                 f"Melception's: classifier.stats=vggsound_mel_stats)")
-    return model, normalize.to(device), classes
+    return model, normalize.to(device), model.classes
 
 
 @torch.no_grad()

@@ -57,7 +57,9 @@ def _missing(path: str | None, what: str, fix: str) -> str | None:
 def gan_steps(ckpt: str) -> dict[str, Any]:
     """{"trained_steps", "gan_steps"}: how many of the checkpoint's training steps had the GAN loss on
     (step - disc_start, with disc_factor > 0); None for files that do not record it (the original's)."""
-    obj = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    from pipeline.checkpoints import read_checkpoint
+
+    obj = read_checkpoint(ckpt, mmap=True)
     obj = obj if isinstance(obj, dict) else {}
     loss, state = obj.get("loss_args") or {}, obj.get("train_state") or {}
     if "disc_start" not in loss or "step" not in state:

@@ -63,7 +63,9 @@ AV_BENCHMARK_DIR = "av_benchmark"  # <run>/av_benchmark/<split>/{gt_audio,videos
 # ------------------------------------------------------------------------------------------------ model
 def read_meta(path: Path) -> dict[str, Any]:
     """Everything in one of our transformer checkpoints except its tensors (model_args, features, sampling...)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    from pipeline.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(path, mmap=True)
     return {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")} if isinstance(ckpt, dict) else {}
 
 

@@ -59,7 +59,9 @@ def features_record(features_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_model_args(path: str | Path) -> dict[str, Any]:
     """`model_args` of one of our checkpoints without reading its tensors into memory (mmap)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    from pipeline.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(path, mmap=True)
     if not isinstance(ckpt, dict) or "model_args" not in ckpt:
         raise ValueError(f"{path} holds no model_args: not a checkpoint of this pipeline")
     return dict(ckpt["model_args"])
