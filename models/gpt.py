@@ -125,6 +125,22 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, n_head * head_dim)
         return self.resid_drop(self.proj(y)), att
 
+    def forward_static(self, x: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor, cache: KVCache,
+                       layer: int) -> torch.Tensor:
+        """One position per sequence, x (B, 1, C), at the device-side index `pos` (1,): its key and value go to
+        cache slot `pos` and the query attends over every slot, `visible` (1, 1, 1, max_len) masking those after
+        `pos`. No shape or Python value depends on the position (see `GPT.step_static`)."""
+        B, T, C = x.shape
+        if self.qkv is not None:
+            q, k, v = (self._heads(t) for t in self.qkv(x).split(C, dim=-1))
+        else:
+            q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        keys, values = cache.k[layer], cache.v[layer]  # (B, n_head, max_len, head_dim)
+        keys.index_copy_(2, pos, k)
+        values.index_copy_(2, pos, v)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, dropout_p=0.0)
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+
 
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
@@ -150,6 +166,11 @@ class Block(nn.Module):
         x = x + a
         x = x + self.mlp(self.ln2(x))
         return x, att
+
+    def forward_static(self, x: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor, cache: KVCache,
+                       layer: int) -> torch.Tensor:
+        x = x + self.attn.forward_static(self.ln1(x), pos, visible, cache, layer)
+        return x + self.mlp(self.ln2(x))
 
 
 class GPT(nn.Module):
@@ -250,15 +271,16 @@ class GPT(nn.Module):
 
     # --- incremental decoding
     # --------------------------------------------------------------------------------
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty cache for `batch_size` sequences of up to `max_len` (default block_size) positions."""
+    def new_cache(self, batch_size: int, max_len: int | None = None, zeros: bool = False) -> KVCache:
+        """An empty cache for `batch_size` sequences of up to `max_len` (default block_size) positions.
+
+        `zeros` fills it with zeros (`step_static` attends over every slot, masked ones included, and a masked
+        slot must not hold a NaN that 0 x NaN would let through)."""
         max_len = max_len or self.block_size
         p = self.pos_emb
         shape = (self.n_layer, batch_size, self.n_head, max_len, self.n_embd // self.n_head)
-        return KVCache(
-            torch.empty(shape, dtype=p.dtype, device=p.device),
-            torch.empty(shape, dtype=p.dtype, device=p.device),
-        )
+        make = torch.zeros if zeros else torch.empty
+        return KVCache(make(shape, dtype=p.dtype, device=p.device), make(shape, dtype=p.dtype, device=p.device))
 
     def prefill(self, idx: torch.Tensor, cond: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
         """Resets the cache, runs [condition, idx] through it -> the last position's logits (B, vocab)."""
@@ -272,6 +294,22 @@ class GPT(nn.Module):
             idx = idx[:, None]  # (B, 1)
         logits, _ = self.forward_embeddings(self.tok_emb(idx), cache=cache, last_only=True)
         return logits[:, -1]
+
+    def step_static(self, idx: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One token per sequence, idx (B, 1), at position `pos` (an int64 tensor (1,) on the model's device)
+        -> its logits (B, vocab); equal to `step` at cache.length == pos up to rounding.
+
+        Fixed shapes and no host-side dependence on the position (the keys and values are written with
+        `index_copy_`, attention runs over all `cache.max_len` slots with the later ones masked), so one call can
+        be captured as a CUDA graph and replayed for every position, or compiled once. The cache must start
+        zero-filled (`new_cache(..., zeros=True)`); `cache.length` is not read or advanced: the caller owns
+        `pos`.
+        """
+        x = self.tok_emb(idx) + self.pos_emb[0].index_select(0, pos)[None]  # (B, 1, n_embd)
+        visible = (torch.arange(cache.max_len, device=pos.device) <= pos).view(1, 1, 1, -1)
+        for i, block in enumerate(self.blocks):
+            x = block.forward_static(x, pos, visible, cache, i)
+        return self.head(self.ln_f(x))[:, -1]
 
 
 class GPTFeats(GPT):

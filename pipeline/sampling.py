@@ -130,15 +130,21 @@ def _batch_size(cond, gt_tokens) -> int:
     raise ValueError("cannot tell the batch size without a condition or gt_tokens")
 
 
-def inference_copy(model, dtype: torch.dtype = torch.float32, int8: bool = False, fuse_qkv: bool = True) -> GPT:
-    """A copy of the model's GPT for faster cached sampling on CPU (opt-in; none of these is exact).
+def inference_copy(model, dtype: torch.dtype = torch.float32, int8: bool = False, fuse_qkv: bool = True,
+                   column_major: bool = False) -> GPT:
+    """A copy of the model's GPT for faster cached sampling on CPU (opt-in; in fp32 it samples the model's tokens,
+    in bf16 or int8 only approximately).
 
     A cached step is memory-bound: it reads every weight once per token (1.14 GiB in fp32 for the paper's
     VAS transformer). `dtype` bfloat16 halves that (activations, cache and logits in bf16 too; pays on CPUs
     with AVX512-BF16/AMX); `int8` applies torch's dynamic int8 quantisation to every nn.Linear (weights int8 per
     output row, activations quantised per call, fp32 elsewhere), a quarter of the bytes; `fuse_qkv` reads the
     query/key/value weights in one product. Build it once and pass it to `sample` as the model: greedy
-    tokens then follow the fp32 ones only approximately (measured in `pipeline/bench/transformer_sampling.py`).
+    tokens then follow the fp32 ones only approximately (measured in `pipeline/bench/trained_fast_paths.py`).
+    `column_major` stores the weights of the n_embd-input layers (query/key/value or qkv, proj, mlp.0)
+    column-major: the same fp32 values (the state dict's shapes and names are unchanged), but a batch-1 step's
+    matrix-vector products then run over long contiguous rows, which MKL streams closer to the memory
+    bandwidth; with fp32 that copy samples the same tokens as the model (sums may differ in the last bit).
     """
     import copy
     import warnings
@@ -146,6 +152,12 @@ def inference_copy(model, dtype: torch.dtype = torch.float32, int8: bool = False
     gpt = copy.deepcopy(_gpt(model)).eval()
     if fuse_qkv:
         gpt.fuse_qkv()
+    if column_major:
+        if int8:
+            raise ValueError("column_major lays out float weights; int8 quantisation packs its own")
+        for layer in gpt.modules():
+            if isinstance(layer, torch.nn.Linear) and layer.in_features == gpt.n_embd and layer is not gpt.head:
+                layer.weight.data = layer.weight.data.t().contiguous().t()  # (out, in) values, (in, out) storage
     if int8:
         if dtype != torch.float32:
             raise ValueError("int8 quantisation keeps fp32 activations: leave dtype at float32")
@@ -299,3 +311,80 @@ def sample_uncached(
             logits[:, gpt.condition_length(c) - 1 + local], temperature, top_k, top_p, greedy, generator
         )
     return buffer[:, :num_tokens]
+
+
+class StaticDecoder:
+    """Cached sampling of one 10-s window with fixed shapes: a zero-filled KV cache of S + H * W slots allocated
+    once per batch size, and `GPT.step_static` for every token, so on CUDA the step is captured once as a CUDA
+    graph and replayed per token (no per-token kernel launches from Python); elsewhere it runs eagerly.
+
+    Same tokens as `sample` for clips of up to H * W tokens, modes 'nopix' and 'half' (equal logits up to
+    rounding; greedy tokens equal, tested). Reuse one decoder for every batch of the same size and condition
+    length: the cache and the graph are kept. `graphs=None` uses CUDA graphs exactly when the model is on CUDA.
+    """
+
+    def __init__(self, model, batch_size: int, cond_length: int, graphs: bool | None = None,
+                 grid: tuple[int, int] | None = None) -> None:
+        self.gpt = _gpt(model)
+        self.H, self.W = _grid(model, grid)
+        self.batch_size, self.S = batch_size, cond_length
+        device = self.gpt.pos_emb.device
+        self.graphs = device.type == "cuda" if graphs is None else graphs
+        self.cache = self.gpt.new_cache(batch_size, cond_length + self.H * self.W, zeros=True)
+        self.idx = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.logits: torch.Tensor | None = None
+        self.graph = None
+
+    def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        """Feeds tokens (B, 1) at sequence position `position` (condition included) -> the next logits (B, vocab),
+        a buffer the next call overwrites (copy what you keep). The cache must hold the positions before."""
+        self.idx.copy_(tokens)
+        self.pos.fill_(position)
+        return self._replay()
+
+    def _replay(self) -> torch.Tensor:
+        if not self.graphs:
+            return self.gpt.step_static(self.idx, self.pos, self.cache)
+        if self.graph is None:  # capture once: warm up on a side stream, then record one step
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self.gpt.step_static(self.idx, self.pos, self.cache)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self.gpt.step_static(self.idx, self.pos, self.cache)
+        self.graph.replay()  # reads idx, pos and the cache; writes the cache slot and self.logits
+        return self.logits
+
+    @torch.inference_mode()
+    def sample(self, cond, num_tokens: int | None = None, mode: str = "nopix", temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, gt_tokens: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, greedy: bool = False) -> torch.Tensor:
+        """`sample`'s tokens (B, num_tokens) for a condition of `cond_length` positions (arguments as there)."""
+        gpt, device = self.gpt, self.gpt.pos_emb.device
+        num_tokens = num_tokens or self.H * self.W
+        if num_tokens > self.H * self.W:
+            raise ValueError(f"StaticDecoder samples one {self.H} x {self.W} window (<= {self.H * self.W} tokens), "
+                             f"got {num_tokens}: use `sample` for longer clips")
+        cond = cond.to(device) if cond is not None else None
+        B = _batch_size(cond, gt_tokens)
+        if B != self.batch_size or gpt.condition_length(cond) != self.S:
+            raise ValueError(f"this decoder was built for batch {self.batch_size} and {self.S} condition positions, "
+                             f"got {B} and {gpt.condition_length(cond)}: build one per shape")
+        _, _, _, n_prime, S = _plan(gpt, cond, num_tokens, mode, gt_tokens, (self.H, self.W), B)
+        tokens = torch.zeros(B, num_tokens, dtype=torch.long, device=device)
+        if n_prime:
+            tokens[:, :n_prime] = gt_tokens[:, :n_prime].to(device)
+        self.cache.k.zero_()  # slots of a previous batch must not leak (masked slots are multiplied by 0)
+        self.cache.v.zero_()
+        logits = gpt.prefill(tokens[:, : max(n_prime - 1, 0)], cond, self.cache)  # condition (+ primer) at once
+        pos = n_prime - 1 if n_prime else None
+        for i in range(n_prime, num_tokens):
+            if pos is not None:  # feed the token before i (the last primer token, or the last sampled one)
+                logits = self.step(tokens[:, pos : pos + 1], S + pos)
+            tokens[:, i] = pick_token(logits, temperature, top_k, top_p, greedy, generator)
+            pos = i
+        return tokens

@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark module in this package (each has a `main()` that prints its ratios).
 
-`python -m pipeline.bench NAME ...` runs only the named ones. A module's `main()` may return a few headline
+`python -m pipeline.bench NAME ...` runs only the named ones; those in ON_REQUEST (`gpu`: `make bench-gpu`) run
+only when named. A module's `main()` may return a few headline
 lines (a list of str); they are repeated in the summary at the end, with each module's wall time. The torch
 thread count is restored after each module, so one module's setting does not leak into the next.
 """
@@ -14,18 +15,37 @@ import time
 
 import pipeline.bench as package
 
+ON_REQUEST = ("gpu",)  # not in the default run: needs hardware the default machine lacks
+# BENCH_QUICK=1 (`make bench QUICK=1`): only the sampling benchmarks, each in its shorter form (its docstring)
+QUICK = ("transformer_sampling", "evaluation_workload", "trained_fast_paths")
+
+
+def _found() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
+
+
+def default_names() -> list[str]:
+    """The benchmarks `make bench` runs: every module but ON_REQUEST's (QUICK's alone with BENCH_QUICK)."""
+    if os.environ.get("BENCH_QUICK", "") not in ("", "0"):
+        return [name for name in _found() if name in QUICK]
+    return [name for name in _found() if name not in ON_REQUEST]
+
 
 def main(names: list[str]) -> None:
     import torch
 
-    found = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
+    found = _found()
     unknown = set(names) - set(found)
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; available: {found}")
     threads = torch.get_num_threads()
+    print(f"{threads} torch thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: spinning)')}")
+    if not names and os.environ.get("BENCH_QUICK", "") not in ("", "0"):
+        print(f"BENCH_QUICK: only {', '.join(QUICK)}, in their shorter forms; skipped: "
+              f"{', '.join(n for n in found if n not in QUICK and n not in ON_REQUEST)}")
     results: list[tuple[str, float, list[str]]] = []
     total = time.perf_counter()
-    for name in names or found:
+    for name in names or default_names():
         print(f"\n=== benchmark: {name} ===", flush=True)
         start = time.perf_counter()
         try:

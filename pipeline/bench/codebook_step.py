@@ -33,6 +33,30 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def training_step(model, forward, opt_ae, opt_d, x, global_step: int, amp_dtype=None) -> float:
+    """One codebook training step as the loop does it (module docstring) -> the generator loss.
+
+    `amp_dtype` (e.g. torch.bfloat16) runs the forwards and losses under autocast; backward and the optimiser
+    steps stay outside it, as Accelerate's mixed precision does."""
+    import contextlib
+
+    import torch
+
+    amp = torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    with amp:
+        xrec, qloss = forward(x)
+        loss, _ = model.loss(qloss, x, xrec, 0, global_step, last_layer=model.get_last_layer())
+    opt_ae.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_ae.step()
+    with amp:
+        d_loss, _ = model.loss(qloss, x, xrec.detach(), 1, global_step)
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+    return float(loss.detach())
+
+
 def measure(variant: str, steps: int, batch: int = 2) -> dict:
     """Build the paper model + loss, run warm-up + `steps` timed steps; returns times and peak RSS."""
     import torch
@@ -42,7 +66,13 @@ def measure(variant: str, steps: int, batch: int = 2) -> dict:
 
     torch.set_num_threads(int(os.environ.get("CODEBOOK_BENCH_THREADS", "1")))
     torch.manual_seed(0)
-    cfg = OmegaConf.load(ROOT / "conf" / "codebook" / "vggsound.yaml")
+    from hydra import compose, initialize_config_dir
+
+    import pipeline.config  # noqa: F401  (registers the resolvers and the schemas)
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):  # the preset inherits vas.yaml
+        node = compose("train_codebook", overrides=["codebook=vggsound", "dataset=vggsound"]).codebook
+    cfg = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
     cfg.loss.lpaps_trunk, cfg.loss.lpaps_stats = "random", None  # random LPAPS, placeholder stats: same cost
     model = build_codebook(cfg.model, cfg.loss)
     model.train()
@@ -64,15 +94,7 @@ def measure(variant: str, steps: int, batch: int = 2) -> dict:
     rss_built = _rss_mb()
 
     def step(x, global_step: int) -> None:
-        xrec, qloss = forward(x)
-        loss, _ = model.loss(qloss, x, xrec, 0, global_step, last_layer=model.get_last_layer())
-        opt_ae.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_ae.step()
-        d_loss, _ = model.loss(qloss, x, xrec.detach(), 1, global_step)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        training_step(model, forward, opt_ae, opt_d, x, global_step)
 
     start = time.perf_counter()
     step(small, cfg.loss.disc_start)  # past disc_start: every term is live

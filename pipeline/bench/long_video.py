@@ -29,14 +29,13 @@ def _models():
     from models.cond_transformer import Net2NetTransformer
     from models.gpt import GPTFeats
     from models.permuter import ColumnMajor
+    from pipeline.generation import UserModels
     from pipeline.pretrained.codebook import build_codebook
-    from pipeline.sample_stage import UserModels
     from pipeline.vocoder import Vocoder
+    from pipeline.zoo import features_preset
 
     conf = Path(__file__).resolve().parents[2] / "conf"
-    tiny = OmegaConf.load(conf / "features" / "resnet50_tiny.yaml")
-    tiny.pop("defaults")
-    fcfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(conf / "features" / "resnet50.yaml"), tiny))
+    fcfg = features_preset("resnet50_tiny")  # resnet50's pipeline, its sizes from conf/base.yaml's clip node
     torch.manual_seed(0)
     codebook = build_codebook(OmegaConf.load(conf / "codebook" / "tiny.yaml").model)
     gpt = GPTFeats(vocab_size=codebook.n_embed, block_size=CONDITION_FRAMES + 265, feat_depth=int(fcfg["depth"]),
@@ -68,7 +67,7 @@ def one(seconds: float) -> dict:
     """Sample sound for a generated `seconds` video in this process; its time and peak memory."""
     import torch
 
-    from pipeline.sample_stage import sample_user_clip
+    from pipeline.generation import sample_user_clip
 
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
