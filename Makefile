@@ -9,7 +9,7 @@ DEMO_DIR ?= outputs/demo_data
 export WANDB_MODE ?= offline
 export PYTHONHASHSEED := 0
 
-.PHONY: help install system-packages demo test bench lint clean
+.PHONY: help install system-packages demo test bench bench-gpu lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -38,8 +38,16 @@ system-packages:  ## the Debian packages the tests start (installed as root when
 test: install system-packages  ## the tests (real data from ../shared; a real local SLURM cluster)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
-bench: install  ## benchmarks, as ratios against baselines measured in the same run
-	$(PY) -m pipeline.bench
+# OMP_WAIT_POLICY=PASSIVE: idle OpenMP workers sleep instead of spinning; on a shared machine a spinning worker that
+# lost its core stalls every parallel region (a paper-size batch-1 decoding step at 2 threads and load 3.5 on 2
+# cores: median 0.53 s spinning, 0.21 s passive, 0.10 s on one thread)
+bench: install  ## benchmarks, as ratios against baselines measured in the same run (QUICK=1: a shorter run)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} BENCH_QUICK=$(QUICK) $(PY) -m pipeline.bench
+
+# on a CUDA machine after `make install TORCH_SPEC=torch`; SMOKE=1 runs every part on the CPU with tiny models
+# (tests/test_bench.py does, inside `make test`)
+bench-gpu: install  ## paper-size models on a GPU: a bf16 clip end to end, training steps, peak memory
+	BENCH_GPU_SMOKE=$(SMOKE) $(PY) -m pipeline.bench gpu
 
 lint: install  ## ruff over the code
 	$(VENV)/bin/ruff check pipeline stages models tests hydra_plugins
@@ -47,4 +55,4 @@ lint: install  ## ruff over the code
 clean:  ## remove outputs and caches (keeps the .venv)
 	rm -rf outputs/* .pytest_cache
 	touch outputs/.gitkeep
-	find . -name __pycache__ -prune -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name __pycache__ -prune -exec rm -rf {} +  # not the venv's: its bytecode and numba caches

@@ -1,15 +1,15 @@
-"""`stages.app`: a Gradio page in place of the original's Streamlit sampler (spec §9.1).
+"""The app's Gradio page in place of the original's Streamlit sampler (spec §9.1).
 
 Tab "sampler": upload a video (or pick a clip of the configured data set's split), choose the sampling settings,
 press "Generate": the spectrogram fills in while the tokens are sampled (every `preview_columns` code columns
 the tokens so far are decoded, the columns not yet sampled left dark), then each sample's sound, the video with
 the new sound, its spectrogram, the last step's attention over the condition frames (the GPT's last layer,
-mean over heads, `pipeline.sampling.last_step_attention`) and, with `classifier_ckpt`, Melception's top-5
+mean over heads, `pipeline.sampling.last_step_attention`) and, with `classifier.ckpt`, Melception's top-5
 classes for the generated sound; optionally the codebook's reconstruction of the video's own sound.
 Tab "codec": any audio file through the transformer's codebook and back (`pipeline.codec.round_trip_file`),
 with bitrate, compression ratio, mel L1 and SNR.
 
-Sampling follows the sample stage (`pipeline.sample_stage.sample_user_clip`: same condition, seeds, lengths and
+Sampling follows the sample stage (`pipeline.generation.sample_user_clip`: same condition, seeds, lengths and
 files; a test holds the two equal) but one token at a time (`pipeline.sampling.sample_steps`), so the page can
 show progress. Files go to `<run>/requests/<n>_<stem>/`. Errors reach the page and API clients as gr.Error with
 their reason. gradio is imported only by `build_app` (`pip install -e .[app]`).
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,15 +27,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.sample_stage import (
-    FRAMES_PER_COLUMN,
-    MEL_FPS,
-    SR,
+from pipeline.generation import (
     UserModels,
     load_user_models,
+    prepare_user_clip,
     reconstruct_user_clip,
+    sample_generator,
     sampling_settings,
+    sound_span,
+    video_seconds,
+    write_user_sample,
 )
+from pipeline.mel import FRAMES_PER_COLUMN
+from pipeline.sampling_settings import SamplingSettings
 from pipeline.train.logger import spectrogram_image
 
 log = logging.getLogger(__name__)
@@ -113,19 +116,19 @@ class Sampler:
         self.run_dir = Path(self.run_dir)
         if self.models is None:
             self.models = load_user_models(self.cfg)
-        self.defaults = sampling_settings(self.cfg, self.models.meta, int(self.models.args["vocab_size"]))
+        self.defaults = sampling_settings(self.cfg, self.models.meta)
         self.classifier = self._load_classifier()
         self._codebook_identity = None
 
     def _load_classifier(self):
-        """(Melception, Normalize, class names) of `classifier_ckpt`, or None without one."""
-        ckpt = self.cfg.get("classifier_ckpt")
+        """(Melception, Normalize, class names) of `classifier.ckpt`, or None without one."""
+        ckpt = self.cfg.classifier.ckpt
         if not ckpt:
             return None
-        from pipeline.evaluate_stage import load_melception
+        from pipeline.pretrained.classifier import load_melception
         from pipeline.zoo import resolve
 
-        stats = resolve(self.cfg.get("classifier_stats"), cfg=self.cfg)
+        stats = resolve(self.cfg.classifier.stats, cfg=self.cfg)
         model, normalize, classes = load_melception(str(resolve(ckpt, cfg=self.cfg)),
                                                     None if stats is None else str(stats), self.models.device)
         n = model.fc.out_features
@@ -183,7 +186,6 @@ class Sampler:
         """Samples for an uploaded `video` or a data set clip (`clip_id`): a clip's stored features are used
         when present (no feature network needed), else they are extracted from its video. Yields a `Progress`
         every `preview_columns` code columns of each sample (default: the config's) and the `Result` last."""
-        from pipeline.sample_stage import _generator, _user_condition, _user_gt_tokens, video_seconds
         from pipeline.sampling import last_step_attention, sample_steps
 
         features = None
@@ -197,33 +199,33 @@ class Sampler:
             raise ValueError("upload a video or pick a clip of the data set")
         if reconstruct and video is None:
             raise ValueError("the codebook reconstruction needs the clip's video (its own sound)")
-        settings = {"mode": str(mode), "temperature": float(temperature),
-                    "top_k": int(top_k) if top_k else None, "top_p": float(top_p) if top_p and top_p < 1 else None}
+        settings = SamplingSettings(str(mode), float(temperature), int(top_k) if top_k else None,
+                                    float(top_p) if top_p and top_p < 1 else None)  # the page: 0 / 1 mean off
         every = max(1, int(preview_columns or self.cfg.get("preview_columns") or 8))
         stem = Path(video).stem if video is not None else (clip_id or "sample").split("/")[-1]
         folder = self.run_dir / "requests" / f"{next(self._count):04d}_{stem}"
-        model, device = self.models.model, self.models.device
-        # as sample_stage.sample_user_clip: the same condition, length, priming and seeds
-        seconds = video_seconds(video) if video is not None else None
-        cond = _user_condition(self.models, video, features, class_id, int(seed))
-        span = seconds if max_seconds is None or seconds is None else min(seconds, float(max_seconds))
-        H, cols = model.first_stage_permuter.H, model.first_stage_permuter.W
-        if span is not None and span * MEL_FPS > cols * FRAMES_PER_COLUMN:
-            cols = math.ceil(span * MEL_FPS / FRAMES_PER_COLUMN)  # sliding window past 10 s
-        gt = _user_gt_tokens(model, video, settings, cols, device)
+        model = self.models.model
+        # as generation.sample_user_clip: the same condition, length, priming, seeds and files
+        span = sound_span(video_seconds(video) if video is not None else None, max_seconds)
+        clip = prepare_user_clip(self.models, video, settings, span, seed=int(seed), features=features,
+                                 class_id=class_id)
+        H, total = clip.rows, clip.num_tokens
         result = Result([], [], [], [], folder=folder)
         for k in range(max(1, int(samples))):
-            gen = _generator(device, int(seed) * 1_000_003 + k)
             shown = None  # the columns of the last preview
-            for done, tokens in sample_steps(model, cond, num_tokens=H * cols, mode=settings["mode"],
-                                             temperature=settings["temperature"], top_k=settings["top_k"],
-                                             top_p=settings["top_p"], gt_tokens=gt, generator=gen):
-                if shown is None or done // H - shown >= every or done == H * cols:
+            for done, tokens in sample_steps(model, clip.cond, num_tokens=total, **settings.options(),
+                                             gt_tokens=clip.gt, generator=sample_generator(self.models, seed, k)):
+                if shown is None or done // H - shown >= every or done == total:
                     shown = done // H
-                    yield Progress(k, done, H * cols, spectrogram_rgb(self._partial_mel(tokens, done)))
+                    yield Progress(k, done, total, spectrogram_rgb(self._partial_mel(tokens, done)))
             mel = ((model.decode_to_spec(tokens)[:, 0].float() + 1) / 2).cpu()[0].numpy()  # (80, 16 cols)
-            self._write_sample(result, folder / f"{stem}_sample_{k}", mel, video, span)
-            result.attention.append(last_step_attention(model, cond, tokens)[0].cpu().numpy())
+            written = write_user_sample(self.models, folder / f"{stem}_sample_{k}", mel, video, span)
+            result.waves.append(written["wave"])
+            result.mels.append(mel)
+            result.images.append(spectrogram_rgb(mel))
+            result.wavs.append(written["wav"])
+            result.mp4s.append(written["mp4"])
+            result.attention.append(last_step_attention(model, clip.cond, tokens)[0].cpu().numpy())
             result.top5.append(self.top_classes(mel))
         if reconstruct:
             result.reconstruction = reconstruct_user_clip(self.models, video, folder / f"{stem}_reconstruction")
@@ -237,25 +239,6 @@ class Sampler:
         mel = ((model.decode_to_spec(tokens.clone())[0, 0].float() + 1) / 2).clamp(0, 1).cpu().numpy()
         mel[:, (done // model.first_stage_permuter.H) * FRAMES_PER_COLUMN:] = 0
         return mel
-
-    def _write_sample(self, result: Result, out: Path, mel: np.ndarray, video: Path | None,
-                      span: float | None) -> None:
-        """Vocodes `mel` and writes `<out>.npy`, `<out>.wav` and, with a video, `<out>.mp4`, as the sample stage."""
-        from pipeline.audio import save_wav
-        from pipeline.io import save_npy
-        from pipeline.video import mux_audio
-
-        wave = np.asarray(self.models.vocode(mel), dtype=np.float32)
-        if span is not None:
-            wave = wave[:round(span * SR)]  # the sound stops where the video (or max_seconds) does
-        save_npy(out.with_suffix(".npy"), mel)
-        save_wav(out.with_suffix(".wav"), wave, SR, subtype="PCM_24")
-        mp4 = mux_audio(video, wave, out.with_suffix(".mp4"), sr=SR) if video is not None else None
-        result.waves.append(wave)
-        result.mels.append(mel)
-        result.images.append(spectrogram_rgb(mel))
-        result.wavs.append(out.with_suffix(".wav"))
-        result.mp4s.append(None if mp4 is None else Path(mp4))
 
     # --- the codec tab -------------------------------------------------------------------------------------
     def codec_round_trip(self, audio: str | Path):
@@ -291,8 +274,8 @@ def build_app(cfg, run_dir: str | Path, sampler: Sampler | None = None):
     d = sampler.defaults
     with gr.Blocks(title="SpecVQGAN sampler") as app:
         gr.Markdown(f"## SpecVQGAN: sound for a video\nmodel `{sampler.models.name}`; vocoder "
-                    f"`{cfg.get('vocoder_ckpt') or 'Griffin-Lim'}`; classifier "
-                    f"`{cfg.get('classifier_ckpt') or 'none'}`")
+                    f"`{cfg.vocoder.ckpt or 'Griffin-Lim'}`; classifier "
+                    f"`{cfg.classifier.ckpt or 'none'}`")
         with gr.Tab("sampler"):
             with gr.Row():
                 with gr.Column():
@@ -302,11 +285,11 @@ def build_app(cfg, run_dir: str | Path, sampler: Sampler | None = None):
                     class_id = gr.Number(value=0, precision=0, label="class id (class-conditioned model)",
                                          visible=sampler.models.condition == "class")
                 with gr.Column():
-                    mode = gr.Radio(["nopix", "half"], value=d["mode"],
+                    mode = gr.Radio(["nopix", "half"], value=d.mode,
                                     label="mode (half: primed with the video's sound)")
-                    temperature = gr.Slider(0.1, 2.0, value=d["temperature"], step=0.05, label="temperature")
-                    top_k = gr.Number(value=d["top_k"] or 0, precision=0, label="top-k (0: off)")
-                    top_p = gr.Slider(0.0, 1.0, value=d["top_p"] or 1.0, step=0.01, label="top-p (1: off)")
+                    temperature = gr.Slider(0.1, 2.0, value=d.temperature, step=0.05, label="temperature")
+                    top_k = gr.Number(value=d.top_k or 0, precision=0, label="top-k (0: off)")
+                    top_p = gr.Slider(0.0, 1.0, value=d.top_p or 1.0, step=0.01, label="top-p (1: off)")
                     samples = gr.Slider(1, slots, value=1, step=1, label="number of samples")
                     seconds = gr.Slider(1, 60, value=float(cfg.max_seconds or 10), step=0.5,
                                         label="seconds to generate (past 9.85 s: sliding window)")
@@ -388,13 +371,3 @@ def launch(app, cfg, run_dir: str | Path, block: bool = True):
     return app.queue().launch(server_name=str(cfg.server_name), server_port=int(cfg.port) or None, share=False,
                               allowed_paths=[str(Path(run_dir).resolve())], ssr_mode=False, quiet=True,
                               prevent_thread_lock=not block)
-
-
-def run(cfg, run_dir: str | Path | None = None) -> None:
-    """Build the page and serve it on `server_name`:`port` until interrupted."""
-    if run_dir is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        run_dir = HydraConfig.get().runtime.output_dir
-    import_gradio()  # fail before loading any model
-    launch(build_app(cfg, run_dir), cfg, run_dir)

@@ -16,8 +16,10 @@ import numpy as np
 from pipeline.extraction import ClipError
 from pipeline.io import atomic_write
 
+SR = 22050  # the rate of every waveform in the pipeline (the original's): mels, vocoders, samples, the codec
 
-def load_audio(path: str | os.PathLike, sr: int = 22050, mono: bool = True,
+
+def load_audio(path: str | os.PathLike, sr: int = SR, mono: bool = True,
                pcm16: bool = False) -> np.ndarray:
     """Decode the first audio stream of `path` (wav, flac, mp3, mp4...) and resample it with libswresample.
 

@@ -21,9 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audio import save_wav
-
-SR = 22050
+from pipeline.audio import SR, save_wav
 
 
 def flat_name(clip_id: str) -> str:

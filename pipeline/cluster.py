@@ -1,11 +1,12 @@
 """What our Hydra launchers (hydra_plugins/specvqgan_launcher) add to hydra-submitit-launcher's.
 
 Before anything is submitted: required launcher keys (`???`) are named, and a dry run prints the sbatch
-script. While waiting: a job SLURM can never start (reason PartitionConfig and the like) is cancelled and
-reported at once. After: `<sweep dir>/sweep_summary.json` lists each job's state, run folder, final validation
-metrics and checkpoints (from the `result.json` every training run writes). Inside a job with several tasks,
-each task exports the torch.distributed environment from submitit's job environment before Accelerate starts.
-Errors reach the user as one line (SystemExit), not as a submitit traceback.
+script. While waiting: a line every 30 s says how many jobs are done, and a job SLURM can never start (reason
+PartitionConfig and the like) is cancelled and reported at once. After: `<sweep dir>/sweep_summary.json` lists
+each job's state, run folder, final validation metrics and checkpoints (from the `result.json` every training
+run writes). Inside a job with several tasks, each task exports the torch.distributed environment from
+submitit's job environment before Accelerate starts. Errors reach the user as one line (SystemExit), not as a
+submitit traceback.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ NEVER_STARTS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "
                 "InvalidAccount", "InvalidQOS", "QOSMaxCpuPerJobLimit", "QOSMaxGRESPerJob", "QOSMaxMemoryPerJob",
                 "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit", "AssocMaxWallDurationPerJobLimit",
                 "AssocMaxCpuPerJobLimit", "AssocMaxNodePerJobLimit")
-RESULT_FILE = "result.json"     # written by pipeline.tasks.run into each training run folder
+RESULT_FILE = "result.json"     # written by pipeline.train.run into each training run folder
 SUMMARY_FILE = "sweep_summary.json"
 
 
@@ -86,9 +87,19 @@ def squeue_reasons(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
     return reasons
 
 
-def wait_watching_reasons(jobs: Sequence[Any], poll_s: float = 2.0) -> None:
-    """Wait until every job is done; a job pending for a reason that never clears is cancelled and reported."""
+def wait_for_jobs(jobs: Sequence[Any], slurm: bool, poll_s: float = 2.0, report_s: float = 30.0) -> None:
+    """Wait until every job is done, saying every `report_s` how many are; on SLURM a job pending for a reason
+    that never clears is cancelled and reported."""
+    start = last = time.monotonic()
     while not all(job.done() for job in jobs):
+        if time.monotonic() - last >= report_s:
+            last = time.monotonic()
+            done = sum(job.done() for job in jobs)
+            log.info("sweep: %d of %d jobs done after %.0f s (each job's log: its run folder)", done, len(jobs),
+                     last - start)
+        if not slurm:
+            time.sleep(min(poll_s, 0.5))  # local processes: no queue to ask, only their end to notice
+            continue
         reasons = squeue_reasons([job.job_id for job in jobs])
         stuck = {j: r for j, (state, r) in reasons.items() if state == "PENDING" and r in NEVER_STARTS}
         if stuck:

@@ -33,14 +33,14 @@ import numpy as np
 import torch
 
 from models.vqgan import VQModel
+from pipeline.audio import SR
+from pipeline.mel import HOP
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"SVQC"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no overlap byte (always 0 there)
-SR = 22050   # the codebook's (and vocoder's) sample rate
-HOP = 256    # samples per mel frame
 DEFAULT_OVERLAP_FRAMES = 96  # mel frames shared by consecutive windows (6 code columns, 1.1 s): crossfade_weights
 _HEADER = struct.Struct("<4sBBBB32sIHHHHIQI")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus", ".mp4", ".mkv", ".webm")
@@ -421,66 +421,3 @@ def round_trip_file(model: VQModel, inp: str | os.PathLike, out: str | os.PathLi
     for key, value in round_trip_measures(wave, decoded, mel).items():
         setattr(report, key, value)
     return report
-
-
-def _pairs(inp: Path, out: Path, mode: str) -> list[tuple[Path, Path]]:
-    """(input, output) files: one file, or every matching file of a folder into an output folder."""
-    if not inp.exists():
-        raise FileNotFoundError(f"codec input {inp} does not exist")
-    if inp.is_file():
-        return [(inp, out)]
-    if mode in ("encode", "roundtrip"):
-        files = sorted(p for p in inp.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-        suffix = ".svqc" if mode == "encode" else ""
-        return [(p, out / p.relative_to(inp).with_suffix(suffix)) for p in files]
-    return [(p, out / p.relative_to(inp).with_suffix(".wav")) for p in sorted(inp.rglob("*.svqc"))]
-
-
-MODES = ("encode", "decode", "roundtrip")
-
-
-def run(cfg, run_dir: str | os.PathLike | None = None) -> list[Report]:
-    """The codec stage: `mode` encode, decode or roundtrip, `input` a file or folder, `output` a file or folder
-    (roundtrip: `<output>.svqc` and `<output>.wav`, or a folder of both)."""
-    from pipeline.io import save_json
-
-    if cfg.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {cfg.mode!r}")
-    overlap = DEFAULT_OVERLAP_FRAMES if cfg.get("overlap_frames") is None else int(cfg.overlap_frames)
-    if run_dir is None:
-        try:
-            from hydra.core.hydra_config import HydraConfig
-
-            run_dir = HydraConfig.get().runtime.output_dir
-        except ValueError:  # not under @hydra.main
-            run_dir = None
-    torch.set_num_threads(max(1, int(cfg.get("num_threads") or torch.get_num_threads())))
-    device = cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    from pipeline.pretrained import load_codebook
-    from pipeline.zoo import resolve
-
-    model = load_codebook(resolve(cfg.codebook.ckpt, cfg=cfg), map_location=device)  # a path or a released name
-    identity = codebook_identity(model)
-    vocoder = None
-    if cfg.mode in ("decode", "roundtrip"):
-        from pipeline.vocoder import load_vocoder_or_griffinlim
-
-        vocoder = load_vocoder_or_griffinlim(cfg.vocoder.ckpt, device=device, zoo_cfg=cfg)
-    reports = []
-    for inp, out in _pairs(Path(cfg.input), Path(cfg.output), cfg.mode):
-        kwargs = {"window_frames": int(cfg.window_frames), "full_last_window": bool(cfg.full_last_window),
-                  "overlap_frames": overlap}
-        if cfg.mode == "encode":
-            r = encode_file(model, inp, out, batch_size=int(cfg.batch_size), identity=identity, **kwargs)
-        elif cfg.mode == "roundtrip":
-            r = round_trip_file(model, inp, out, vocoder, batch_size=int(cfg.batch_size), identity=identity, **kwargs)
-        else:
-            r = decode_file(model, inp, out, vocoder, batch_size=int(cfg.batch_size), identity=identity)
-        log.info("%s %s -> %s: %s", cfg.mode, inp, out, r.summary())
-        print(f"{cfg.mode}: {inp} -> {out}  {r.summary()}", flush=True)
-        reports.append(r)
-    if not reports:
-        raise FileNotFoundError(f"no {'.svqc' if cfg.mode == 'decode' else 'audio'} files under {cfg.input}")
-    if run_dir is not None:
-        save_json(Path(run_dir) / "codec_report.json", [r.as_dict() for r in reports])
-    return reports

@@ -1,6 +1,7 @@
-"""OmegaConf resolvers and run-folder naming shared by every stage.
+"""OmegaConf resolvers, the config schemas and run-folder naming shared by every stage.
 
-Importing this module registers the resolvers, so every stage imports it before `@hydra.main` composes.
+Importing this module registers the resolvers and the schemas (`pipeline.schemas`), so every stage imports it
+before `@hydra.main` composes.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 
 from omegaconf import OmegaConf
 
+from pipeline.schemas import register as register_schemas
+
 # Overrides that say where or how a run executes, not what it computes: they stay out of run-folder names.
 # `dataset=NAME` is a folder level of its own, but keys inside it (split files, roots, features) and
 # `paths.data` choose other data: they stay in the name, so different data never share a folder.
@@ -16,7 +19,7 @@ FOLDER_LEVELS = ("dataset",)
 EXCLUDED_PREFIXES = ("paths.outputs", "paths.shared", "paths.models", "force_resume", "logger", "trainer", "hydra",
                      "num_workers", "shard", "num_shards",
                      "device", "resume", "overwrite", "zoo.",
-                     "codebook.ckpt", "vocoder_ckpt", "vocoder.ckpt")  # checkpoint paths: long, and chained by default
+                     "codebook.ckpt", "vocoder.ckpt")  # checkpoint paths: long, and chained by default
 
 
 def run_name(overrides) -> str:
@@ -75,3 +78,4 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+register_schemas()

@@ -54,9 +54,9 @@ def steps():
     yield "train_transformer", [DATA]                      # transformer=tiny, 53 frames: one per code column
     split = [f"samples_per_clip={samples_per_clip()}", "batch_size=8"]  # every valid clip, >= 32 samples in all
     shuffled = [*split, "condition_shuffle=true", "write_wav=false"]  # the baseline: other clips' pictures
-    yield "sample", [DATA, *split, f"vocoder_ckpt={vocoder}"]  # the valid split, vocoded with the tiny MelGAN
+    yield "sample", [DATA, *split, f"vocoder.ckpt={vocoder}"]  # the valid split, vocoded with the tiny MelGAN
     yield "sample", [DATA, *shuffled]
-    yield "sample", [DATA, f"video={video}", f"vocoder_ckpt={vocoder}"]  # a "user" video -> wav + mp4
+    yield "sample", [DATA, f"video={video}", f"vocoder.ckpt={vocoder}"]  # a "user" video -> wav + mp4
     yield "evaluate", [DATA, f"classifier.ckpt={classifier}", f"samples_dir={sample_dir(split)}",
                        f"shuffled_samples_dir={sample_dir(shuffled)}"]  # + codebook, vocoder, events by default
     yield "codec", [DATA, "mode=encode", f"input={video}", f"output={codes}", f"codebook.ckpt={codebook}"]

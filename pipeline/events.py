@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.mel import SPEC_LEN
-from pipeline.sample_stage import FRAMES_PER_COLUMN, HOP, SR
+from pipeline.audio import SR
+from pipeline.mel import FRAMES_PER_COLUMN, HOP, SPEC_LEN
 
 ONSET_RISE_DB = 6.0   # a rise of at least 4x the power: far above the frame-to-frame jitter of noise (~1 dB)
 ONSET_LAG = 3         # frames the rise may take (generated mels are blurrier than real ones)

@@ -2,7 +2,7 @@
 
 Importable: `extract_clip_features(video, kind, model)` gives the (215, depth) condition of any video with
 the training preprocessing (used by sampling on a user's own video); `extract_streams` gives the per-stream
-arrays that the stage pickles; `run(cfg)` is `stages.extract_features`.
+arrays that the stage (`pipeline/stages/extract_features.py`) pickles.
 
 Kinds (`conf/features/<kind>.yaml`):
 
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.extraction import Clip, ClipError, list_clips, run_clips, shard
-from pipeline.io import atomic_write, save_json, save_pickle
+from pipeline.data.features import FEAT_LEN
+from pipeline.extraction import ClipError
 from pipeline.video import center_crop, read_clip_frames, resize, resize_short_side
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Preprocessing:
     """How frames become network inputs; the defaults of each kind are the original's (`for_kind`)."""
 
     fps: float = 21.5                      # frames per second sampled from the video
-    feat_len: int = 215                    # rows of the condition (tiling target for resnet50)
+    feat_len: int = FEAT_LEN               # rows of the condition (tiling target for resnet50)
     loop_to: float | None = None           # loop / cut the clip to this many seconds first (bninception: 10)
     extra_frames: int = 0                  # frames sampled past the end (bninception: 2, see module doc)
     tile: bool = True                      # tile the frame features in time to feat_len (resnet50)
@@ -78,7 +78,7 @@ class Preprocessing:
 
     @classmethod
     def for_kind(cls, kind: str, **overrides: Any) -> Preprocessing:
-        _check_kind(kind)
+        check_kind(kind)
         base = cls(loop_to=10.0, extra_frames=2, tile=False) if kind == "bninception" else cls()
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides) - fields
@@ -95,7 +95,7 @@ class Preprocessing:
                             feat_len=int(features_cfg["feat_len"]), **extra)
 
 
-def _check_kind(kind: str) -> None:
+def check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown feature kind {kind!r}: use one of {KINDS} (conf/features/<kind>.yaml)")
 
@@ -145,7 +145,7 @@ def load_model(kind: str, weights: str, *, width: float | None = None, device: s
     `width` (tests only, random weights) shrinks the network: ResNet base width (64) or BN-Inception's
     channel multiplier (1.0). The returned module has `weights` (what was loaded) and `out_dim`.
     """
-    _check_kind(kind)
+    check_kind(kind)
     from models.bninception import TwoStreamBNInception, flow_state_dict
     from models.efficientnet import EfficientNetLite0
     from models.resnet import ResNet
@@ -279,7 +279,7 @@ def extract_streams(
     resnet50 / efficientnet_lite0: {"rgb": (215, D)} (tiled); bninception: {"rgb": (216, 1024),
     "flow": (216, 1024)}.
     """
-    _check_kind(kind)
+    check_kind(kind)
     prep = prep or Preprocessing.for_kind(kind)
     video = Path(video_path)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -297,12 +297,12 @@ def extract_streams(
     return {name: np.ascontiguousarray(x, dtype=np.float32) for name, x in streams.items()}
 
 
-def streams_to_condition(streams: Sequence[np.ndarray], feat_len: int = 215) -> np.ndarray:
-    """Streams -> (feat_len, sum of dims): each zero-padded / truncated to feat_len, concatenated along
-    features ([RGB | flow]), exactly as the data layer reads the pickles."""
-    from pipeline.data.features import pad_or_truncate
+def streams_to_condition(streams: Sequence[np.ndarray], feat_len: int) -> np.ndarray:
+    """Streams -> (feat_len, sum of dims), exactly as the data layer reads the pickles
+    (`pipeline.data.features.join_streams`)."""
+    from pipeline.data.features import join_streams
 
-    return np.concatenate([pad_or_truncate(np.asarray(x, np.float32), feat_len) for x in streams], axis=1)
+    return join_streams(streams, feat_len)
 
 
 def extract_clip_features(
@@ -322,100 +322,3 @@ def extract_clip_features(
     prep = prep or Preprocessing.for_kind(kind)
     streams = extract_streams(video_path, kind, model, prep, batch_size=batch_size, device=device)
     return streams_to_condition([streams[s] for s in STREAMS[kind]], prep.feat_len)
-
-
-# ------------------------------------------------------------------------------------------- the stage
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-_MODELS: dict[tuple, nn.Module] = {}  # one network per worker process, loaded on first use
-
-
-@dataclass(frozen=True)
-class ClipJob:
-    """Extract one clip and write its pickles; plain data, so that worker processes can receive it."""
-
-    kind: str
-    weights: str
-    width: float | None
-    prep: Preprocessing
-    batch_size: int
-    device: str
-    outputs: tuple[str, ...]  # stream names, in the order of each clip's output paths
-    threads: int = 0  # torch threads per worker process (0: leave torch's default)
-
-    def model(self) -> nn.Module:
-        key = (self.kind, self.weights, self.width, self.device)
-        if key not in _MODELS:
-            _MODELS[key] = load_model(self.kind, self.weights, width=self.width, device=self.device)
-        return _MODELS[key]
-
-    def __call__(self, clip: Clip) -> None:
-        if self.threads:  # worker processes share the cores: no oversubscription by torch or OpenCV
-            import cv2
-
-            torch.set_num_threads(self.threads)
-            cv2.setNumThreads(self.threads)
-        streams = extract_streams(clip.source, self.kind, self.model(), self.prep,
-                                  batch_size=self.batch_size, device=self.device)
-        for name, path in zip(self.outputs, clip.outputs):
-            if self.weights == "random":
-                mark_random(path.parent)
-            save_pickle(path, streams[name])
-
-
-def mark_random(folder: Path) -> None:
-    """A `WEIGHTS_RANDOM` file beside features made with random weights (written before the features)."""
-    marker = folder / RANDOM_MARKER
-    if not marker.exists():
-        with atomic_write(marker, "w") as f:
-            f.write("These features were extracted with features.weights=random (tests only): they carry no "
-                    "visual information. Re-extract with real weights before training.\n")
-
-
-def run(cfg, out_dir: str | os.PathLike | None = None) -> None:
-    """`stages.extract_features`: every (unfinished) clip of the data set -> its feature pickles.
-
-    The run folder (failures.jsonl, summary.json) is Hydra's output dir unless `out_dir` is given (tests).
-    """
-    from pipeline.data.layout import feature_path, layout_of
-
-    if out_dir is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        out_dir = HydraConfig.get().runtime.output_dir
-    out_dir = Path(out_dir)
-    fcfg = cfg.features
-    kind = str(fcfg.name)
-    _check_kind(kind)
-    folders = [str(f) for f in fcfg.folders]
-    streams = STREAMS[kind]
-    if len(folders) != len(streams):
-        raise ValueError(f"features.folders has {len(folders)} entries but {kind} writes {len(streams)} "
-                         f"streams {streams}: one folder per stream, in that order")
-    width = fcfg.get("width")
-    dataset = dict(cfg.dataset)
-    dataset["features"] = str(cfg.features_dir)
-    split = cfg.get("split")
-    split_file = cfg.dataset.splits[split] if split else None
-    clips = list_clips(cfg.dataset.videos, layout_of(dataset), split_file,
-                       lambda cid: [feature_path(dataset, f, cid) for f in folders])
-    clips = shard(clips, int(cfg.shard), int(cfg.num_shards))
-    device = resolve_device(cfg.get("device"))
-    job = ClipJob(kind, str(fcfg.weights), None if width is None else float(width), Preprocessing.from_cfg(fcfg),
-                  int(fcfg.batch_size), str(device), streams,
-                  threads=max(1, (os.cpu_count() or 1) // int(cfg.num_workers)) if int(cfg.num_workers) > 0 else 0)
-    job.model()  # fail on bad weights before any clip is touched
-    log.info("extracting %s features of %d clips on %s into %s", kind, len(clips), device, cfg.features_dir)
-    summary = run_clips(clips, job, out_dir / "failures.jsonl", int(cfg.num_workers), desc=f"{kind} features")
-    save_json(out_dir / "summary.json", {**dataclasses.asdict(summary), "kind": kind, "weights": job.weights,
-                                          "folders": folders, "device": str(device)})
-    message = f"{kind} features: {summary}"
-    if job.weights == "random":
-        message += f" [features.weights=random: test features only, marked with {RANDOM_MARKER}]"
-    log.info(message)
-    print(message)

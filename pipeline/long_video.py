@@ -27,7 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.sample_stage import FRAMES_PER_COLUMN, MEL_FPS, SR, UserModels
+from pipeline.audio import SR
+from pipeline.data.features import FEAT_CROP_LEN
+from pipeline.generation import UserModels
+from pipeline.mel import FRAMES_PER_COLUMN, MEL_FPS
+from pipeline.sampling_settings import SamplingSettings
 
 STREAMED_KINDS = ("resnet50", "efficientnet_lite0")
 DECODE_OVERLAP_COLUMNS = 6  # code columns shared by consecutive decoding windows (the codec's 96-frame crossfade)
@@ -111,7 +115,7 @@ def long_condition(feats: np.ndarray, cols: int, model_args: dict[str, Any], fcf
     feats = np.asarray(feats, dtype=np.float32)
     if feats.ndim != 2 or feats.shape[1] != depth:
         raise ValueError(f"features of shape {feats.shape}, but the model was trained on (frames, {depth})")
-    frames = max(1, round(int(fcfg.get("feat_crop_len", 212)) * cols / window_cols))
+    frames = max(1, round(int(fcfg.get("feat_crop_len", FEAT_CROP_LEN)) * cols / window_cols))
     total = max(S, round(S * cols / window_cols))
     sampled = pad_or_truncate(feats, frames)[resample_frames(frames, total)]  # (S_total, D)
     return torch.from_numpy(np.ascontiguousarray(sampled.T))[None], S
@@ -155,8 +159,9 @@ def _feature_model(models: UserModels):
     return models.cache[key]
 
 
-def sample_long_video(models: UserModels, video: str | Path, out: str | Path, settings: dict[str, Any], *,
-                      seed: int = 0, max_seconds: float | None = None, progress: bool = True,
+def sample_long_video(models: UserModels, video: str | Path, out: str | Path,
+                      settings: SamplingSettings | dict[str, Any], *, seed: int = 0,
+                      max_seconds: float | None = None, progress: bool = True,
                       class_id: int | None = None, sample_index: int = 0) -> dict[str, Any]:
     """Sound for the whole `video` (or its first `max_seconds`): writes `<out>.npy`, `<out>.wav` and `<out>.mp4`
     (the original picture, stream-copied, with the new sound). Returns {"mel", "wave", "npy", "wav", "mp4",
@@ -165,14 +170,15 @@ def sample_long_video(models: UserModels, video: str | Path, out: str | Path, se
 
     from pipeline.audio import save_wav
     from pipeline.features import Preprocessing
+    from pipeline.generation import seeded_generator, user_condition, video_seconds
     from pipeline.io import save_npy
-    from pipeline.sample_stage import _generator, _user_condition, video_seconds
     from pipeline.sampling import sample_steps
     from pipeline.video import mux_audio
 
-    if settings["mode"] != "nopix":
-        raise ValueError("a whole video is sampled from scratch (mode=nopix): mode=half primes with the first 10 s "
-                         "of the video's own sound and needs max_seconds=10")
+    settings = SamplingSettings.coerce(settings)
+    if settings.mode != "nopix":
+        raise ValueError("a whole video is sampled from scratch (sampling.mode=nopix): sampling.mode=half primes with "
+                         "the first 10 s of the video's own sound and needs max_seconds=10")
     video, out = Path(video), Path(out)
     seconds = video_seconds(video)
     span = seconds if max_seconds is None else min(seconds, float(max_seconds))
@@ -187,15 +193,15 @@ def sample_long_video(models: UserModels, video: str | Path, out: str | Path, se
         cond, frames_per_window = long_condition(feats, cols, models.args, fcfg, W)
         slide = dict(slide_cond=True, cond_frames=frames_per_window)
     else:  # a class id or no condition: nothing to follow
-        cond, slide = _user_condition(models, video, None, class_id, seed), {}
+        cond, slide = user_condition(models, video, None, class_id, seed), {}
     bar = tqdm(total=span, unit="s", desc=f"sound for {video.name}", disable=not progress,
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
     seconds_per_column = FRAMES_PER_COLUMN / MEL_FPS
-    generator = _generator(device, int(seed) * 1_000_003 + int(sample_index))
+    generator = seeded_generator(device, int(seed) * 1_000_003 + int(sample_index))
     try:
         for done, tokens in sample_steps(model, cond.to(device), num_tokens=H * cols, mode="nopix",
-                                         temperature=settings["temperature"], top_k=settings["top_k"],
-                                         top_p=settings["top_p"], generator=generator, **slide):
+                                         temperature=settings.temperature, top_k=settings.top_k,
+                                         top_p=settings.top_p, generator=generator, **slide):
             if done % H == 0:
                 bar.update(min(done // H * seconds_per_column, span) - bar.n)
     finally:

@@ -1,7 +1,8 @@
 """The original's mel spectrogram (spec section 1.2), its Griffin-Lim inverse, and the two audio chains.
 
 `mel_spectrogram` is the transform of `feature_extraction/extract_mel_spectrogram.py` with librosa 0.8's
-defaults restored (reflect padding). `extract_mel` turns a video (or any audio file) into the (80, 860) mel
+defaults restored (reflect padding); `MelTransform` is the same chain in torch, for batches on a device (the
+vocoder's training). `extract_mel` turns a video (or any audio file) into the (80, 860) mel
 the original stored, through one of two chains:
 
 - "original": the original's ffmpeg pipeline (spec section 1.1: demux, align, loop, cut to 10 s with two AAC
@@ -20,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from pipeline.audio import (
+    SR,
     ffmpeg_binary,
     fit_to_length,
     load_audio,
@@ -30,13 +34,15 @@ from pipeline.audio import (
 )
 from pipeline.extraction import ClipError
 
-SR = 22050          # the original's sample rate
 N_FFT = 1024        # STFT size = window length
 HOP = 256           # STFT hop (the vocoder's upsampling factor)
 N_MELS = 80         # mel bins
 FMIN, FMAX = 125, 7600
 LENGTH = 220500     # 10 s at 22050 Hz
-SPEC_LEN = 860      # stored frames (862 are computed, the last 2 dropped)
+SPEC_LEN = 860      # stored frames (862 are computed, the last 2 dropped); conf/base.yaml clip.spec_len
+CROP_LEN = 848      # frames the models see: the centre crop, 53 code columns of 16; conf/base.yaml clip.crop_len
+MEL_FPS = SR / HOP  # 86.13 mel frames per second
+FRAMES_PER_COLUMN = 16  # mel frames per code column (the codebook's 16x time downsampling)
 CHAINS = ("original", "direct")
 
 
@@ -74,6 +80,33 @@ def mel_spectrogram(wave: np.ndarray, sr: int = SR) -> np.ndarray:
     mel = mel_basis(sr) @ np.abs(stft)                          # (80, frames) float32
     mel = 20.0 * np.log10(np.maximum(mel, 1e-5, dtype=np.float32)) - 20.0
     return np.clip((mel + 100.0) / 100.0, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+class MelTransform(nn.Module):
+    """The original's mel chain in torch (spec §1.2): waveform (B, N) or (B, 1, N) -> (B, 80, 1 + N // 256).
+
+    |STFT| (n_fft 1024, hop 256, periodic Hann, centred, reflect padding) -> librosa's Slaney mel basis (a buffer)
+    -> clip((20 log10(max(m, 1e-5)) - 20 + 100) / 100, 0, 1). Computed in float64 (a float32 torch STFT differs
+    from librosa's by up to 2e-5 after the log; float64 agrees to ~1e-7) and returned as float32; the cost is
+    negligible next to the discriminator.
+    """
+
+    def __init__(self, sr: int = SR, n_fft: int = N_FFT, hop: int = HOP):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        basis = torch.from_numpy(np.array(mel_basis(sr, n_fft), dtype=np.float64))  # (80, 1 + n_fft // 2)
+        self.register_buffer("basis", basis, persistent=False)
+        self.register_buffer("window", torch.hann_window(n_fft, periodic=True, dtype=torch.float64),
+                             persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        if wave.dim() == 3:
+            wave = wave.squeeze(1)  # (B, N)
+        stft = torch.stft(wave.double(), self.n_fft, hop_length=self.hop, win_length=self.n_fft,
+                          window=self.window, center=True, pad_mode="reflect", return_complex=True)
+        mel = torch.matmul(self.basis, stft.abs())  # (B, 80, frames)
+        mel = 20.0 * torch.log10(mel.clamp_min(1e-5)) - 20.0
+        return ((mel + 100.0) / 100.0).clamp(0.0, 1.0).float()
 
 
 def inverse_mel(mel01: np.ndarray, sr: int = SR, n_iter: int = 32) -> np.ndarray:

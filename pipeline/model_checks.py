@@ -74,7 +74,7 @@ def codebook_check(ckpt: str | None, dataset_cfg: Mapping[str, Any], train_ids: 
                    valid_ids: Sequence[str], device: torch.device, batch_size: int = 8) -> dict[str, Any]:
     """Validation L1 (in the [0, 1] mel) of the codebook's reconstructions vs the training-mean baseline; codes used."""
     reason = _missing(ckpt, "codebook checkpoint", "train one with `python -m stages.train_codebook` or pass "
-                                                     "codebook_ckpt=PATH")
+                                                     "codebook.ckpt=PATH")
     if reason:
         return {"skipped": reason}
     if not train_ids:
@@ -107,7 +107,7 @@ def vocoder_check(ckpt: str | None, dataset_cfg: Mapping[str, Any], valid_ids: S
                   device: torch.device, max_clips: int = 64) -> dict[str, Any]:
     """For every clip (the first `max_clips`): is the mel of its vocoded audio nearest (L1) to its own mel?"""
     reason = _missing(ckpt, "vocoder checkpoint", "train one with `python -m stages.train_vocoder` or pass "
-                                                   "vocoder_ckpt=PATH")
+                                                   "vocoder.ckpt=PATH")
     if reason:
         return {"skipped": reason}
     if len(valid_ids) < 2:

@@ -23,7 +23,7 @@ FORCE_KEY = "force_resume"   # conf/base.yaml; true resumes a folder whose recor
 RESUMABLE = ("trainer.max_steps", "trainer.max_epochs", "*.schedule.max_steps", "*.schedule.max_epochs",
              "trainer.val_every", "*.schedule.val_every",
              "trainer.log_every", "trainer.ckpt_every", "trainer.num_workers", "trainer.device", "logger", "logger.*",
-             "media_samples", "vocoder_ckpt", "zoo.*", FORCE_KEY)
+             "media_samples", "vocoder.ckpt", "zoo.*", FORCE_KEY)
 ROOT = Path(__file__).resolve().parents[1]
 
 

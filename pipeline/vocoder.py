@@ -1,6 +1,6 @@
 """Mel -> waveform for every sound-making stage: the MelGAN vocoder, or Griffin-Lim when there is none.
 
-    vocode = load_vocoder_or_griffinlim(cfg.vocoder_ckpt)        # None -> Griffin-Lim
+    vocode = load_vocoder_or_griffinlim(cfg.vocoder.ckpt)        # None -> Griffin-Lim
     wave = vocode(mel01)       # np (80, T) -> np float32 (256 * T,);  tensor (B, 80, T) -> tensor (B, 256 * T)
 
 The input is the [0, 1] mel the models produce ((x + 1) / 2 of their [-1, 1] output, spec §5.5); it is fed to
@@ -14,10 +14,8 @@ import numpy as np
 import torch
 from torch.nn.utils import parametrize
 
-from pipeline.audio import fit_to_length
-
-SR = 22050  # the vocoder's sample rate
-HOP = 256   # samples per mel frame
+from pipeline.audio import SR, fit_to_length
+from pipeline.mel import HOP
 
 
 class Vocoder:

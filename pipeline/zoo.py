@@ -325,13 +325,20 @@ def released_entry(name_or_path: str | os.PathLike | None, cfg: Mapping[str, Any
 
 
 def features_preset(kind: str) -> dict[str, Any]:
-    """conf/features/<kind>.yaml merged over its defaults, as a plain dict (what a released model's features are)."""
+    """conf/features/<kind>.yaml merged over its defaults, its sizes resolved from conf/base.yaml's `clip` node, as
+    a plain dict (what a released model's features are)."""
     from omegaconf import OmegaConf
 
-    folder = ROOT / "conf" / "features"
-    cfg = OmegaConf.load(folder / f"{kind}.yaml")
-    parents = [features_preset(str(p)) for p in cfg.pop("defaults", []) if p != "_self_"]
-    return OmegaConf.to_container(OmegaConf.merge(*parents, cfg))
+    root = OmegaConf.create({"clip": OmegaConf.load(ROOT / "conf" / "base.yaml").clip, "features": _preset(kind)})
+    return OmegaConf.to_container(root.features, resolve=True)
+
+
+def _preset(kind: str):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(ROOT / "conf" / "features" / f"{kind}.yaml")
+    parents = [_preset(str(p)) for p in cfg.pop("defaults", []) if p != "_self_"]
+    return OmegaConf.merge(*parents, cfg)
 
 
 def features_of_config(config: Mapping[str, Any]) -> str | None:

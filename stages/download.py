@@ -3,7 +3,7 @@
 
 `what=list` prints every name with its setting, the paper's FID / MKL and whether it is here. Files go to
 `paths.models` (models) and `paths.data` (data archives), resumably, md5-checked, unpacked safely; a second run
-downloads nothing. See pipeline/download_stage.py.
+downloads nothing. See pipeline/stages/download.py.
 """
 import hydra
 
@@ -12,10 +12,12 @@ import pipeline.config  # noqa: F401  (registers resolvers)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="download")
 def main(cfg) -> None:
-    from pipeline.download_stage import run
+    from pipeline.stages.download import run
 
     run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.config_check import run_stage
+
+    run_stage(main, "download")  # an unknown key on the command line: the nearest valid one

@@ -10,10 +10,12 @@ import pipeline.config  # noqa: F401  (registers resolvers)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg) -> None:
-    from pipeline.evaluate_stage import run
+    from pipeline.stages.evaluate import run
 
     run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.config_check import run_stage
+
+    run_stage(main, "evaluate")  # an unknown key on the command line: the nearest valid one

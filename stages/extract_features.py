@@ -12,10 +12,12 @@ import pipeline.config  # noqa: F401  (registers resolvers)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="extract_features")
 def main(cfg) -> None:
-    from pipeline.features import run
+    from pipeline.stages.extract_features import run
 
     run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.config_check import run_stage
+
+    run_stage(main, "extract_features")  # an unknown key on the command line: the nearest valid one

@@ -9,10 +9,12 @@ import pipeline.config  # noqa: F401  (registers resolvers)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="extract_mels")
 def main(cfg) -> None:
-    from pipeline.mel_stage import run
+    from pipeline.stages.extract_mels import run
 
     run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.config_check import run_stage
+
+    run_stage(main, "extract_mels")  # an unknown key on the command line: the nearest valid one

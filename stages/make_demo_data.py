@@ -6,10 +6,12 @@ import pipeline.config  # noqa: F401  (registers resolvers)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="make_demo_data")
 def main(cfg) -> None:
-    from pipeline.demo_data import run
+    from pipeline.stages.make_demo_data import run
 
     run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.config_check import run_stage
+
+    run_stage(main, "make_demo_data")  # an unknown key on the command line: the nearest valid one

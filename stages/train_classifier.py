@@ -11,10 +11,12 @@ import pipeline.config  # noqa: F401  (registers resolvers)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_classifier")
 def main(cfg) -> None:
-    from pipeline.tasks.classifier import train_classifier
+    from pipeline.stages.train_classifier import run
 
-    train_classifier(cfg)
+    run(cfg)  # trainer.val_every / ckpt_every null: once per epoch (the loop)
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.config_check import run_stage
+
+    run_stage(main, "train_classifier")  # an unknown key on the command line: the nearest valid one

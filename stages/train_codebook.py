@@ -10,11 +10,12 @@ import pipeline.config  # noqa: F401  (registers resolvers)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_codebook")
 def main(cfg) -> None:
-    from pipeline.tasks.codebook import CodebookTask
-    from pipeline.tasks.run import train
+    from pipeline.stages.train_codebook import run
 
-    train(CodebookTask(cfg), cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.config_check import run_stage
+
+    run_stage(main, "train_codebook")  # an unknown key on the command line: the nearest valid one

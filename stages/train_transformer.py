@@ -12,11 +12,12 @@ import pipeline.config  # noqa: F401  (registers resolvers)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_transformer")
 def main(cfg) -> None:
-    from pipeline.tasks.run import train
-    from pipeline.tasks.transformer import TransformerTask
+    from pipeline.stages.train_transformer import run
 
-    train(TransformerTask(cfg), cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.config_check import run_stage
+
+    run_stage(main, "train_transformer")  # an unknown key on the command line: the nearest valid one

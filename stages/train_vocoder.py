@@ -11,11 +11,12 @@ import pipeline.config  # noqa: F401  (registers resolvers)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_vocoder")
 def main(cfg) -> None:
-    from pipeline.tasks.run import train
-    from pipeline.tasks.vocoder import VocoderTask
+    from pipeline.stages.train_vocoder import run
 
-    train(VocoderTask(cfg), cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.config_check import run_stage
+
+    run_stage(main, "train_vocoder")  # an unknown key on the command line: the nearest valid one

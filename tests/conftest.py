@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SPECVQGAN_SHARED", ROOT.parent / "shared")).resolve()
+from tests.helpers import SHARED
 
 # before any test runs: an OpenMP pool of 2 made before accelerate.debug_launcher forks deadlocks its children
 torch.set_num_threads(1)
@@ -71,6 +70,15 @@ def slurm_cluster(tmp_path_factory):
     atexit.register(cluster.stop)  # also after Ctrl-C, which skips fixture teardown
     yield cluster.start()
     cluster.stop()
+
+
+@pytest.fixture
+def compose():
+    """`compose(config_name, *overrides)`: a stage's config as its `python -m stages.NAME` composes it
+    (tests/helpers.py)."""
+    from tests.helpers import compose
+
+    return compose
 
 
 @pytest.fixture

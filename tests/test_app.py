@@ -8,17 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipeline.app import Sampler, build_app, import_gradio
-from tests.test_sample_stage import features_preset  # noqa: F401  (the fixture)
-from tests.test_train_transformer import ROOT, make_codebook, make_dataset, make_transformer, write_video
-
-
-def _cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("app", overrides=["dataset=demo", "logger=none", "device=cpu", *overrides])
+from tests.helpers import compose, features_preset, make_codebook, make_dataset, make_transformer, write_clip
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +19,13 @@ def sampler(tmp_path_factory, original_fixtures) -> Sampler:
     tmp = tmp_path_factory.mktemp("app")
     codebook = make_codebook(tmp / "codebook.pt")
     ckpt = make_transformer(tmp / "t_rn50.pt", codebook, features_preset("resnet50_tiny"), 1)
-    cfg = _cfg(f"transformer_ckpt={ckpt}", f"vocoder_ckpt={original_fixtures / 'melgan_netG_small.pt'}")
+    cfg = compose("app", "dataset=demo", "logger=none", "device=cpu", f"transformer.ckpt={ckpt}",
+                  f"vocoder.ckpt={original_fixtures / 'melgan_netG_small.pt'}")
     return Sampler(cfg, tmp / "run")
 
 
 def test_an_uploaded_video_gives_sounds_videos_spectrograms_and_a_reconstruction(sampler, tmp_path):
-    video = write_video(tmp_path / "clip.mp4", 2.0)
+    video = write_clip(tmp_path / "clip.mp4", 2.0)
     result = sampler.generate(str(video), mode="half", temperature=0.9, top_k=8, top_p=0.9, samples=2, seed=3,
                               reconstruct=True)
     assert len(result.waves) == len(result.images) == len(result.mp4s) == 2
@@ -65,26 +59,24 @@ def test_a_data_set_clip_uses_its_stored_features(sampler, outputs):
         sampler.generate(None, None)
 
 
-def test_the_page_builds_or_names_the_extra(sampler, monkeypatch):
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match=r"pip install -e \.\[app\]"):
-            build_app(sampler.cfg, sampler.run_dir, sampler)
-        return
-    app = build_app(sampler.cfg, sampler.run_dir, sampler)
+def test_the_page_builds_and_without_gradio_the_error_names_the_extra(sampler, monkeypatch):
+    app = build_app(sampler.cfg, sampler.run_dir, sampler)  # gradio is in `make install` (the app extra)
     assert type(app).__name__ == "Blocks"
+    ids = {getattr(block, "elem_id", None) for block in app.blocks.values()}
+    assert {"generate", "video_in", "live", "status", "codec_in", "codec_go"} <= ids, ids
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if it were not installed
     with pytest.raises(ImportError, match=r"pip install -e \.\[app\]"):
         import_gradio()
+    with pytest.raises(ImportError, match=r"pip install -e \.\[app\]"):
+        build_app(sampler.cfg, sampler.run_dir, sampler)
 
 
 # --------------------------------------------------------------------- streaming, attention, classes, codec
 def test_streamed_sampling_fills_the_spectrogram_and_ends_as_the_sample_stage(sampler, tmp_path):
     from pipeline.app import Progress
-    from pipeline.sample_stage import sample_user_clip
+    from pipeline.generation import sample_user_clip
 
-    video = write_video(tmp_path / "clip.mp4", 2.0)
+    video = write_clip(tmp_path / "clip.mp4", 2.0)
     items = list(sampler.stream(str(video), samples=2, seed=5, top_k=8, preview_columns=10))
     progress, result = items[:-1], items[-1]
     assert all(isinstance(p, Progress) for p in progress) and len(result.waves) == 2
@@ -129,9 +121,9 @@ def test_the_classifier_gives_the_top_five_classes(sampler, classifier_ckpt, tmp
     import torch
 
     path, model, classes = classifier_ckpt
-    with_classifier = Sampler(OmegaConf.merge(sampler.cfg, {"classifier_ckpt": str(path)}), sampler.run_dir,
+    with_classifier = Sampler(OmegaConf.merge(sampler.cfg, {"classifier": {"ckpt": str(path)}}), sampler.run_dir,
                               models=sampler.models)
-    result = with_classifier.generate(str(write_video(tmp_path / "clip.mp4", 2.0)), seed=1)
+    result = with_classifier.generate(str(write_clip(tmp_path / "clip.mp4", 2.0)), seed=1)
     [top5] = result.top5
     with torch.no_grad():
         x = (torch.from_numpy(result.mels[0])[None] - 0.5) / 0.2
@@ -191,14 +183,14 @@ def test_the_page_in_headless_chromium(sampler, classifier_ckpt, tmp_path):
 
     from pipeline.app import launch
 
-    cfg = OmegaConf.merge(sampler.cfg, {"classifier_ckpt": str(classifier_ckpt[0]), "port": _free_port(),
+    cfg = OmegaConf.merge(sampler.cfg, {"classifier": {"ckpt": str(classifier_ckpt[0])}, "port": _free_port(),
                                         "preview_columns": 2})
     page_sampler = Sampler(cfg, tmp_path / "run", models=sampler.models)
     app = build_app(cfg, tmp_path / "run", page_sampler)
     launch(app, cfg, tmp_path / "run", block=False)
     shots = tmp_path / "screenshots"
     print(f"screenshots in {shots}")
-    video = write_video(tmp_path / "upload.mp4", 2.0)
+    video = write_clip(tmp_path / "upload.mp4", 2.0)
     sr = 48000
     wav = tmp_path / "speech.wav"
     soundfile.write(str(wav), 0.3 * np.sin(2 * np.pi * 440 * np.arange(int(sr * 1.5)) / sr), sr)

@@ -9,30 +9,12 @@ from models.melception import FEATURE_NAMES, Melception
 from models.vggishish import VGGishish
 from pipeline.pretrained import load_classifier
 from pipeline.train.checkpoint import save_checkpoint
-
-SMALL_VGG = {"conv_layers": (4, "MP", 8, 8, "MP", 8), "num_classes": 7, "hidden": 16}
-
-
-def _fast_melception(num_classes: int) -> Melception:
-    """Random weights without the slow truncated-normal init of 25 M parameters (tests only need some values)."""
-    with torch.device("meta"):
-        model = Melception(num_classes=num_classes, init_weights=False)
-    model.to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.fill_(1.0)
-            elif name.endswith("num_batches_tracked"):
-                tensor.zero_()
-            else:
-                tensor.normal_(0.0, 0.05, generator=generator)
-    return model
+from tests.helpers import SMALL_VGG, fast_melception
 
 
 @pytest.fixture(scope="module")
 def melception():
-    return _fast_melception(9).eval()
+    return fast_melception(9).eval()
 
 
 def test_melception_size_and_torchvision_names():
@@ -84,7 +66,7 @@ def test_melception_features_agree_with_forward(melception):
 
 
 def test_melception_training_returns_aux_logits():
-    model = _fast_melception(5).train()
+    model = fast_melception(5).train()
     out = model(torch.rand(2, 1, 80, 80))
     assert out.logits.shape == (2, 5) and out.aux_logits.shape == (2, 5)
 

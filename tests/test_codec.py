@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipeline.codec import (
@@ -27,22 +26,22 @@ from pipeline.codec import (
     read_audio,
     read_codes,
     round_trip_file,
-    run,
     to_codec_rate,
     unpack_codes,
     window_layout,
 )
 from pipeline.mel import mel_spectrogram
 from pipeline.pretrained.codebook import build_codebook, codebook_checkpoint, load_codebook
+from pipeline.stages.codec import run
 from pipeline.vocoder import Vocoder
+from tests.helpers import CONF
 
-ROOT = Path(__file__).resolve().parents[1]
 CLIPS = ["noisy_speech2", "music1"]  # speech and music; the other clips go through the other tests
 
 
 def _save_tiny(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
-    model = build_codebook(OmegaConf.load(ROOT / "conf" / "codebook" / "tiny.yaml").model)
+    model = build_codebook(OmegaConf.load(CONF / "codebook" / "tiny.yaml").model)
     torch.save(codebook_checkpoint(model), path)
     return path
 
@@ -165,14 +164,13 @@ def test_damaged_or_foreign_files_are_refused(model, tmp_path, shared_dir):
     assert full.tokens == 265 and [w.shape for w in read_codes((tmp_path / "full.svqc").read_bytes())[1]] == [(5, 53)]
 
 
-def test_stage_encode_then_decode(shared_dir, tiny_ckpt, tmp_path, capsys):
+def test_stage_encode_then_decode(shared_dir, tiny_ckpt, tmp_path, capsys, compose):
     src = shared_dir / "data" / "neural_audio_codec" / "noisy_speech1" / "original.wav"
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        enc = compose("codec", overrides=["mode=encode", f"input={src}", f"output={tmp_path / 'c.svqc'}",
-                                          f"codebook.ckpt={tiny_ckpt}", "logger=none"])
-        dec = compose("codec", overrides=["mode=decode", f"input={tmp_path / 'c.svqc'}",
-                                          f"output={tmp_path / 'c.wav'}", f"codebook.ckpt={tiny_ckpt}",
-                                          "logger=none"])
+    enc = compose("codec", "mode=encode", f"input={src}", f"output={tmp_path / 'c.svqc'}",
+                  f"codebook.ckpt={tiny_ckpt}", "logger=none")
+    dec = compose("codec", "mode=decode", f"input={tmp_path / 'c.svqc'}",
+                  f"output={tmp_path / 'c.wav'}", f"codebook.ckpt={tiny_ckpt}",
+                  "logger=none")
     [r] = run(enc, run_dir=tmp_path / "run")
     assert "kbps" in capsys.readouterr().out and (tmp_path / "run" / "codec_report.json").is_file()
     assert r.bits_per_code == 5 and 0.1 < r.bitrate_kbps < 0.3
@@ -265,7 +263,7 @@ def trained(shared_dir) -> tuple:
     wave = np.concatenate([read_audio(c)[0] for c in clips] * 2)
     mel = torch.from_numpy(mel_spectrogram(wave) * 2 - 1)
     torch.manual_seed(0)
-    model = build_codebook(OmegaConf.load(ROOT / "conf" / "codebook" / "tiny.yaml").model)
+    model = build_codebook(OmegaConf.load(CONF / "codebook" / "tiny.yaml").model)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     crops = torch.Generator().manual_seed(0)
     for _ in range(200):  # reconstruction + codebook loss on random 128-frame crops
@@ -302,11 +300,10 @@ def test_round_trip_measures_on_real_clips(shared_dir, model, fast_vocoder, tmp_
     print(f"{clip}: {r.summary()}")
 
 
-def test_stage_round_trip(shared_dir, tiny_ckpt, tmp_path, capsys):
+def test_stage_round_trip(shared_dir, tiny_ckpt, tmp_path, capsys, compose):
     src = shared_dir / "data" / "neural_audio_codec" / "music1" / "original.wav"
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("codec", overrides=["mode=roundtrip", f"input={src}", f"output={tmp_path / 'music1'}",
-                                          f"codebook.ckpt={tiny_ckpt}", "logger=none", "device=cpu"])
+    cfg = compose("codec", "mode=roundtrip", f"input={src}", f"output={tmp_path / 'music1'}",
+                  f"codebook.ckpt={tiny_ckpt}", "logger=none", "device=cpu")
     [r] = run(cfg, run_dir=tmp_path / "run")
     printed = capsys.readouterr().out
     assert "compression" in printed and "mel L1" in printed and "SNR" in printed

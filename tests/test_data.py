@@ -22,8 +22,8 @@ from pipeline.data import (
     resample_frames,
 )
 from pipeline.safe_pickle import UnsafePickleError, load_pickle_array
+from tests.helpers import features_preset
 
-ROOT = Path(__file__).resolve().parents[1]
 VAS_CLIPS = ["baby/video_01951", "cough/video_00331", "dog/video_02677", "dog/video_02754",
              "drum/video_02480", "drum/video_02542", "fireworks/video_02997", "fireworks/video_03051",
              "gun/video_00819", "hammer/video_00323"]
@@ -32,7 +32,7 @@ RGB, FLOW = "feature_rgb_bninception_dim1024_21.5fps", "feature_flow_bninception
 
 
 def features_cfg(name: str):
-    return OmegaConf.load(ROOT / "conf" / "features" / f"{name}.yaml")
+    return OmegaConf.create(features_preset(name))
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_resample_frames_needs_enough_frames():
     with pytest.raises(ValueError, match="feat_sample_size"):
         resample_frames(212, 213)
     with pytest.raises(ValueError):
-        FeatureSampler(5)(np.zeros((215, 4)))
+        FeatureSampler(5, 212)(np.zeros((215, 4)))
 
 
 def test_conditioned_dataset(vas_cfg):

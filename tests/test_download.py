@@ -15,9 +15,9 @@ import yaml
 
 from pipeline.download import ChecksumError, DownloadError, UnsafeArchiveError, fetch
 from pipeline.zoo import Zoo, ZooError
+from tests.helpers import ROOT
 from tests.zoo_server import SHARED_RELEASED, FileServer, tar_gz, tar_with
 
-ROOT = Path(__file__).resolve().parents[1]
 CODEBOOK_RUN = "2021-01-01T00-00-00_vas_codebook"
 
 

@@ -11,9 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.evaluate_stage import clip_id_of, find_samples, run
+from pipeline.stages.evaluate import clip_id_of, find_samples, run
 
-ROOT = Path(__file__).resolve().parents[1]
 VAS_CLASSES = ["baby", "cough", "dog", "drum", "fireworks", "gun", "hammer", "sneeze"]
 
 
@@ -21,7 +20,7 @@ VAS_CLASSES = ["baby", "cough", "dog", "drum", "fireworks", "gun", "hammer", "sn
 def setup(vas_dir, shared_dir, tmp_path_factory) -> dict:
     from models.melception import Melception
     from pipeline.data import mel_path
-    from pipeline.tasks.classifier import read_stats
+    from pipeline.data.normalization import read_stats
     from pipeline.train.checkpoint import save_checkpoint
 
     tmp = tmp_path_factory.mktemp("evaluate")
@@ -151,14 +150,10 @@ def test_classifier_of_other_classes_gives_no_class_match(setup, tmp_path):
     assert metrics["class_match_rate"] is None and metrics["chance"] == 1 / 5
 
 
-def test_config_composes_finds_the_default_sample_run_and_requires_a_classifier():
-    from hydra import compose, initialize_config_dir
+def test_config_composes_finds_the_default_sample_run_and_requires_a_classifier(compose):
     from omegaconf.errors import MissingMandatoryValue
 
-    import pipeline.config  # noqa: F401
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("evaluate", overrides=["dataset=vggsound"])
+    cfg = compose("evaluate", "dataset=vggsound")
     assert cfg.split == "test" and cfg.crop_len == 848 and cfg.reals == "all"
     assert cfg.classifier.stats.endswith("train_means_stds_melspec_10s_22050hz.txt")
     assert cfg.samples_dir.endswith("sample/vggsound/default/samples/test")
@@ -179,7 +174,7 @@ def demo(tmp_path_factory, original_fixtures) -> dict:
     from pipeline.io import save_npy
     from pipeline.mel import extract_mel_and_audio
     from pipeline.train.checkpoint import save_checkpoint
-    from tests.test_train_transformer import make_codebook
+    from tests.helpers import make_codebook
 
     tmp = tmp_path_factory.mktemp("evaluate_demo")
     root = tmp / "demo_data"
@@ -236,8 +231,9 @@ def test_model_checks_synchrony_and_report_on_the_demo_data(demo):
         "dataset": demo["dataset"], "samples_dir": str(samples), "shuffled_samples_dir": str(shuffled),
         "split": "valid", "reals": "all", "classifier": {"ckpt": str(demo["classifier"]), "stats": None},
         "batch_size": 4, "crop_len": 848, "num_workers": 0, "device": "cpu", "metrics_file": "metrics.json",
-        "logger": {"name": "none"}, "codebook_ckpt": str(demo["codebook"]), "vocoder_ckpt": str(demo["vocoder"]),
-        "events_file": demo["dataset"]["events"], "train_split": "train", "report_clips": 16})
+        "logger": {"name": "none"}, "codebook": {"ckpt": str(demo["codebook"])},
+        "vocoder": {"ckpt": str(demo["vocoder"])}, "events_file": demo["dataset"]["events"], "train_split": "train",
+        "report_clips": 16})
     metrics = run(cfg, folder=demo["tmp"] / "run")
 
     sync = metrics["synchrony"]

@@ -7,20 +7,9 @@ import pytest
 
 from pipeline.events import clip_events, event_hits, onset_frames, read_events, synchrony
 from pipeline.mel import mel_spectrogram
+from tests.helpers import bursts, write_clip
 
 SR, HOP = 22050, 256
-
-
-def bursts(onsets_s, seconds: float = 9.85, seed: int = 0, hiss: float = 1e-3) -> np.ndarray:
-    """Faint hiss with a 0.25-s decaying 1 kHz tone (peak 0.5) starting at each onset."""
-    rng = np.random.default_rng(seed)
-    wave = hiss * rng.standard_normal(int(seconds * SR))
-    t = np.arange(int(0.25 * SR)) / SR
-    tone = 0.5 * np.sin(2 * np.pi * 1000 * t) * np.exp(-t / 0.08)
-    for onset in onsets_s:
-        start = int(onset * SR)
-        wave[start:start + tone.size] += tone[: wave.size - start]
-    return wave.astype(np.float32)
 
 
 def test_onsets_of_real_bursts_are_found_within_a_frame():
@@ -69,8 +58,7 @@ def test_read_events_errors_name_the_file(tmp_path):
 
 def test_loop_period_follows_the_mel_stage(tmp_path):
     from pipeline.events import loop_period_samples
-    from tests.test_train_transformer import write_video
 
-    short = loop_period_samples(write_video(tmp_path / "short.mp4", 2.0))
+    short = loop_period_samples(write_clip(tmp_path / "short.mp4", 2.0))
     assert short is not None and 2.0 * SR <= short <= 2.0 * SR + 3 * 1024  # the clip and its AAC padding
-    assert loop_period_samples(write_video(tmp_path / "long.mp4", 10.2)) is None  # not looped
+    assert loop_period_samples(write_clip(tmp_path / "long.mp4", 10.2)) is None  # not looped

@@ -6,67 +6,35 @@ import logging
 import os
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from pipeline.mel_stage import run
-
-ROOT = Path(__file__).resolve().parents[1]
-SR = 22050
-
-
-def write_clip(path: Path, seconds: float, audio: str | None = "tone", fps: int = 10) -> Path:
-    """A small mp4 (32x32 H.264 + mono AAC at 22050 Hz); audio: 'tone' (pulsed chirp), 'silent' or None."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=Fraction(fps))
-        video.width = video.height = 32
-        video.pix_fmt = "yuv420p"
-        stream = out.add_stream("aac", rate=SR) if audio else None
-        if stream is not None:
-            stream.layout = "mono"
-        for i in range(int(seconds * fps)):
-            image = np.full((32, 32, 3), (i * 8) % 256, np.uint8)
-            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        out.mux(video.encode())
-        if stream is not None:
-            t = np.arange(int(seconds * SR)) / SR
-            wave = np.zeros_like(t) if audio == "silent" else \
-                0.5 * np.sin(2 * np.pi * (300 + 400 * t) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
-            frame = av.AudioFrame.from_ndarray(wave.astype(np.float32)[None], format="flt", layout="mono")
-            frame.sample_rate = SR
-            out.mux(stream.encode(frame))
-            out.mux(stream.encode(None))
-    return path
+from pipeline.stages.extract_mels import run
+from tests.helpers import ROOT, SR, compose, write_clip
 
 
 @pytest.fixture
 def demo_set(outputs: Path) -> Path:
     """A demo-layout data set under paths.outputs: good, short, silent, video-only and truncated clips."""
     videos = outputs / "demo_data" / "videos"
-    write_clip(videos / "dog" / "good.mp4", 10.2)
-    write_clip(videos / "dog" / "short.mp4", 2.0)
+    write_clip(videos / "dog" / "good.mp4", 10.2, audio="chirp")
+    write_clip(videos / "dog" / "short.mp4", 2.0, audio="chirp")
     write_clip(videos / "cat" / "silent.mp4", 3.0, audio="silent")
     write_clip(videos / "cat" / "mute.mp4", 1.0, audio=None)
-    truncated = write_clip(videos / "cat" / "truncated.mp4", 3.0)
+    truncated = write_clip(videos / "cat" / "truncated.mp4", 3.0, audio="chirp")
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     return outputs / "demo_data"
 
 
 def _cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("extract_mels", overrides=["dataset=demo", "logger=none", *overrides])
+    return compose("extract_mels", "dataset=demo", "logger=none", *overrides)
 
 
 def test_stage_layout_failures_looping_and_skip(demo_set, tmp_path, caplog):
     run_dir = tmp_path / "run"
-    caplog.set_level(logging.WARNING, logger="pipeline.mel_stage")
+    caplog.set_level(logging.WARNING, logger="pipeline.stages.extract_mels")
     with pytest.raises(SystemExit, match="2 processed, 0 skipped.*3 failed"):
         run(_cfg("chain=direct"), run_dir=run_dir)
 
@@ -117,7 +85,7 @@ def test_stage_original_chain_split_and_shards(demo_set, tmp_path):
 
 
 def test_stage_through_hydra(outputs):
-    write_clip(outputs / "demo_data" / "videos" / "dog" / "a.mp4", 2.5)
+    write_clip(outputs / "demo_data" / "videos" / "dog" / "a.mp4", 2.5, audio="chirp")
     env = {**os.environ, "SPECVQGAN_OUTPUTS": str(outputs), "WANDB_MODE": "disabled"}
     result = subprocess.run([sys.executable, "-m", "stages.extract_mels", "dataset=demo", "logger=none",
                              "chain=direct", "num_workers=1"], check=False, cwd=ROOT, env=env,

@@ -7,20 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from pipeline.extraction import ClipError, check_source
-from pipeline.mel_stage import run
-from tests.test_extract_mels import write_clip
-
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline.stages.extract_mels import run
+from tests.helpers import compose, write_clip
 
 
 def faststart_truncated(path: Path, seconds: float = 10.0, keep: float = 0.49) -> Path:
     """An mp4 whose header (moov first) declares `seconds` but whose data stops after `keep` of the file."""
     import av
 
-    plain = write_clip(path.with_name("plain_" + path.name), seconds)
+    plain = write_clip(path.with_name("plain_" + path.name), seconds, audio="chirp")
     with av.open(str(plain)) as src, av.open(str(path), "w", options={"movflags": "faststart"}) as out:
         streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
         for packet in src.demux():
@@ -34,8 +31,7 @@ def faststart_truncated(path: Path, seconds: float = 10.0, keep: float = 0.49) -
 
 
 def _cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("extract_mels", overrides=["dataset=demo", "logger=none", "chain=direct", *overrides])
+    return compose("extract_mels", "dataset=demo", "logger=none", "chain=direct", *overrides)
 
 
 def test_truncated_with_intact_header_is_corrupt_not_looped(tmp_path):
@@ -47,7 +43,7 @@ def test_truncated_with_intact_header_is_corrupt_not_looped(tmp_path):
     with pytest.raises(ClipError, match=r"truncated, its header declares 10.\d+ s but its data ends at [3-6]\.") as e:
         check_source(clip)
     assert e.value.kind == "corrupt"
-    check_source(write_clip(tmp_path / "short.mp4", 2.0))  # a short clip is fine (it is looped)
+    check_source(write_clip(tmp_path / "short.mp4", 2.0, audio="chirp"))  # a short clip is fine (it is looped)
     with pytest.raises(ClipError, match="missing: .*absent.mp4 is listed but does not exist") as e:
         check_source(tmp_path / "absent.mp4")
     assert e.value.kind == "missing"
@@ -55,7 +51,7 @@ def test_truncated_with_intact_header_is_corrupt_not_looped(tmp_path):
 
 def test_failures_are_kept_per_attempt_and_a_rerun_does_only_what_is_missing(outputs, tmp_path):
     data = outputs / "demo_data"
-    write_clip(data / "videos" / "dog" / "good.mp4", 2.0)
+    write_clip(data / "videos" / "dog" / "good.mp4", 2.0, audio="chirp")
     faststart_truncated(data / "videos" / "dog" / "cut.mp4")
     (data / "demo_train.txt").write_text("dog/good\ndog/cut\ndog/gone\n")
     run_dir = tmp_path / "run"
@@ -77,7 +73,7 @@ def test_failures_are_kept_per_attempt_and_a_rerun_does_only_what_is_missing(out
 
 
 def test_an_unwritable_output_folder_fails_before_any_clip(outputs, tmp_path):
-    write_clip(outputs / "demo_data" / "videos" / "dog" / "good.mp4", 2.0)
+    write_clip(outputs / "demo_data" / "videos" / "dog" / "good.mp4", 2.0, audio="chirp")
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the features folder should be")
     with pytest.raises(PermissionError, match=f"output folder {blocker}/dog/melspec_10s_22050hz cannot be written"):

@@ -23,8 +23,8 @@ from pipeline.features import (
 from pipeline.flow import consecutive_flows, flow_to_uint8
 from pipeline.safe_pickle import load_pickle_array
 from pipeline.video import frame_times, sample_indices
+from tests.helpers import compose
 
-ROOT = Path(__file__).resolve().parents[1]
 CLIPS = ["baby/video_01951", "cough/video_00331", "dog/video_02677", "dog/video_02754", "drum/video_02480",
          "drum/video_02542", "fireworks/video_02997", "fireworks/video_03051", "gun/video_00819",
          "hammer/video_00323"]
@@ -121,14 +121,11 @@ def test_efficientnet_packaged_weights_load_strictly():
 
 
 def test_config_presets_hold_the_original_preprocessing():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        for kind in ("resnet50", "bninception", "efficientnet_lite0"):
-            cfg = compose("extract_features", overrides=[f"features={kind}"])
-            assert Preprocessing.from_cfg(cfg.features) == Preprocessing.for_kind(kind)
-        tiny = compose("extract_features", overrides=["features=bninception_tiny"]).features
-        assert tiny.preprocessing.loop_to == 10.0 and tiny.weights == "random"
+    for kind in ("resnet50", "bninception", "efficientnet_lite0"):
+        cfg = compose("extract_features", f"features={kind}")
+        assert Preprocessing.from_cfg(cfg.features) == Preprocessing.for_kind(kind)
+    tiny = compose("extract_features", "features=bninception_tiny").features
+    assert tiny.preprocessing.loop_to == 10.0 and tiny.weights == "random"
 
 
 # ------------------------------------------------------------------------------------------ flow
@@ -194,14 +191,10 @@ def _dataset(tmp_path: Path, vas_dir: Path, clips: list[str], corrupt: str | Non
 
 
 def _run_stage(tmp_path: Path, data: Path, features: str, *extra: str) -> Path:
-    from hydra import compose, initialize_config_dir
+    from pipeline.stages.extract_features import run
 
-    from pipeline.features import run
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("extract_features", overrides=[
-            f"features={features}", "dataset=vas", f"paths.data={data}", f"features_dir={tmp_path / 'feats'}",
-            "logger=none", "device=cpu", *extra])
+    cfg = compose("extract_features", f"features={features}", "dataset=vas", f"paths.data={data}",
+                  f"features_dir={tmp_path / 'feats'}", "logger=none", "device=cpu", *extra)
     run(cfg, out_dir=tmp_path / "run")
     return tmp_path / "feats"
 
@@ -255,4 +248,4 @@ def test_extract_clip_features_gives_the_condition(vas_dir):
     assert cond.shape == (215, 128)
     np.testing.assert_array_equal(cond[129:], cond[:86])  # 6.006 s clip: period 129
     streams = extract_streams(video, "resnet50", model, prep)
-    np.testing.assert_array_equal(streams_to_condition([streams["rgb"]]), cond)
+    np.testing.assert_array_equal(streams_to_condition([streams["rgb"]], 215), cond)

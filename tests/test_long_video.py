@@ -15,23 +15,20 @@ from models.gpt import GPTFeats
 from models.permuter import ColumnMajor
 from pipeline.features import Preprocessing, extract_streams
 from pipeline.features import load_model as load_feature_model
+from pipeline.generation import UserModels
 from pipeline.long_video import decode_long, frame_features, long_condition, sample_long_video
 from pipeline.pretrained.codebook import build_codebook
-from pipeline.sample_stage import UserModels
 from pipeline.sampling import _window_cond
 from pipeline.video import frame_times, write_video
 from pipeline.vocoder import Vocoder
+from tests.helpers import ROOT, features_preset
 
-ROOT = Path(__file__).resolve().parents[1]
 S = 212  # condition frames per window: the paper's 212-feature models, 4 frames per code column
 
 
 def _fcfg() -> dict:
     """conf/features/resnet50_tiny.yaml over resnet50.yaml: the real pipeline with an 8x narrower random net."""
-    folder = ROOT / "conf" / "features"
-    tiny = OmegaConf.load(folder / "resnet50_tiny.yaml")
-    tiny.pop("defaults")
-    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(folder / "resnet50.yaml"), tiny))
+    return features_preset("resnet50_tiny")
 
 
 def _video(path: Path, seconds: float, fps: float = 10.0) -> Path:
@@ -114,7 +111,7 @@ def test_a_25_s_video_gets_25_s_of_sound(models, tmp_path, capsys):
 
 
 def test_the_sample_stage_gives_a_long_video_its_whole_length_by_default(models, tmp_path):
-    from pipeline.sample_stage import sample_user_clip
+    from pipeline.generation import sample_user_clip
 
     video = _video(tmp_path / "long.mp4", 12.0)
     settings = {"mode": "nopix", "temperature": 1.0, "top_k": 8, "top_p": None}

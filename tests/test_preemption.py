@@ -12,9 +12,7 @@ from pathlib import Path
 
 import torch
 
-from tests.test_train_transformer import make_codebook, make_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, make_codebook, make_dataset
 
 
 def _start(outputs: Path, codebook: Path, max_steps: int) -> subprocess.Popen:

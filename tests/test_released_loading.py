@@ -21,7 +21,7 @@ from models.vggishish import VGGishish
 from pipeline.checkpoints import UnsafeCheckpointError, locate, read_checkpoint
 from pipeline.pretrained import load_classifier, load_codebook, load_transformer, load_vocoder
 from pipeline.sampling import sample
-from tests.test_classifiers import SMALL_VGG, _fast_melception
+from tests.helpers import SMALL_VGG, fast_melception
 
 CODEBOOK = "2021-01-01T00-00-00_vas_codebook"
 TRANSFORMER = "2021-01-01T00-00-01_vas_transformer"
@@ -319,7 +319,7 @@ def _released_training_dict(path: Path, model: torch.nn.Module) -> Path:
 def test_released_classifiers_load_with_their_normalisation(shared_dir, tmp_path):
     stats_file = shared_dir / "data" / "normalization" / STATS
     table = np.loadtxt(stats_file, dtype=np.float32)
-    melception = _fast_melception(9).eval()
+    melception = fast_melception(9).eval()
     mel_dir = tmp_path / "evaluation" / "logs" / "21-05-10T09-28-40"
     mel_dir.mkdir(parents=True)
     mel_file = _released_training_dict(mel_dir / "melception-21-05-10T09-28-40.pt", melception)

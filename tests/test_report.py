@@ -14,8 +14,7 @@ from pipeline.audio import save_wav
 from pipeline.events import onset_frames
 from pipeline.mel import mel_spectrogram
 from pipeline.report import ASSETS, ClipView, local_links, write_report
-from tests.test_events import bursts
-from tests.test_train_transformer import write_video
+from tests.helpers import bursts, write_clip
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -34,7 +33,7 @@ def report(tmp_path_factory) -> Path:
         real_mel, fake_mel = mel_spectrogram(real)[:, :848], mel_spectrogram(fake)[:, :848]
         save_wav(folder / ASSETS / f"real_{i}.wav", real, SR)
         save_wav(folder / "cls_0" / f"video_{i}_mel_sample_0.wav", fake, SR)
-        video = write_video(folder / ASSETS / f"video_{i}.mp4", 2.0, fps=10, size=32)
+        video = write_clip(folder / ASSETS / f"video_{i}.mp4", 2.0, fps=10, size=32)
         clips.append(ClipView(f"{label}/video_{i}", label, real_mel, fake_mel, np.array(events_s) * SR / HOP,
                               onset_frames(real_mel), onset_frames(fake_mel), f"{ASSETS}/real_{i}.wav",
                               f"cls_0/video_{i}_mel_sample_0.wav", video.relative_to(folder).as_posix(), label))

@@ -13,9 +13,7 @@ import pytest
 from pipeline.config import run_name
 from pipeline.io import save_torch
 from pipeline.run_identity import RunFolderMismatch, check_run_folder, record_start
-from tests.test_train_transformer import make_codebook, make_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, make_codebook, make_dataset
 
 
 def _train(outputs: Path, *overrides: str) -> subprocess.CompletedProcess:

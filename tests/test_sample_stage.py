@@ -12,27 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipeline.extraction import ClipError
 from pipeline.io import save_pickle
-from pipeline.sample_stage import run
-from tests.test_train_transformer import (
-    ROOT,
-    make_codebook,
-    make_dataset,
-    make_transformer,
-    write_video,
-)
+from pipeline.stages.sample import run
+from tests.helpers import ROOT, features_preset, make_codebook, make_dataset, make_transformer, write_clip
 
-
-def features_preset(name: str) -> dict:
-    """conf/features/<name>.yaml merged over its defaults, as plain containers."""
-    cfg = OmegaConf.load(ROOT / "conf" / "features" / f"{name}.yaml")
-    parents = [OmegaConf.load(ROOT / "conf" / "features" / f"{p}.yaml") for p in cfg.pop("defaults", [])
-               if p != "_self_"]
-    return OmegaConf.to_container(OmegaConf.merge(*parents, cfg))
+SAMPLE = ("sample", "dataset=demo", "logger=none", "device=cpu")  # the stage's config, on CPU, no logger
 
 
 @pytest.fixture
@@ -46,16 +33,11 @@ def models(outputs: Path, tmp_path: Path) -> dict[str, Path]:
 @pytest.fixture
 def melgan(original_fixtures) -> str:
     """The original's small MelGAN generator: a real vocoder much faster than Griffin-Lim on CPU."""
-    return f"vocoder_ckpt={original_fixtures / 'melgan_netG_small.pt'}"
+    return f"vocoder.ckpt={original_fixtures / 'melgan_netG_small.pt'}"
 
 
-def _cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("sample", overrides=["dataset=demo", "logger=none", "device=cpu", *overrides])
-
-
-def test_split_layout_manifest_skip_and_settings_guard(models, melgan, tmp_path):
-    cfg = _cfg(f"transformer_ckpt={models['split']}", "batch_size=2", melgan)
+def test_split_layout_manifest_skip_and_settings_guard(models, melgan, tmp_path, compose):
+    cfg = compose(*SAMPLE, f"transformer.ckpt={models['split']}", "batch_size=2", melgan)
     result = run(cfg, run_dir=tmp_path / "run")
     out = tmp_path / "run" / "samples" / "valid"
     assert result["written"] == 2 and result["skipped"] == 0
@@ -73,10 +55,11 @@ def test_split_layout_manifest_skip_and_settings_guard(models, melgan, tmp_path)
     assert run(cfg, run_dir=tmp_path / "run") == {"written": 0, "skipped": 2, "out": out}
     assert (out / "cls_0" / "video_00001_mel_sample_0.npy").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="other settings.*temperature"):
-        run(_cfg(f"transformer_ckpt={models['split']}", "temperature=0.5"), run_dir=tmp_path / "run")
+        run(compose(*SAMPLE, f"transformer.ckpt={models['split']}", "sampling.temperature=0.5"),
+            run_dir=tmp_path / "run")
 
-    half = run(_cfg(f"transformer_ckpt={models['split']}", "mode=half", "write_wav=false", "samples_per_clip=2"),
-               run_dir=tmp_path / "h")
+    half = run(compose(*SAMPLE, f"transformer.ckpt={models['split']}", "sampling.mode=half", "write_wav=false",
+                       "samples_per_clip=2"), run_dir=tmp_path / "h")
     assert half["written"] == 4 and not list((tmp_path / "h").rglob("*.wav"))
     assert (tmp_path / "h" / "samples" / "valid" / "cls_1" / "video_00001_mel_sample_1.npy").exists()
 
@@ -91,10 +74,10 @@ def _audio_seconds(path: Path) -> float:
 
 
 def test_user_video_through_the_stage_gives_a_wav_and_an_mp4(models, melgan, outputs, tmp_path):
-    video = write_video(tmp_path / "in" / "clip.mp4", 2.0)
+    video = write_clip(tmp_path / "in" / "clip.mp4", 2.0)
     env = {**os.environ, "SPECVQGAN_OUTPUTS": str(outputs), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "stages.sample", "dataset=demo", "logger=none", "device=cpu",
-                             f"video={video}", f"transformer_ckpt={models['video']}", melgan], cwd=ROOT, env=env,
+                             f"video={video}", f"transformer.ckpt={models['video']}", melgan], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     (wav,) = (outputs / "sample" / "demo").rglob("clip_sample_0.wav")
@@ -104,12 +87,12 @@ def test_user_video_through_the_stage_gives_a_wav_and_an_mp4(models, melgan, out
     assert wav.with_suffix(".npy").exists()
 
 
-def test_user_input_errors(models, tmp_path):
-    cfg = _cfg(f"transformer_ckpt={models['video']}")
-    no_frames = write_video(tmp_path / "sound_only.mp4", 1.0, picture=False)
+def test_user_input_errors(models, tmp_path, compose):
+    cfg = compose(*SAMPLE, f"transformer.ckpt={models['video']}")
+    no_frames = write_clip(tmp_path / "sound_only.mp4", 1.0, picture=False)
     with pytest.raises(ClipError, match="sound_only.mp4 has no video stream"):
         run(OmegaConf.merge(cfg, {"video": str(no_frames)}), run_dir=tmp_path / "run")
-    short = write_video(tmp_path / "short.mp4", 0.5)
+    short = write_clip(tmp_path / "short.mp4", 0.5)
     with pytest.raises(ValueError, match="0.50 s long.*at least 1 s"):
         run(OmegaConf.merge(cfg, {"video": str(short)}), run_dir=tmp_path / "run")
     save_pickle(tmp_path / "wrong.pkl", np.zeros((215, 2048), np.float32))
@@ -118,7 +101,7 @@ def test_user_input_errors(models, tmp_path):
 
 
 def test_condition_derangement_gives_no_clip_its_own_condition():
-    from pipeline.sample_stage import condition_derangement
+    from pipeline.stages.sample import condition_derangement
 
     for n in (2, 3, 8, 25):
         cond_of = condition_derangement(n, seed=1337)
@@ -133,16 +116,16 @@ def test_condition_derangement_gives_no_clip_its_own_condition():
         condition_derangement(1, 0)
 
 
-def test_condition_shuffle_and_the_av_benchmark_layout(models, melgan, outputs, tmp_path):
+def test_condition_shuffle_and_the_av_benchmark_layout(models, melgan, outputs, tmp_path, compose):
     from pipeline.io import save_npy
 
     root = outputs / "demo_data"
-    write_video(root / "videos" / "chirp" / "video_00001.mp4", 2.0)  # one clip with its video ...
+    write_clip(root / "videos" / "chirp" / "video_00001.mp4", 2.0)  # one clip with its video ...
     save_npy(root / "features" / "noise" / "melspec_10s_22050hz" / "video_00001_audio.npy",  # ... one without
              (0.1 * np.sin(np.arange(220500) / 10)).astype(np.float32))
-    common = [f"transformer_ckpt={models['split']}", "batch_size=2", "samples_per_clip=2"]
-    run(_cfg(*common, melgan, "av_benchmark=true"), run_dir=tmp_path / "run")
-    run(_cfg(*common, "condition_shuffle=true", "write_wav=false"), run_dir=tmp_path / "shuffled")
+    common = [f"transformer.ckpt={models['split']}", "batch_size=2", "samples_per_clip=2"]
+    run(compose(*SAMPLE, *common, melgan, "av_benchmark=true"), run_dir=tmp_path / "run")
+    run(compose(*SAMPLE, *common, "condition_shuffle=true", "write_wav=false"), run_dir=tmp_path / "shuffled")
 
     plain = list(csv.DictReader((tmp_path / "run" / "samples" / "valid" / "manifest.csv").open()))
     shuffled = list(csv.DictReader((tmp_path / "shuffled" / "samples" / "valid" / "manifest.csv").open()))
@@ -166,4 +149,4 @@ def test_condition_shuffle_and_the_av_benchmark_layout(models, melgan, outputs, 
     readme = (bench / "README.md").read_text()
     assert "evaluate.py --gt_audio" in readme and "extract_video.py" in readme and "1 clip(s) have no video" in readme
     with pytest.raises(ValueError, match="av_benchmark=true needs the samples' wavs"):
-        run(_cfg(*common, "write_wav=false", "av_benchmark=true"), run_dir=tmp_path / "nowav")
+        run(compose(*SAMPLE, *common, "write_wav=false", "av_benchmark=true"), run_dir=tmp_path / "nowav")

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_train_transformer import make_codebook, make_dataset
+from tests.helpers import ROOT, make_codebook, make_dataset, write_clip
 
-ROOT = Path(__file__).resolve().parents[1]
 # what one CPU of the test node can always give; the presets' GPUs, 8 CPUs and 64 GB would never start here
 TINY = ["hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
         "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=30"]
@@ -173,17 +172,13 @@ def test_a_two_task_job_trains_as_two_ranks_into_one_folder(slurm_cluster, demo,
     assert len(steps) == 1
 
 
-def test_an_array_job_fills_in_a_half_done_extraction(slurm_cluster, outputs):
-    from hydra import compose, initialize_config_dir
-
-    from pipeline.mel_stage import run
-    from tests.test_extract_mels import write_clip
+def test_an_array_job_fills_in_a_half_done_extraction(slurm_cluster, outputs, compose):
+    from pipeline.stages.extract_mels import run
 
     data = outputs / "demo_data"
     for k in range(4):
-        write_clip(data / "videos" / "dog" / f"clip{k}.mp4", 1.0)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("extract_mels", overrides=["dataset=demo", "chain=direct", "shard=0", "num_shards=2"])
+        write_clip(data / "videos" / "dog" / f"clip{k}.mp4", 1.0, audio="chirp")
+    cfg = compose("extract_mels", "dataset=demo", "chain=direct", "shard=0", "num_shards=2")
     run(cfg, run_dir=outputs / "half")  # shard 0 of 2 done before: clip0, clip2
     mels = data / "features" / "dog" / "melspec_10s_22050hz"
     done = {p.name: p.stat().st_mtime_ns for p in mels.glob("*_mel.npy")}

@@ -11,19 +11,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.tasks.classifier import (
-    STATS_NAME,
-    ClassifierTask,
-    Normalize,
-    compute_stats,
-    read_stats,
-    recalibrate_bn,
-    resolve_stats,
-    save_stats,
-)
+from pipeline.data.normalization import STATS_NAME, Normalize, compute_stats, read_stats, resolve_stats, save_stats
+from pipeline.tasks.classifier import ClassifierTask, recalibrate_bn
 from pipeline.train import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -45,30 +36,20 @@ def demo_mels(tmp_path_factory) -> dict:
     return dataset
 
 
-def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import pipeline.config  # noqa: F401
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose("train_classifier", overrides=list(overrides))
-
-
-def test_presets_compose_with_the_papers_values():
-    mel = compose("classifier=melception", "dataset=vggsound")
+def test_presets_compose_with_the_papers_values(compose):
+    mel = compose("train_classifier", "classifier=melception", "dataset=vggsound")
     assert mel.classifier.optim.batch_size == 8 and mel.classifier.optim.weight_decay == 0
     assert mel.classifier.model.width == 1.0 and mel.trainer.max_epochs == 100
     assert mel.trainer.early_stop_patience == 3 and mel.data.crop_len == 848
     assert mel.classifier.stats.endswith("normalization/" + STATS_NAME)
-    vgg = compose("classifier=vggishish")
+    vgg = compose("train_classifier", "classifier=vggishish")
     assert vgg.classifier.optim.batch_size == 32 and vgg.classifier.optim.weight_decay == 1e-4
     assert list(vgg.classifier.optim.betas) == [0.9, 0.999] and vgg.classifier.optim.lr == 3e-4
     for tiny in ("melception_tiny", "vggishish_tiny"):
-        cfg = compose(f"classifier={tiny}", "dataset=demo")
+        cfg = compose("train_classifier", f"classifier={tiny}", "dataset=demo")
         assert cfg.classifier.stats is None and cfg.trainer.max_steps > 0
     assert not mel.classifier.get("bn_recalibration_batches")  # the paper's: BN statistics as the original's
-    assert compose("classifier=melception_tiny").classifier.bn_recalibration_batches > 0
+    assert compose("train_classifier", "classifier=melception_tiny").classifier.bn_recalibration_batches > 0
 
 
 def test_recalibrate_bn_sets_the_average_batch_statistics():
@@ -94,13 +75,13 @@ def test_shipped_statistics_read(shared_dir):
 def test_statistics_follow_the_original_recipe(demo_mels, tmp_path):
     from pipeline.data import SpectrogramDataset
 
-    mean, std = compute_stats(demo_mels, "train")
+    mean, std = compute_stats(demo_mels, "train", spec_len=860)
     ds = SpectrogramDataset(demo_mels, "train", crop_len=860)
     mels = np.stack([ds.load_mel(i).astype(np.float64) for i in range(len(ds))])  # (N, 80, 860)
     assert np.allclose(mean, mels.mean(axis=2).mean(axis=0))
     assert np.allclose(std, mels.std(axis=2).mean(axis=0))  # mean of per-clip stds, not a pooled std
     # a missing file: computed and written (original format) to the run folder; then read back
-    got_mean, got_std = resolve_stats(str(tmp_path / "missing.txt"), demo_mels, "train", tmp_path)
+    got_mean, got_std = resolve_stats(str(tmp_path / "missing.txt"), demo_mels, "train", tmp_path, spec_len=860)
     assert np.allclose(got_mean, mean) and np.allclose(got_std, std) and (tmp_path / STATS_NAME).is_file()
     back_mean, back_std = read_stats(tmp_path / STATS_NAME)
     assert np.allclose(back_mean, mean, atol=1e-8) and np.allclose(back_std, std, atol=1e-8)

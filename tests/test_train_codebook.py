@@ -6,16 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-import pipeline.config  # noqa: F401
 from pipeline.pretrained import load_codebook
 from pipeline.tasks.codebook import CodebookTask
 from pipeline.train import Trainer
 from pipeline.train.loop import scaled_lr
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from tests.helpers import compose
 
 
 def real_vas_dataset(vas_dir: Path, tmp_path: Path) -> dict:
@@ -30,8 +27,7 @@ def real_vas_dataset(vas_dir: Path, tmp_path: Path) -> dict:
 
 
 def tiny_codebook_cfg(vas_dir: Path, tmp_path: Path, *overrides: str):
-    with initialize_config_dir(CONF, version_base="1.3"):
-        cfg = compose("train_codebook", overrides=["dataset=demo", "codebook=tiny", "logger=none", *overrides])
+    cfg = compose("train_codebook", "dataset=demo", "codebook=tiny", "logger=none", *overrides)
     with open_dict(cfg):
         cfg.dataset = real_vas_dataset(vas_dir, tmp_path)
     return cfg
@@ -116,9 +112,8 @@ def test_discriminator_judges_the_reconstruction_its_step_order_says(vas_dir, tm
 
 
 def test_paper_presets_keep_the_originals_step_order_and_a_wrong_value_is_named(vas_dir, tmp_path):
-    with initialize_config_dir(CONF, version_base="1.3"):
-        for dataset in ("vas", "vggsound"):
-            assert compose("train_codebook", overrides=[f"dataset={dataset}"]).codebook.optim.disc_step == "original"
+    for dataset in ("vas", "vggsound"):
+        assert compose("train_codebook", f"dataset={dataset}").codebook.optim.disc_step == "original"
     cfg = tiny_codebook_cfg(vas_dir, tmp_path, "codebook.optim.disc_step=later")
     with pytest.raises(ValueError, match="codebook.optim.disc_step='later' is unknown"):
         CodebookTask(cfg)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.tasks.vocoder import MelTransform, VocoderTask
+from pipeline.mel import MelTransform
+from pipeline.tasks.vocoder import VocoderTask
 from pipeline.train import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def demo_like(root: Path, clips_per_class: int = 3, num_classes: int = 2) -> dict:
@@ -59,14 +59,12 @@ def test_torch_mel_equals_original_chain_on_real_audio(vas_dir):
     assert MelTransform()(crop).shape == (1, 80, 33)
 
 
-def test_config_composes_with_paper_and_tiny_presets():
-    from hydra import compose, initialize_config_dir
+def test_config_composes_with_paper_and_tiny_presets(compose):
 
     import pipeline.config  # noqa: F401
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        paper = compose("train_vocoder", overrides=["dataset=vggsound"])
-        demo = compose("train_vocoder", overrides=["dataset=demo"])
+    paper = compose("train_vocoder", "dataset=vggsound")
+    demo = compose("train_vocoder", "dataset=demo")
     assert paper.vocoder.model.netG.ngf == 32 and paper.vocoder.optim.batch_size == 64
     assert paper.vocoder.loss.lambda_feat == 10 and list(paper.vocoder.optim.betas) == [0.5, 0.9]
     assert paper.trainer.max_epochs == 3000

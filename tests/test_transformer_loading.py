@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import pipeline.config  # noqa: F401  (registers resolvers)
 from pipeline.pretrained import load_transformer
 from pipeline.pretrained.transformer import (
     build_transformer,
@@ -18,8 +15,7 @@ from pipeline.pretrained.transformer import (
     check_compatible,
     model_args_from_config,
 )
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from tests.helpers import compose
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +26,7 @@ def small(original_fixtures):
 
 
 def transformer_cfg(preset: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="base", overrides=[f"+transformer={preset}", *overrides]).transformer
+    return compose("base", f"+transformer={preset}", *overrides).transformer
 
 
 def test_original_checkpoint_loads_and_computes_the_originals_logits(small):
@@ -84,34 +79,34 @@ def test_our_checkpoint_round_trip_and_config_check(small, tmp_path):
         )
     # a config with another condition size is refused before any weights are read
     tiny = transformer_cfg(
-        "tiny", "transformer.vocab_size=16", "transformer.n_head=2", "transformer.feat_sample_size=212"
+        "tiny", "transformer.n_head=2", "transformer.feat_sample_size=212"
     )
     with pytest.raises(ValueError, match="feat_sample_size.*5.*212"):
         load_transformer(ours, cfg=tiny)
     check_compatible(
-        original.model_args, transformer_cfg("tiny", "transformer.vocab_size=16", "transformer.feat_sample_size=5")
-    )  # 5 feats: fits
+        original.model_args, transformer_cfg("tiny", "transformer.feat_sample_size=5"), vocab_size=16
+    )  # 5 feats over its 16-code codebook: fits
     with pytest.raises(ValueError, match="block_size"):
         check_compatible(original.model_args, transformer_cfg("vas"))
 
 
 def test_config_presets_derive_block_size():
     assert transformer_cfg("vas").block_size == 477
-    assert transformer_cfg("vggsound").block_size == 477 and transformer_cfg("vggsound").vocab_size == 1024
+    assert transformer_cfg("vggsound").block_size == 477 and "vocab_size" not in transformer_cfg("vggsound")
     assert transformer_cfg("vas", "transformer.feat_sample_size=5").block_size == 270
     assert transformer_cfg("vas", "transformer.condition=class").block_size == 266
     tiny = transformer_cfg("tiny")
     assert (tiny.n_layer, tiny.n_embd, tiny.n_head, tiny.block_size) == (2, 64, 4, 265 + 53)  # a frame per column
-    args = model_args_from_config(tiny)
-    assert args["grid"] == [5, 53] and args["condition"] == "features"
+    args = model_args_from_config(tiny, 32)
+    assert args["grid"] == [5, 53] and args["condition"] == "features" and args["vocab_size"] == 32
 
 
 @pytest.mark.parametrize("dataset", ["vas", "vggsound"])
 def test_paper_models_have_the_originals_keys_and_shapes(dataset, original_fixtures):
     keys = json.loads((original_fixtures / "original_keys.json").read_text())
-    vq = OmegaConf.to_container(OmegaConf.load(CONF / "codebook" / f"{dataset}.yaml").model)
+    vq = OmegaConf.to_container(compose("train_codebook", f"codebook={dataset}").codebook.model)  # inherits vas
     for feats in (1, 5, 212):
-        args = model_args_from_config(transformer_cfg(dataset, f"transformer.feat_sample_size={feats}"))
+        args = model_args_from_config(transformer_cfg(dataset, f"transformer.feat_sample_size={feats}"), vq["n_embed"])
         model = build_transformer(args, build_vqmodel(vq, device="meta"), device="meta")
         got = {k: list(v.shape) for k, v in model.state_dict().items()}
         assert got == keys[f"transformer_{dataset}_{feats}feats"]

@@ -1,7 +1,7 @@
 """The zoo: the registry against the ground truth (the spec's README tables, the original's md5 files), and the
 released models used by name end to end against a real HTTP server on 127.0.0.1: `stages.sample video=...
 model=<fixture entry>` from download to mp4, the backbone-weights error, `stages.codec` and `stages.evaluate` by
-name, and one row of table (c) from the released-layout fixtures with `launch.paper_table`."""
+name, and one row of table (c) from the released-layout fixtures with `stages.paper_table`."""
 from __future__ import annotations
 
 import os
@@ -15,13 +15,11 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 
 from pipeline.zoo import REGISTRY, Zoo
-from tests.conftest import SHARED
+from tests.helpers import ROOT, SHARED, compose, hydra_conf, write_clip
 from tests.zoo_server import SHARED_RELEASED, FileServer, tar_gz
 
-ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER_RUN = "2021-01-01T00-00-01_vas_transformer"
 CODEBOOK_RUN = "2021-01-01T00-00-00_vas_codebook"
 STATS = SHARED / "data" / "normalization" / "train_means_stds_melspec_10s_22050hz.txt"
@@ -73,7 +71,7 @@ def test_registry_has_every_release_with_the_published_md5_and_numbers():
 
 
 def test_paper_settings_of_a_row():
-    from pipeline.paper_table import pick_rows, row_settings
+    from pipeline.stages.paper_table import pick_rows, row_settings
 
     zoo = Zoo()
     (row,) = pick_rows(zoo, "c", ["212feats_bn"])
@@ -91,7 +89,7 @@ def test_paper_settings_of_a_row():
 # ------------------------------------------------------------------------------------ served fixtures
 def _calibrate_batch_norm(model) -> None:
     """Running BN statistics from the real VAS mels, so a random Melception's features tell clips apart."""
-    from pipeline.tasks.classifier import Normalize, read_stats
+    from pipeline.data.normalization import Normalize, read_stats
 
     mels = [np.load(p)[:, 6:854] for p in sorted((SHARED / "data" / "vas" / "features").glob("*/melspec*/*.npy"))]
     x = Normalize(*read_stats(STATS))(torch.from_numpy(np.stack(mels)).float(), zero_one=True)
@@ -149,12 +147,11 @@ def _env(tmp_path: Path) -> dict:
 def test_sample_a_video_with_a_released_model_by_name_from_download_to_mp4(served, tmp_path, original_fixtures):
     import av
 
-    from tests.test_train_transformer import write_video
 
-    video = write_video(tmp_path / "in" / "clip.mp4", 1.5)   # short: full-width ResNet50 costs ~0.4 s a frame here
+    video = write_clip(tmp_path / "in" / "clip.mp4", 1.5)   # short: full-width ResNet50 costs ~0.4 s a frame here
     args = [sys.executable, "-m", "stages.sample", "dataset=vas", "logger=none", "device=cpu", f"video={video}",
             f"model={ENTRY}", f"zoo.registry={served['registry']}", "feature_weights=random",
-            f"vocoder_ckpt={original_fixtures / 'melgan_netG_small.pt'}"]
+            f"vocoder.ckpt={original_fixtures / 'melgan_netG_small.pt'}"]
     result = subprocess.run(args, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert f"[zoo] {ENTRY} is not in" in result.stdout                        # fetched on the way
@@ -173,14 +170,12 @@ def test_sample_a_video_with_a_released_model_by_name_from_download_to_mp4(serve
 
 
 def _sample_cfg(served, tmp_path, *overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("sample", overrides=["dataset=vas", "logger=none", "device=cpu",
-                                            f"paths.models={tmp_path / 'models'}",
-                                            f"zoo.registry={served['registry']}", *overrides])
+    return compose("sample", "dataset=vas", "logger=none", "device=cpu", f"paths.models={tmp_path / 'models'}",
+                   f"zoo.registry={served['registry']}", *overrides)
 
 
 def test_without_backbone_weights_the_error_names_the_key_and_the_source(served, tmp_path):
-    from pipeline.sample_stage import run
+    from pipeline.stages.sample import run
 
     cfg = _sample_cfg(served, tmp_path, f"video={VIDEO}", f"model={ENTRY}")
     with pytest.raises(ValueError, match=r"trained on resnet50 features .*pass feature_weights=PATH.*"
@@ -189,7 +184,7 @@ def test_without_backbone_weights_the_error_names_the_key_and_the_source(served,
 
 
 def test_offline_the_error_names_the_download_command(served, tmp_path):
-    from pipeline.sample_stage import run
+    from pipeline.stages.sample import run
     from pipeline.zoo import ZooError
 
     cfg = _sample_cfg(served, tmp_path, f"video={VIDEO}", f"model={ENTRY}", "zoo.fetch=false")
@@ -198,12 +193,11 @@ def test_offline_the_error_names_the_download_command(served, tmp_path):
 
 
 def test_codec_by_released_name(served, tmp_path):
-    from pipeline.codec import run
+    from pipeline.stages.codec import run
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("codec", overrides=["mode=encode", f"input={VIDEO}", f"output={tmp_path / 'clip.svqc'}",
-                                          "codebook.ckpt=fixture_vas_codebook", f"paths.models={tmp_path / 'models'}",
-                                          f"zoo.registry={served['registry']}", "device=cpu"])
+    cfg = compose("codec", "mode=encode", f"input={VIDEO}", f"output={tmp_path / 'clip.svqc'}",
+                  "codebook.ckpt=fixture_vas_codebook", f"paths.models={tmp_path / 'models'}",
+                  f"zoo.registry={served['registry']}", "device=cpu")
     (report,) = run(cfg, run_dir=tmp_path / "run")
     assert (tmp_path / "clip.svqc").is_file() and report.bits_per_code == 4       # 16 codes
     assert (tmp_path / "models" / CODEBOOK_RUN / "checkpoints" / "epoch_000.ckpt").is_file()
@@ -223,13 +217,13 @@ def vas_valid(tmp_path, vas_dir) -> Path:
 
 
 def test_one_row_of_table_c_from_the_released_fixtures(served, tmp_path, vas_valid):
-    from pipeline.paper_table import run
+    from pipeline.stages.paper_table import run
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("paper_table", overrides=[
-            "table=c", f"rows=[{ENTRY}]", "samples_per_video=2", "device=cpu", "logger=none",
-            f"paths.models={tmp_path / 'models'}", f"paths.data={vas_valid}", f"paths.outputs={tmp_path / 'out'}",
-            f"zoo.registry={served['registry']}", "eval_batch_size=8", "degenerate_metrics=compute"])
+    cfg = compose(
+        "paper_table", "table=c", f"rows=[{ENTRY}]", "samples_per_video=2", "device=cpu", "logger=none",
+        f"paths.models={tmp_path / 'models'}", f"paths.data={vas_valid}", f"paths.outputs={tmp_path / 'out'}",
+        f"zoo.registry={served['registry']}", "eval_batch_size=8", "degenerate_metrics=compute")
+    with hydra_conf():  # the table composes each row's sample and evaluate configs
         result = run(cfg)
     row = result["results"][ENTRY]
     assert row["num_fakes"] == 2 * 10 and row["num_reals"] == 10 and row["top_k"] == 64
@@ -245,10 +239,9 @@ def test_one_row_of_table_c_from_the_released_fixtures(served, tmp_path, vas_val
 def test_train_transformer_takes_a_released_codebook_by_name(served, tmp_path):
     from pipeline.tasks.transformer import preflight
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train_transformer", overrides=[
-            "dataset=vas", "codebook.ckpt=fixture_vas_codebook", "transformer.vocab_size=16",
-            f"paths.models={tmp_path / 'models'}", f"zoo.registry={served['registry']}"])
+    cfg = compose(
+        "train_transformer", "dataset=vas", "codebook.ckpt=fixture_vas_codebook",
+        f"paths.models={tmp_path / 'models'}", f"zoo.registry={served['registry']}")
     codebook = preflight(cfg, run_dir=None)
     assert int(codebook.n_embed) == 16
     assert (tmp_path / "models" / CODEBOOK_RUN / "configs" / "2021-01-01T00-00-00-project.yaml").is_file()

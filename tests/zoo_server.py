@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from tests.conftest import SHARED
+from tests.helpers import SHARED
 
 SHARED_RELEASED = SHARED / "fixtures" / "original" / "released"
 

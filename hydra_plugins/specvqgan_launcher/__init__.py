@@ -76,8 +76,7 @@ class _Launcher(BaseSubmititLauncher):
         except Exception as error:  # submitit wraps sbatch's stderr in a FailedJobError
             raise SystemExit(cluster.sbatch_refusal(error)) from None
         log.info("submitted %s", " ".join(str(j.job_id) for j in jobs))
-        if self._EXECUTOR == "slurm":
-            cluster.wait_watching_reasons(jobs)
+        cluster.wait_for_jobs(jobs, slurm=self._EXECUTOR == "slurm")
         rows, returns = [], []
         for job, overrides in zip(jobs, job_overrides):
             row, ret = cluster.summary_row(job, filter_overrides(overrides), None)

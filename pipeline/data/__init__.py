@@ -2,13 +2,15 @@
 
 - layout:   where a clip's mel / waveform / feature files lie, split files, labels (`Labels`)
 - features: `load_features` (pad to feat_len, crop to feat_crop_len), `resample_frames`, `FeatureSampler`
-- datasets: `SpectrogramDataset`, `ConditionedDataset`, `WaveformDataset`
+- datasets: `SpectrogramDataset`, `ConditionedDataset` (and `batch_condition`, a batch's GPT condition),
+  `WaveformDataset`
 Pickled features are read only through `pipeline.safe_pickle.load_pickle_array`.
 """
 from pipeline.data.datasets import (
     ConditionedDataset,
     SpectrogramDataset,
     WaveformDataset,
+    batch_condition,
 )
 from pipeline.data.features import (
     FeatureSampler,
@@ -36,6 +38,7 @@ __all__ = [
     "SpectrogramDataset",
     "WaveformDataset",
     "audio_path",
+    "batch_condition",
     "feature_path",
     "kind_path",
     "load_features",

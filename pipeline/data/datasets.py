@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.data.features import FeatureSampler, center_offset, load_features
+from pipeline.data.features import FeatureSampler, center_offset, condition_rows, load_streams
 from pipeline.data.layout import (
     Labels,
     audio_path,
@@ -22,8 +22,8 @@ from pipeline.data.layout import (
     require_files,
     split_ids,
 )
+from pipeline.mel import CROP_LEN, N_MELS, SPEC_LEN
 
-N_MELS = 80
 CONDITIONS = ("features", "class", "none")
 
 
@@ -39,8 +39,8 @@ class SpectrogramDataset(Dataset):
     (the mel file). The stored (80, 860) mel is cropped at the centre (columns 6..853) or at random.
     """
 
-    def __init__(self, dataset_cfg: Mapping[str, Any], split: str, spec_len: int = 860, crop_len: int = 848,
-                 random_crop: bool = False, check_files: bool = True):
+    def __init__(self, dataset_cfg: Mapping[str, Any], split: str, *, spec_len: int = SPEC_LEN,
+                 crop_len: int = CROP_LEN, random_crop: bool = False, check_files: bool = True):
         self.dataset_cfg = dataset_cfg
         self.split = split
         self.spec_len, self.crop_len = int(spec_len), int(crop_len)
@@ -98,11 +98,12 @@ class ConditionedDataset(SpectrogramDataset):
     """
 
     def __init__(self, dataset_cfg: Mapping[str, Any], features_cfg: Mapping[str, Any], split: str,
-                 feat_sample_size: int, condition: str = "features", random_crop: bool = False,
-                 spec_len: int = 860, crop_len: int = 848, check_files: bool = True):
+                 feat_sample_size: int, condition: str = "features", random_crop: bool = False, *,
+                 spec_len: int = SPEC_LEN, crop_len: int = CROP_LEN, check_files: bool = True):
         if condition not in CONDITIONS:
             raise ValueError(f"condition={condition!r} is unknown: use one of {CONDITIONS}")
-        super().__init__(dataset_cfg, split, spec_len, crop_len, random_crop, check_files)
+        super().__init__(dataset_cfg, split, spec_len=spec_len, crop_len=crop_len, random_crop=random_crop,
+                         check_files=check_files)
         self.features_cfg = features_cfg
         self.condition = condition
         self.depth = int(features_cfg["depth"])
@@ -134,11 +135,24 @@ class ConditionedDataset(SpectrogramDataset):
         mel_offset, feat_offset = self.offsets()
         item = self.spectrogram_item(index, mel_offset)
         if self.condition == "features":
-            feats = load_features(self.dataset_cfg, self.features_cfg, self.ids[index], offset=feat_offset)
-            item["feature"] = self.sampler(feats)  # (S, depth)
+            feats = load_streams(self.dataset_cfg, self.features_cfg, self.ids[index])
+            item["feature"] = condition_rows(feats, self.feat_len, self.feat_crop_len, self.sampler.size,
+                                             feat_offset)  # (S, depth)
         elif self.condition == "none":
             item["feature"] = torch.rand(self.sampler.size, self.depth).numpy()  # (S, depth), U[0, 1)
         return item
+
+
+def batch_condition(batch: Mapping[str, Any], condition: str, device: torch.device | None = None) -> torch.Tensor:
+    """The GPT's condition from a collated ConditionedDataset batch.
+
+    features / none: `feature` (B, S, D) -> (B, D, S) float32 (GPTFeats' Conv1d layout); class: `target` (B,) int64.
+    """
+    if condition == "class":
+        cond = torch.as_tensor(batch["target"]).long()  # (B,)
+    else:
+        cond = torch.as_tensor(batch["feature"]).float().permute(0, 2, 1)  # (B, S, D) -> (B, D, S)
+    return cond.to(device) if device is not None else cond
 
 
 class WaveformDataset(Dataset):

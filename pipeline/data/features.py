@@ -4,6 +4,8 @@ A clip's features are the pickled (T, D_i) arrays of `features.folders`, concate
 (BN-Inception RGB | flow = 2048). They are zero-padded or truncated to `feat_len` (215) rows, as the
 original does (tiling to 10 s happens upstream), then cropped to `feat_crop_len` (212): the centre (rows
 1..212) or, in training, a random window. `resample_frames` picks the `S` rows the transformer sees.
+`join_streams` and `condition_rows` are these steps for arrays in memory: the data set, the feature stage and
+the sample stage (a user's video) all go through them.
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import numpy as np
 
 from pipeline.data.layout import feature_path
 from pipeline.safe_pickle import load_pickle_array
+
+FEAT_LEN = 215       # rows of one clip's features (10 s at 21.5 fps); conf/base.yaml clip.feat_len
+FEAT_CROP_LEN = 212  # rows the models see, the centre crop; conf/base.yaml clip.feat_crop_len
 
 
 def pad_or_truncate(x: np.ndarray, length: int) -> np.ndarray:
@@ -31,6 +36,24 @@ def center_offset(total: int, crop: int) -> int:
     return (total - crop) // 2
 
 
+def join_streams(streams, feat_len: int) -> np.ndarray:
+    """Streams (T_i, D_i) -> (feat_len, sum of D_i) float32: each padded / truncated to feat_len, concatenated
+    along features ([RGB | flow])."""
+    return np.concatenate([pad_or_truncate(np.asarray(x, np.float32), feat_len) for x in streams], axis=1)
+
+
+def condition_rows(feats: np.ndarray, feat_len: int, feat_crop_len: int, sample_size: int,
+                   offset: int | None = None) -> np.ndarray:
+    """(T, D) features -> the (sample_size, D) rows the transformer sees: padded / truncated to `feat_len`,
+    cropped to `feat_crop_len` rows (the centre, or from `offset`), resampled (ResampleFrames)."""
+    feats = pad_or_truncate(np.asarray(feats, np.float32), feat_len)
+    if offset is None:
+        offset = center_offset(feat_len, feat_crop_len)
+    if not 0 <= offset <= feat_len - feat_crop_len:
+        raise ValueError(f"feature crop offset {offset} out of range 0..{feat_len - feat_crop_len}")
+    return FeatureSampler(sample_size, feat_crop_len)(feats[offset:offset + feat_crop_len])
+
+
 def load_streams(dataset_cfg: Mapping[str, Any], features_cfg: Mapping[str, Any], clip_id: str) -> np.ndarray:
     """(feat_len, depth) float32: every stream padded / truncated to feat_len, concatenated along features."""
     feat_len = int(features_cfg["feat_len"])
@@ -42,8 +65,8 @@ def load_streams(dataset_cfg: Mapping[str, Any], features_cfg: Mapping[str, Any]
         if x.ndim != 2 or x.shape[0] == 0:
             raise ValueError(f"{path}: features have shape {x.shape}, expected (frames, dim): re-extract it "
                              f"with stages.extract_features")
-        streams.append((path, pad_or_truncate(x.astype(np.float32, copy=False), feat_len)))
-    feats = np.concatenate([x for _, x in streams], axis=1)  # (feat_len, sum of stream dims)
+        streams.append((path, x))
+    feats = join_streams([x for _, x in streams], feat_len)  # (feat_len, sum of stream dims)
     if feats.shape[1] != depth:
         widths = ", ".join(f"{p} -> {x.shape[1]}" for p, x in streams)
         raise ValueError(f"features of {clip_id!r} have {feats.shape[1]} dims ({widths}), but "
@@ -84,7 +107,7 @@ def resample_frames(length: int, size: int) -> np.ndarray:
 class FeatureSampler:
     """Keeps `size` evenly spread rows of a (length, D) feature array: (length, D) -> (size, D)."""
 
-    def __init__(self, size: int, length: int = 212):
+    def __init__(self, size: int, length: int):
         self.size, self.length = int(size), int(length)
         self.indices = resample_frames(self.length, self.size)
 

@@ -18,6 +18,7 @@ import inspect
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,8 @@ from models.melception import Melception
 from models.vggishish import VGGishish
 from pipeline.checkpoints import checkpoint_format, describe, load_state_strictly, locate, read_checkpoint
 from pipeline.pretrained.released import model_files
+
+FEATURES = ("2048", "logits_unbiased", "logits")  # Melception's features for the metrics (original's features_list)
 
 KIND = "classifier"
 
@@ -125,8 +128,24 @@ def load_classifier(path: str | os.PathLike, kind: str | None = None,
     load_state_strictly(model, state_dict, path, arch, assign=True)
     stats = stats if stats is not None else (files.extras.get("stats") if normalization is None else None)
     if stats is not None:
-        from pipeline.pretrained.codebook import load_mel_stats
+        from pipeline.data.normalization import stats_tensors
 
-        normalization = load_mel_stats(stats)
+        normalization = stats_tensors(stats, "classifier.stats")
     model.normalization, model.classes = normalization, classes
     return model.eval()
+
+
+def load_melception(ckpt: str, stats: str | None, device: torch.device):
+    """(Melception in eval mode, Normalize, the classes it was trained on or None) from our or the original's file."""
+    from pipeline.data.normalization import Normalize, read_stats
+
+    model = load_classifier(ckpt, kind="melception").to(device)  # with the statistics our checkpoints hold
+    if model.normalization is not None:
+        normalize = Normalize(*model.normalization)
+    elif stats and Path(stats).is_file():
+        normalize = Normalize(*read_stats(stats))
+    else:
+        raise FileNotFoundError(f"{ckpt} holds no normalisation statistics and classifier.stats={stats!r} does not "
+                                f"exist: pass the statistics file the classifier was trained with (the released "
+                                f"Melception's: classifier.stats=vggsound_mel_stats)")
+    return model, normalize.to(device), model.classes

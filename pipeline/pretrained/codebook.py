@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 
 from models.vqgan import VQModel
@@ -52,18 +51,6 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def load_mel_stats(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (80, 2) [mean, std] txt of [0, 1] mels (train_means_stds_melspec_10s_22050hz.txt) -> (mean, std)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mel statistics {path} not found: point codebook.loss.lpaps_stats at the 80 x 2 "
-                                f"mean/std txt (made by the classifier stage), or set it to null")
-    stats = np.loadtxt(path, dtype=np.float32)
-    if stats.ndim != 2 or stats.shape[1] != 2:
-        raise ValueError(f"{path}: expected rows of [mean, std], got an array of shape {stats.shape}")
-    return torch.from_numpy(stats[:, 0].copy()), torch.from_numpy(stats[:, 1].copy())
-
-
 def _vggishish_features(path: Path) -> dict[str, torch.Tensor]:
     obj = read_checkpoint(path)  # vggishish16.pt: a training dict whose metrics are numpy scalars
     for key in ("model", "state_dict"):
@@ -88,7 +75,9 @@ def build_loss(loss_cfg: Mapping) -> VQLPAPSWithDiscriminator:
     if trunk == "random":
         trunk = None
     if stats is not None and args.get("perceptual_weight", 1.0) > 0:
-        args["lpaps_mean"], args["lpaps_std"] = load_mel_stats(stats)
+        from pipeline.data.normalization import stats_tensors
+
+        args["lpaps_mean"], args["lpaps_std"] = stats_tensors(stats, "codebook.loss.lpaps_stats")
     loss = VQLPAPSWithDiscriminator(**args)
     if trunk is not None and loss.perceptual_weight > 0:
         feats = _vggishish_features(Path(trunk))

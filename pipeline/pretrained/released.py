@@ -68,7 +68,7 @@ def model_files(path: str | os.PathLike, kind: str) -> ModelFiles:
             args = path / MELGAN_ARGS
             return ModelFiles(weights[0], path, melgan_args=read_melgan_args(args) if args.is_file() else None)
     if kind == "classifier":
-        from pipeline.tasks.classifier import STATS_NAME
+        from pipeline.data.normalization import STATS_NAME
 
         candidates = sorted(path.glob("*.pt"))
         if len(candidates) == 1:

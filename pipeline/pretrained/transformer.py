@@ -65,25 +65,29 @@ PAPER_RESOLUTION = 848  # spectrogram frames the paper's codebook was built for 
 
 # --- model arguments
 # ---------------------------------------------------------------------------------------------
-def model_args_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The constructor arguments to store in a checkpoint, from a `transformer` node (conf/transformer)."""
+def model_args_from_config(cfg: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
+    """The constructor arguments to store in a checkpoint, from a `transformer` node (conf/transformer) and the
+    codebook it is trained over (`vocab_size`: its n_embed; the config never types it)."""
     cfg = _transformer_node(cfg)
-    args = {key: _plain(cfg.get(key)) for key in GPT_KEYS}
+    args = {key: _plain(cfg.get(key)) for key in GPT_KEYS if key != "vocab_size"}
+    args["vocab_size"] = int(vocab_size)
     args["feat_sample_size"] = int(cfg["feat_sample_size"])
     args["grid"] = [int(cfg["grid"]["H"]), int(cfg["grid"]["W"])]
     return args
 
 
 def check_compatible(
-    model_args: Mapping[str, Any], cfg: Mapping[str, Any], source: str = "the checkpoint"
+    model_args: Mapping[str, Any], cfg: Mapping[str, Any], source: str = "the checkpoint",
+    vocab_size: int | None = None,
 ) -> None:
-    """Raises ValueError listing every size on which a checkpoint and a config disagree.
+    """Raises ValueError listing every size on which a checkpoint and a config disagree (and, when given, the
+    codebook's `vocab_size`).
 
     A transformer only runs with the condition size it was trained with: `pos_emb` and the masks are tied to
     block_size = 265 + S.
     """
     cfg = _transformer_node(cfg)
-    wanted = model_args_from_config(cfg)
+    wanted = model_args_from_config(cfg, model_args.get("vocab_size") if vocab_size is None else vocab_size)
     keys = ["condition", "block_size", "feat_sample_size", "vocab_size", "grid"]
     keys += ["feat_depth"] if model_args.get("condition", "features") != "class" else ["n_classes"]
     if model_args.get("condition") == "class" and wanted["condition"] == "class":

@@ -18,93 +18,22 @@ training batches' statistics (`recalibrate_bn`); the checkpoints hold these stat
 """
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pipeline.data import SpectrogramDataset, split_ids
-from pipeline.io import atomic_write
+from pipeline.data import SpectrogramDataset
+from pipeline.data.normalization import Normalize, resolve_stats
 from pipeline.train import Task
 
 log = logging.getLogger(__name__)
 
-STATS_NAME = "train_means_stds_melspec_10s_22050hz.txt"  # the original's file name for these mels
 ARCHS = ("melception", "vggishish")
-
-
-# ------------------------------------------------------------------------------------- normalisation
-def read_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std), each (80,), from the original's text file (80 rows of `mean std`)."""
-    path = Path(path)
-    try:
-        table = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read normalisation statistics from {path} ({e}): expected 80 rows of "
-                         f"`mean std`, as {STATS_NAME}") from e
-    if table.shape[1] != 2 or (table[:, 1] <= 0).any():
-        raise ValueError(f"{path}: expected rows of `mean std` with std > 0, got shape {table.shape}")
-    return table[:, 0], table[:, 1]
-
-
-def save_stats(path: str | Path, mean: np.ndarray, std: np.ndarray) -> None:
-    """Write (mean, std) in the original's format (`%0.8f`, one mel bin per row), atomically."""
-    buffer = io.StringIO()
-    np.savetxt(buffer, np.stack([mean, std], axis=1), fmt="%0.8f")
-    with atomic_write(path, "w") as f:
-        f.write(buffer.getvalue())
-
-
-def compute_stats(dataset_cfg: Mapping[str, Any], split: str, spec_len: int = 860) -> tuple[np.ndarray, np.ndarray]:
-    """The original's recipe over a split's stored mels: mean of per-clip bin means, mean of per-clip bin stds."""
-    ds = SpectrogramDataset(dataset_cfg, split, spec_len=spec_len, crop_len=spec_len)
-    means, stds = [], []
-    for i in range(len(ds)):
-        mel = ds.load_mel(i).astype(np.float64)  # (80, spec_len) in [0, 1]
-        means.append(mel.mean(axis=1))
-        stds.append(mel.std(axis=1))
-    if not means:
-        raise ValueError(f"split {split!r} of data set {dataset_cfg.get('name')!r} is empty: no statistics")
-    mean, std = np.mean(means, axis=0), np.mean(stds, axis=0)
-    return mean, np.maximum(std, 1e-8)  # a constant bin (silence) would divide by zero
-
-
-def resolve_stats(stats_path: str | None, dataset_cfg: Mapping[str, Any], split: str, out_dir: str | Path,
-                  spec_len: int = 860, write: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Read `stats_path`; if it is null or missing, compute from `split` and write `<out_dir>/STATS_NAME`
-    (when `write`: the main process only)."""
-    if stats_path and Path(stats_path).is_file():
-        log.info("normalisation statistics from %s", stats_path)
-        return read_stats(stats_path)
-    if stats_path:
-        log.warning("normalisation statistics %s do not exist: computing them from the %s split as the "
-                    "original does", stats_path, split)
-    mean, std = compute_stats(dataset_cfg, split, spec_len)
-    out = Path(out_dir) / STATS_NAME
-    if write:
-        save_stats(out, mean, std)
-    log.info("normalisation statistics of the %s split written to %s", split, out)
-    return mean, std
-
-
-class Normalize(nn.Module):
-    """[-1, 1] model image (80, T) -> (mel01 - mean_f) / std_f per mel bin (StandardNormalizeAudio)."""
-
-    def __init__(self, mean: np.ndarray | torch.Tensor, std: np.ndarray | torch.Tensor):
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32).view(-1, 1))
-        self.register_buffer("std", torch.as_tensor(np.asarray(std), dtype=torch.float32).view(-1, 1))
-
-    def forward(self, image: torch.Tensor, zero_one: bool = False) -> torch.Tensor:
-        mel01 = image.float() if zero_one else (image.float() + 1.0) / 2.0  # (B, 80, T)
-        return (mel01 - self.mean) / self.std
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -170,6 +99,7 @@ class ClassifierTask(Task):
         super().__init__()
         self.cfg = cfg
         self.ccfg = cfg.classifier
+        self.batch_size = int(self.ccfg.optim.batch_size)
         self._logits: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
 
@@ -284,31 +214,6 @@ class ClassifierTask(Task):
                 "normalization": {"mean": self.normalize.mean.flatten().cpu(),
                                   "std": self.normalize.std.flatten().cpu()}}
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.trainer.unwrap("model").state_dict())  # the original's names (features.* / Mixed_*)
-
-    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        self.trainer.unwrap("model").load_state_dict(state_dict, strict=True)
 
 
-def train_classifier(cfg: DictConfig) -> dict[str, float]:
-    """The stage: validation once per epoch unless `classifier.schedule.val_every` says otherwise, then train."""
-    from accelerate import PartialState
-
-    from pipeline.tasks.run import train
-
-    if cfg.trainer.get("val_every") is None:
-        batch = int(cfg.classifier.optim.batch_size) * PartialState().num_processes
-        # drop_last, as the original
-        steps_per_epoch = max(1, len(split_ids(cfg.dataset, cfg.data.train_split)) // batch)
-        cfg.trainer.val_every = steps_per_epoch
-        log.info("validating every epoch (%d steps)", steps_per_epoch)
-    if not cfg.trainer.get("ckpt_every"):
-        cfg.trainer.ckpt_every = cfg.trainer.val_every  # last.pt at every validation
-    if cfg.trainer.get("max_steps") is None and cfg.trainer.get("max_epochs") is None:
-        raise ValueError("set classifier.schedule.max_steps or classifier.schedule.max_epochs")
-    return train(ClassifierTask(cfg), cfg)
-
-
-__all__ = ["ClassifierTask", "Normalize", "build_classifier", "compute_stats", "read_stats", "recalibrate_bn",
-           "resolve_stats", "save_stats", "train_classifier"]
+__all__ = ["ClassifierTask", "build_classifier", "recalibrate_bn"]

@@ -37,6 +37,7 @@ class CodebookTask(Task):
         super().__init__()
         self.cfg = cfg
         self.codebook_cfg = cfg.codebook
+        self.batch_size = int(self.codebook_cfg.optim.batch_size)
         self.collapse_share = float(cfg.get("collapse_dead_share", 0.9))
         self.disc_step = str(self.codebook_cfg.optim.get("disc_step", "original"))
         if self.disc_step not in DISC_STEPS:
@@ -122,7 +123,7 @@ class CodebookTask(Task):
         if self.vocode is None:
             from pipeline.vocoder import load_vocoder_or_griffinlim
 
-            self.vocode = load_vocoder_or_griffinlim(self.cfg.get("vocoder_ckpt"))
+            self.vocode = load_vocoder_or_griffinlim(self.cfg.vocoder.ckpt)
         bare = self.trainer.unwrap("model")
         x = bare.get_input(batch)[:2]
         xrec, _ = bare(x)

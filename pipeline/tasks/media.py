@@ -6,11 +6,12 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from pipeline.audio import SR
 from pipeline.train.logger import Logger, spectrogram_image
 
 
 def log_spectrograms(logger: Logger, step: int, split: str, specs: Mapping[str, torch.Tensor],
-                     vocode=None, max_items: int = 2, sample_rate: int = 22050) -> None:
+                     vocode=None, max_items: int = 2, sample_rate: int = SR) -> None:
     """Log (B, F, T) or (B, 1, F, T) spectrograms in [-1, 1] as images, and as audio when `vocode` is given.
 
     `vocode` maps a [0, 1] mel (80, T) to a waveform (MelGAN or Griffin-Lim, `pipeline.vocoder`).

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
-from pipeline.data import ConditionedDataset
+from pipeline.data import ConditionedDataset, batch_condition
 from pipeline.pretrained.transformer import (
     build_transformer,
     check_compatible,
@@ -34,18 +34,6 @@ from pipeline.tasks.media import log_spectrograms
 from pipeline.train import Task
 
 log = logging.getLogger(__name__)
-
-
-def batch_condition(batch: Mapping[str, Any], condition: str, device: torch.device | None = None) -> torch.Tensor:
-    """The GPT's condition from a collated ConditionedDataset batch.
-
-    features / none: `feature` (B, S, D) -> (B, D, S) float32 (GPTFeats' Conv1d layout); class: `target` (B,) int64.
-    """
-    if condition == "class":
-        cond = torch.as_tensor(batch["target"]).long()  # (B,)
-    else:
-        cond = torch.as_tensor(batch["feature"]).float().permute(0, 2, 1)  # (B, S, D) -> (B, D, S)
-    return cond.to(device) if device is not None else cond
 
 
 def features_record(features_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,15 +58,11 @@ def read_model_args(path: str | Path) -> dict[str, Any]:
 def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
     """Checks the config against the files before any work starts; returns the frozen codebook.
 
-    - a `checkpoints/last.pt` being resumed must have the configured sizes (check_compatible);
-    - `codebook.ckpt` must exist and have `transformer.vocab_size` codes;
+    - `codebook.ckpt` must exist (its n_embed is the transformer's vocabulary);
+    - a `checkpoints/last.pt` being resumed must have the configured sizes and that vocabulary (check_compatible);
     - a class condition needs `transformer.n_classes` covering the data set's classes.
     """
     tcfg = cfg.transformer
-    if run_dir is not None:
-        last = Path(run_dir) / "checkpoints" / "last.pt"
-        if last.exists():
-            check_compatible(read_model_args(last), tcfg, source=f"{last} (being resumed)")
     from pipeline.zoo import resolve
 
     path = resolve(cfg.codebook.ckpt, cfg=cfg)  # a path (file or log folder) or a released name, fetched if missing
@@ -90,10 +74,11 @@ def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
     from pipeline.pretrained import load_codebook
 
     codebook = load_codebook(path)
-    if int(codebook.n_embed) != int(tcfg.vocab_size):
-        raise ValueError(f"codebook {path} has {codebook.n_embed} codes but transformer.vocab_size is "
-                         f"{tcfg.vocab_size}: set transformer.vocab_size={codebook.n_embed} or use the matching "
-                         f"codebook")
+    if run_dir is not None:
+        last = Path(run_dir) / "checkpoints" / "last.pt"
+        if last.exists():
+            check_compatible(read_model_args(last), tcfg, source=f"{last} (being resumed)",
+                             vocab_size=int(codebook.n_embed))
     if tcfg.condition == "class" and tcfg.get("n_classes") is None:
         raise ValueError("transformer.condition=class needs transformer.n_classes (VAS 8, VGGSound 309)")
     return codebook
@@ -136,17 +121,17 @@ class TransformerTask(Task):
     kind = "transformer"
     monitor = "val/loss"
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None):
+    def __init__(self, cfg: DictConfig):
         super().__init__()
         self.cfg = cfg
         self.tcfg = cfg.transformer
+        self.batch_size = int(self.tcfg.optim.batch_size)
         self.condition = str(self.tcfg.condition)
-        if run_dir is None:
-            from pipeline.tasks.run import run_dir as hydra_run_dir
-
-            run_dir = hydra_run_dir()
-        self.codebook = preflight(cfg, run_dir)
+        self.codebook = None  # the frozen codebook, loaded by preflight
         self.vocode = None
+
+    def preflight(self, run_dir: Path) -> None:
+        self.codebook = preflight(self.cfg, run_dir)
 
     def build(self) -> None:
         codebook = self.codebook
@@ -205,25 +190,26 @@ class TransformerTask(Task):
     def log_media(self, batch, logger, step: int, split: str) -> None:
         """Inputs, their codebook reconstructions and a sample (cached sampler, from scratch) per condition."""
         from pipeline.sampling import sample
+        from pipeline.sampling_settings import SamplingSettings
 
         if self.vocode is None:
             from pipeline.vocoder import load_vocoder_or_griffinlim
 
-            self.vocode = load_vocoder_or_griffinlim(self.cfg.get("vocoder_ckpt"))
+            self.vocode = load_vocoder_or_griffinlim(self.cfg.vocoder.ckpt)
         n = int(self.cfg.get("media_samples", 2))
         model = self.trainer.unwrap("model")
         x, cond = self._inputs(batch)
         x, cond = x[:n], cond[:n]
-        sampling = self.tcfg.sampling
-        tokens = sample(model, cond, num_tokens=model.num_tokens, temperature=float(sampling.temperature),
-                        top_k=sampling.top_k, top_p=sampling.top_p)
+        sampling = SamplingSettings.from_config(self.tcfg.sampling, vocab=int(self.codebook.n_embed))
+        tokens = sample(model, cond, num_tokens=model.num_tokens, temperature=sampling.temperature,
+                        top_k=sampling.top_k, top_p=sampling.top_p)  # from scratch (nopix), whatever the preset's mode
         specs = {"inputs": x, "reconstructions": model.decode_to_spec(model.encode_to_tokens(x)),
                  "samples_nopix": model.decode_to_spec(tokens)}
         log_spectrograms(logger, step, split, specs, vocode=self.vocode, max_items=n)
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def model_args(self) -> dict[str, Any]:
-        return model_args_from_config(self.tcfg)
+        return model_args_from_config(self.tcfg, int(self.codebook.n_embed))
 
     def extra_checkpoint(self) -> dict[str, Any]:
         model = self.trainer.unwrap("model")
@@ -235,8 +221,3 @@ class TransformerTask(Task):
             "dataset": {"name": str(self.cfg.dataset.name)},
         }
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.trainer.unwrap("model").state_dict())  # transformer.*, first_stage_*: the original's layout
-
-    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        self.trainer.unwrap("model").load_state_dict(dict(state_dict), strict=True)

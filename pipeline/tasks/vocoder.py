@@ -1,7 +1,7 @@
 """Training the MelGAN vocoder (spec §5.4): generator vs. multi-scale discriminator on waveform crops.
 
 Each step takes 8192-sample crops of peak-normalised, randomly attenuated waveforms (`WaveformDataset`),
-computes their mels on the fly with the original's chain (`MelTransform`, a torch copy of
+computes their mels on the fly with the original's chain (`pipeline.mel.MelTransform`, a torch copy of
 `pipeline.mel.mel_spectrogram`), and trains, as the original, first the discriminator (hinge) and then the
 generator (-mean D + lambda_feat x feature matching; no reconstruction loss). The mel L1 between the input mel
 and the mel of the generated audio is the monitor; `loss.lambda_mel` > 0 also makes it a generator loss term
@@ -18,11 +18,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from models.melgan import (
@@ -33,7 +31,9 @@ from models.melgan import (
     generator_loss,
     to_legacy_weight_norm,
 )
+from pipeline.audio import SR
 from pipeline.data import WaveformDataset
+from pipeline.mel import HOP, MelTransform
 from pipeline.tasks.media import log_spectrograms
 from pipeline.train import Task
 
@@ -42,36 +42,7 @@ log = logging.getLogger(__name__)
 D_PREFIX = "netD."  # the discriminator's keys in our checkpoints; the generator's are bare, as best_netG.pt
 
 
-class MelTransform(nn.Module):
-    """The original's mel chain in torch (spec §1.2): waveform (B, N) or (B, 1, N) -> (B, 80, 1 + N // 256).
-
-    |STFT| (n_fft 1024, hop 256, periodic Hann, centred, reflect padding) -> librosa's Slaney mel basis (a buffer)
-    -> clip((20 log10(max(m, 1e-5)) - 20 + 100) / 100, 0, 1). Computed in float64 (a float32 torch STFT differs
-    from librosa's by up to 2e-5 after the log; float64 agrees to ~1e-7) and returned as float32; the cost is
-    negligible next to the discriminator.
-    """
-
-    def __init__(self, sr: int = 22050, n_fft: int = 1024, hop: int = 256):
-        super().__init__()
-        from pipeline.mel import mel_basis
-
-        self.n_fft, self.hop = n_fft, hop
-        basis = torch.from_numpy(np.array(mel_basis(sr, n_fft), dtype=np.float64))  # (80, 1 + n_fft // 2)
-        self.register_buffer("basis", basis, persistent=False)
-        self.register_buffer("window", torch.hann_window(n_fft, periodic=True, dtype=torch.float64),
-                             persistent=False)
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        if wave.dim() == 3:
-            wave = wave.squeeze(1)  # (B, N)
-        stft = torch.stft(wave.double(), self.n_fft, hop_length=self.hop, win_length=self.n_fft,
-                          window=self.window, center=True, pad_mode="reflect", return_complex=True)
-        mel = torch.matmul(self.basis, stft.abs())  # (B, 80, frames)
-        mel = 20.0 * torch.log10(mel.clamp_min(1e-5)) - 20.0
-        return ((mel + 100.0) / 100.0).clamp(0.0, 1.0).float()
-
-
-def frames_of(mel: torch.Tensor, samples: int, hop: int = 256) -> torch.Tensor:
+def frames_of(mel: torch.Tensor, samples: int, hop: int = HOP) -> torch.Tensor:
     """Keep the first samples // hop frames: 8192 samples -> 33 frames -> 32, as the original's seq_len / 256."""
     return mel[..., : samples // hop]
 
@@ -87,6 +58,7 @@ class VocoderTask(Task):
         super().__init__()
         self.cfg = cfg
         self.vcfg = cfg.vocoder
+        self.batch_size = int(self.vcfg.optim.batch_size)
         self.mel: MelTransform | None = None
 
     # --- build -------------------------------------------------------------------------------------
@@ -168,8 +140,8 @@ class VocoderTask(Task):
         x_pred = self.trainer.unwrap("netG")(s)
         log_spectrograms(logger, step, split, {"mel": 2 * s - 1, "mel_of_generated": 2 * self._mel_of(x_pred) - 1})
         for i in range(x.shape[0]):
-            logger.log_audio(f"{split}/real_{i}", x[i, 0].float().cpu().numpy(), 22050, step)
-            logger.log_audio(f"{split}/generated_{i}", x_pred[i, 0].float().cpu().numpy(), 22050, step)
+            logger.log_audio(f"{split}/real_{i}", x[i, 0].float().cpu().numpy(), SR, step)
+            logger.log_audio(f"{split}/generated_{i}", x_pred[i, 0].float().cpu().numpy(), SR, step)
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def model_args(self) -> dict[str, Any]:
@@ -177,7 +149,7 @@ class VocoderTask(Task):
 
     def extra_checkpoint(self) -> dict[str, Any]:
         return {"loss_args": {"lambda_feat": float(self.vcfg.loss.lambda_feat),
-                              "lambda_mel": float(self.vcfg.loss.get("lambda_mel", 0.0))}, "sample_rate": 22050,
+                              "lambda_mel": float(self.vcfg.loss.get("lambda_mel", 0.0))}, "sample_rate": SR,
                 "hop_length": self.hop, "version": 1}
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,10 +1,14 @@
 """The training loop every training stage shares, on HuggingFace Accelerate.
 
-A stage hands a `Task` to `Trainer`. The task says what to build (modules, optimisers, data sets), what one
-train step and one validation step compute, and what media to log; the trainer owns devices and processes
+A stage hands a `Task` to `Trainer`. The task says what to check first (`preflight`), what to build (modules,
+optimisers, data sets) at which batch size (`batch_size`), what one train step and one validation step compute,
+and what media to log; a one-module task inherits its checkpoint hooks. The trainer owns devices and processes
 (one CPU process, one GPU, or several GPUs through `accelerate launch` / torchrun), mixed precision, gradient
-accumulation, validation and early stopping, checkpoints (every N steps, best and last; atomic; main process
-only), automatic resume from `<run>/checkpoints/last.pt`, the non-finite-loss guard and logging.
+accumulation, validation (every `val_every` steps; null: once per epoch) and early stopping, checkpoints (every
+`ckpt_every` steps, null: at each validation; best and last; atomic; main process only), automatic resume from
+`<run>/checkpoints/last.pt`, the non-finite-loss guard, logging and progress (`step N of TOTAL (P%, R steps/s,
+H:MM:SS left)` every `log_every` steps; a tqdm bar as well on an interactive terminal). `run_folder` is the
+one place a stage finds its run folder.
 
 Preemption: on SIGTERM (SLURM's preemption, requeue and time limit), SIGUSR2 (submitit's early warning, asked
 for with `--signal`) or SIGINT the trainer finishes the optimiser step it is in, saves `last.pt` and exits
@@ -19,6 +23,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -33,6 +38,21 @@ log = logging.getLogger(__name__)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+
+
+def run_folder(given: str | Path | None = None, required: bool = True) -> Path | None:
+    """A stage's run folder: `given`, else the one Hydra made for this run (`hydra.run.dir`, or a sweep job's
+    subdir). Outside `@hydra.main` with none given: an error (None when not `required`)."""
+    if given is not None:
+        return Path(given)
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # HydraConfig was not set: not under @hydra.main
+        if required:
+            raise ValueError("no run folder: outside `python -m stages.NAME`, pass run_dir=PATH") from None
+        return None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,6 +70,7 @@ class Task:
     kind: str = "model"           # written into checkpoints; `pipeline.pretrained` dispatches on it
     monitor: str = "val/loss"     # validation metric for best.pt and early stopping
     monitor_mode: str = "min"
+    batch_size: int = 1           # items per process and micro-batch (a task sets it from its preset's optim)
 
     def __init__(self) -> None:
         self.modules: dict[str, nn.Module] = {}
@@ -57,7 +78,11 @@ class Task:
         self.schedulers: dict[str, Any] = {}
         self.trainer: Trainer | None = None
 
-    # --- what to build -------------------------------------------------------------------------------
+    # --- what to check and build --------------------------------------------------------------------------
+    def preflight(self, run_dir: Path) -> None:
+        """Check the config against the files (checkpoints it starts from, a run being resumed) before any work;
+        called once by the trainer, first."""
+
     def build(self) -> None:
         raise NotImplementedError
 
@@ -94,11 +119,18 @@ class Task:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The trained modules in the original's key layout (what `pipeline.pretrained` loads)."""
-        raise NotImplementedError
+        """The trained modules in the original's key layout (what `pipeline.pretrained` loads); by default the
+        one module's own state dict (a task of several modules says how they share the file)."""
+        return dict(self.trainer.unwrap(self._only_module()).state_dict())
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        raise NotImplementedError
+        self.trainer.unwrap(self._only_module()).load_state_dict(dict(state_dict), strict=True)
+
+    def _only_module(self) -> str:
+        if len(self.modules) != 1:
+            raise NotImplementedError(f"{type(self).__name__} trains {len(self.modules)} modules "
+                                      f"({', '.join(self.modules)}): it must define state_dict / load_state_dict")
+        return next(iter(self.modules))
 
     def extra_checkpoint(self) -> dict[str, Any]:
         """Anything else a loader needs (e.g. the codebook a transformer was trained with)."""
@@ -114,20 +146,95 @@ def _scalar(value: torch.Tensor | float) -> float:
     return float(value.detach().float().mean().item()) if torch.is_tensor(value) else float(value)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """When a run stops and what it does on the way (trainer.*); `total_steps` counts the epoch limit in."""
+
+    max_steps: float           # math.inf without a step limit
+    max_epochs: int | None
+    total_steps: float         # the step the run ends at unless it stops early (math.inf: unknown)
+    val_every: int
+    ckpt_every: int
+    log_every: int
+
+
+class Progress:
+    """Where a run is: `of TOTAL (P%, R steps/s, H:MM:SS left)` after each logged step number, the running means
+    of the logged metrics, and a tqdm bar on an interactive terminal (main process only; the log lines then go
+    through the bar so it stays at the bottom)."""
+
+    def __init__(self, total: float, start: int, enabled: bool = True):
+        import sys
+
+        self.total, self.step = total, start
+        self.running: dict[str, list[float]] = defaultdict(list)
+        self.samples, self.tic, self.tic_step = 0, time.perf_counter(), start
+        self.rate: float | None = None  # optimiser steps per second over the last log interval
+        self.bar = self._redirect = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self.bar = tqdm(total=None if math.isinf(total) else int(total), initial=start, unit="step",
+                            dynamic_ncols=True)
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
+
+    def add(self, key: str, value: float) -> None:
+        self.running[key].append(value)
+
+    def advance(self, step: int) -> None:
+        self.step = step
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+
+    def metrics(self, epoch: int, extra: Mapping[str, float]) -> dict[str, float]:
+        """The running means since the last call, samples/s, the epoch and `extra`; starts the next interval."""
+        elapsed = max(time.perf_counter() - self.tic, 1e-9)
+        out = {f"train/{k}" if "/" not in k else k: sum(v) / len(v) for k, v in self.running.items()}
+        out["train/samples_per_s"] = self.samples / elapsed
+        out["epoch"] = epoch
+        out.update(extra)
+        self.rate = (self.step - self.tic_step) / elapsed
+        self.running.clear()
+        self.samples, self.tic, self.tic_step = 0, time.perf_counter(), self.step
+        return out
+
+    def position(self) -> str:
+        """`of 600 (20%, 3.1 steps/s, 0:02:09 left)`; the parts not known yet are left out."""
+        parts = []
+        if not math.isinf(self.total) and self.total > 0:
+            parts.append(f"{100 * self.step / self.total:.0f}%")
+        if self.rate:
+            parts.append(f"{self.rate:.3g} steps/s")
+            if not math.isinf(self.total):
+                left = max(0, round((self.total - self.step) / self.rate))
+                parts.append(f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d} left")
+        head = "" if math.isinf(self.total) else f"of {int(self.total)} "
+        return f"{head}({', '.join(parts)})" if parts else head.strip()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self._redirect.__exit__(None, None, None)
+            self.bar.close()
+            self.bar = None
+
+
 class Trainer:
     """Runs a `Task` to `max_steps` optimiser steps, resuming from `<run_dir>/checkpoints/last.pt`."""
 
     def __init__(self, task: Task, cfg: Mapping[str, Any], run_dir: str | Path,
                  logger_cfg: Mapping[str, Any] | None = None, config: dict | None = None, seed: int = 0,
-                 batch_size: int = 1):
+                 batch_size: int | None = None):
         from accelerate import Accelerator, DataLoaderConfiguration
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
         self.task, self.cfg = task, dict(cfg)
         self.run_dir = Path(run_dir)
+        task.preflight(self.run_dir)  # before any work: a wrong file or size fails here
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.config = config
-        self.batch_size = int(batch_size)
+        self.batch_size = int(task.batch_size if batch_size is None else batch_size)
         precision = str(self.cfg.get("mixed_precision", "no"))
         device = str(self.cfg.get("device", "auto"))
         if precision == "fp16" and (device == "cpu" or not torch.cuda.is_available()):
@@ -215,82 +322,95 @@ class Trainer:
         train_loader, val_loader = self._prepare()
         self._remove_stale_temp_files()
         self._maybe_resume()
-        max_steps = int(self.cfg.get("max_steps") or 0)
-        max_epochs = self.cfg.get("max_epochs")
-        if not max_steps and not max_epochs:
-            raise ValueError("set trainer.max_steps or trainer.max_epochs")
-        max_steps = max_steps or math.inf
-        val_every = int(self.cfg.get("val_every", 0) or 0)
-        ckpt_every = int(self.cfg.get("ckpt_every", 0) or 0)
-        log_every = max(1, int(self.cfg.get("log_every", 10)))
+        limits = self._limits(train_loader)
         metrics: dict[str, float] = {}
-        running: dict[str, list[float]] = defaultdict(list)
-        tic, samples = time.perf_counter(), 0
+        progress = Progress(limits.total_steps, self.step, enabled=self.accelerator.is_main_process)
         previous_handlers = self._catch_stop_signals()
         try:
-            while self.step < max_steps and not self.stopped_early:
-                if max_epochs is not None and self.epoch >= int(max_epochs):
-                    break
-                loader = self._epoch_loader(train_loader)
-                for batch in loader:
-                    self.batches_into_epoch += 1
-                    for module in self.task.modules.values():
-                        module.train()
-                    with self.accelerator.accumulate(*self.task.modules.values()):
-                        logs = self.task.train_step(batch, self.step)
-                    for key, value in logs.items():
-                        value = _scalar(value)
-                        if not math.isfinite(value):
-                            raise NonFiniteLossError(
-                                f"{key} = {value} at step {self.step}: training stopped; the last good "
-                                f"checkpoint is left in {self.ckpt_dir} (try a lower learning rate, "
-                                f"trainer.mixed_precision=no, or trainer.grad_clip)")
-                        running[key].append(value)
-                    samples += self.batch_size * self.num_processes
-                    if not self.accelerator.sync_gradients:
-                        continue
-                    self.step += 1
-                    if self.step % log_every == 0 or self.step == 1:
-                        elapsed = time.perf_counter() - tic
-                        out = {f"train/{k}" if "/" not in k else k: sum(v) / len(v) for k, v in running.items()}
-                        out["train/samples_per_s"] = samples / max(elapsed, 1e-9)
-                        out["epoch"] = self.epoch
-                        for name, opt in self.task.optimizers.items():
-                            out[f"lr/{name}"] = opt.param_groups[0]["lr"]
-                        self.logger.log_metrics(out, self.step)
-                        log.info("step %d %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in out.items()))
-                        running.clear()
-                        tic, samples = time.perf_counter(), 0
-                    if self.logger.media_due(self.step):
-                        self._log_media(batch, "train")
-                    if val_loader is not None and val_every and self.step % val_every == 0:
-                        metrics = self.validate(val_loader)
-                    if ckpt_every and self.step % ckpt_every == 0:
-                        self.save("last.pt")
-                    if self._stop_requested():
-                        self.save("last.pt")
-                        log.warning("stopped by %s at step %d; resume from %s", signal.Signals(self.stop_signal).name,
-                                    self.step, self.ckpt_dir / "last.pt")
-                        break
-                    if self.step >= max_steps or self.stopped_early:
+            while not self._finished(limits):
+                for batch in self._epoch_loader(train_loader):
+                    if not self._train_batch(batch, progress):
+                        continue  # accumulating gradients: no optimiser step yet
+                    metrics = self._after_step(batch, val_loader, limits, progress) or metrics
+                    if self.stop_signal is not None or self.step >= limits.max_steps or self.stopped_early:
                         break
                 else:
-                    self.epoch += 1
-                    self.batches_into_epoch = 0
+                    self.epoch, self.batches_into_epoch = self.epoch + 1, 0
                 if self.stop_signal is not None:
-                    break
-            if self.stop_signal is not None:
-                return metrics
-            if val_loader is not None and (not val_every or self.step % val_every != 0):
+                    return metrics
+            if val_loader is not None and (not limits.val_every or self.step % limits.val_every != 0):
                 metrics = self.validate(val_loader)
-            if not ckpt_every or self.step % ckpt_every != 0 or not (self.ckpt_dir / "last.pt").exists():
+            if not limits.ckpt_every or self.step % limits.ckpt_every != 0 or not (self.ckpt_dir / "last.pt").exists():
                 self.save("last.pt")
         finally:
+            progress.close()
             self._restore_signal_handlers(previous_handlers)
             self.accelerator.wait_for_everyone()
             self.logger.finish()
             if self.stop_signal is not None:
                 self._exit_after_stop(previous_handlers)
+        return metrics
+
+    def _limits(self, train_loader) -> Limits:
+        max_steps = int(self.cfg.get("max_steps") or 0)
+        max_epochs = self.cfg.get("max_epochs")
+        if not max_steps and not max_epochs:
+            raise ValueError("set trainer.max_steps or trainer.max_epochs")
+        steps_per_epoch = math.ceil(len(train_loader) / int(self.cfg.get("grad_accum", 1)))
+        total = min(max_steps or math.inf, int(max_epochs) * steps_per_epoch if max_epochs is not None else math.inf)
+        val_every = self.cfg.get("val_every", 0)  # 0: only at the end; null: once per epoch
+        if val_every is None:
+            val_every = steps_per_epoch
+            log.info("validating every epoch (%d steps)", steps_per_epoch)
+        ckpt_every = self.cfg.get("ckpt_every", 0)  # 0: only at the end; null: at every validation
+        return Limits(max_steps or math.inf, None if max_epochs is None else int(max_epochs), total, int(val_every),
+                      int(val_every if ckpt_every is None else ckpt_every), max(1, int(self.cfg.get("log_every", 10))))
+
+    def _finished(self, limits: Limits) -> bool:
+        return (self.step >= limits.max_steps or self.stopped_early
+                or (limits.max_epochs is not None and self.epoch >= limits.max_epochs))
+
+    def _train_batch(self, batch, progress: Progress) -> bool:
+        """One micro-batch through the task; whether it completed an optimiser step."""
+        self.batches_into_epoch += 1
+        for module in self.task.modules.values():
+            module.train()
+        with self.accelerator.accumulate(*self.task.modules.values()):
+            logs = self.task.train_step(batch, self.step)
+        for key, value in logs.items():
+            value = _scalar(value)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"{key} = {value} at step {self.step}: training stopped; the last good "
+                                         f"checkpoint is left in {self.ckpt_dir} (try a lower learning rate, "
+                                         f"trainer.mixed_precision=no, or trainer.grad_clip)")
+            progress.add(key, value)
+        progress.samples += self.batch_size * self.num_processes
+        if not self.accelerator.sync_gradients:
+            return False
+        self.step += 1
+        progress.advance(self.step)
+        return True
+
+    def _after_step(self, batch, val_loader, limits: Limits, progress: Progress) -> dict[str, float] | None:
+        """Logging, media, validation, checkpoints and the stop-signal check due after optimiser step `self.step`;
+        the validation metrics when it validated."""
+        metrics = None
+        if self.step % limits.log_every == 0 or self.step == 1:
+            out = progress.metrics(self.epoch, {f"lr/{name}": opt.param_groups[0]["lr"]
+                                                for name, opt in self.task.optimizers.items()})
+            self.logger.log_metrics(out, self.step)
+            shown = " ".join([progress.position(), *(f"{k}={v:.4g}" for k, v in out.items())]).strip()
+            log.info("step %d %s", self.step, shown)
+        if self.logger.media_due(self.step):
+            self._log_media(batch, "train")
+        if val_loader is not None and limits.val_every and self.step % limits.val_every == 0:
+            metrics = self.validate(val_loader)
+        if limits.ckpt_every and self.step % limits.ckpt_every == 0:
+            self.save("last.pt")
+        if self._stop_requested():
+            self.save("last.pt")
+            log.warning("stopped by %s at step %d; resume from %s", signal.Signals(self.stop_signal).name,
+                        self.step, self.ckpt_dir / "last.pt")
         return metrics
 
     # --- preemption ----------------------------------------------------------------------------------
@@ -373,7 +493,10 @@ class Trainer:
         self.logger.log_metrics(metrics, self.step)
         log.info("validation at step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if first_batch is not None and self.logger.enabled and self.logger.media_every:
+            tic = time.perf_counter()
+            log.info("logging validation media at step %d ...", self.step)  # sampling a transformer takes a while
             self._log_media(first_batch, "val")
+            log.info("validation media logged in %.1f s", time.perf_counter() - tic)
         self._early_stopping(metrics)
         return metrics
 

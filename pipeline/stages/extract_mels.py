@@ -62,11 +62,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
 
     clips = shard(list_clips(dataset["videos"], dataset["layout"], split_file, outputs), cfg.shard,
                   cfg.num_shards)
-    if run_dir is None:
-        from hydra.core.hydra_config import HydraConfig
+    from pipeline.train.loop import run_folder
 
-        run_dir = HydraConfig.get().runtime.output_dir
-    run_dir = Path(run_dir)
+    run_dir = run_folder(run_dir)
     log.info("%d clips (shard %d of %d), chain=%s -> %s", len(clips), cfg.shard, cfg.num_shards, cfg.chain,
              cfg.features_dir)
     process = functools.partial(process_clip, chain=cfg.chain, length=cfg.length, spec_len=cfg.spec_len,

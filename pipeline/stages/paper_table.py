@@ -1,12 +1,12 @@
 """A table of the paper from the released models: sample the split with the paper's settings, evaluate with the
-released Melception, and write a markdown table with the paper's FID / MKL beside ours (`launch/paper_table.py`).
+released Melception, and write a markdown table with the paper's FID / MKL beside ours (`python -m stages.paper_table`).
 
 For each row (a released transformer of the table, pipeline/zoo.yaml): `stages.sample` on the table's data set
 split (`model=<row>`, the table's top-k and batch, the row's samples per video: the paper's unless
 `samples_per_video` is given), timed, then `stages.evaluate` (`classifier.ckpt=melception`,
 `classifier.stats=vggsound_mel_stats`). Rows work in `<work_dir>/<row>_<N>spv/` (samples, metrics.json,
 result.json), so a rerun, or a sweep with one row per job followed by one `rows=all` run, redoes nothing.
-Several GPUs: `accelerate launch --num_processes 4 -m launch.paper_table ...` splits each row's clips between
+Several GPUs: `accelerate launch --num_processes 4 -m stages.paper_table ...` splits each row's clips between
 the processes (as `stages.sample` does); the main process writes the results.
 The time is the sample stage's wall time per generated spectrogram (10 s of sound), model loading included
 (negligible at the paper's 768 x 100 or 14,512 x 10 samples, not on a handful of clips).
@@ -84,7 +84,7 @@ def _is_main() -> bool:
 
 def run_row(cfg: DictConfig, zoo: Zoo, entry: Artefact, work_dir: Path) -> dict[str, Any]:
     """Sample and evaluate one row (or reuse its result.json); returns the row's result."""
-    from pipeline import evaluate_stage, sample_stage
+    from pipeline.stages import evaluate, sample  # a row runs those two stages, each through its run(cfg)
 
     settings = row_settings(zoo, entry, cfg.get("samples_per_video"))
     folder = work_dir / f"{entry.name}_{settings['samples_per_video']}spv"
@@ -92,10 +92,10 @@ def run_row(cfg: DictConfig, zoo: Zoo, entry: Artefact, work_dir: Path) -> dict[
     device = str(cfg.device)
     sample_cfg = _child("sample", [f"dataset={settings['dataset']}", f"model={entry.name}",
                                    f"split={settings['split']}", f"samples_per_clip={settings['samples_per_video']}",
-                                   f"top_k={settings['top_k']}", f"batch_size={settings['batch_size']}",
+                                   f"sampling.top_k={settings['top_k']}", f"batch_size={settings['batch_size']}",
                                    "write_wav=false", f"device={device}"], cfg)
     start = time.perf_counter()
-    sampled = sample_stage.run(sample_cfg, run_dir=folder)
+    sampled = sample.run(sample_cfg, run_dir=folder)
     seconds = time.perf_counter() - start  # per process: wall time / its own samples = the time per sample
     timing_file = folder / "timing.json"
     if sampled["written"] and _is_main():
@@ -109,7 +109,7 @@ def run_row(cfg: DictConfig, zoo: Zoo, entry: Artefact, work_dir: Path) -> dict[
                                    f"classifier.stats={cfg.stats}", f"device={device}", "report=false",
                                    f"batch_size={cfg.eval_batch_size}",
                                    f"degenerate_metrics={cfg.degenerate_metrics}"], cfg)
-    metrics = evaluate_stage.run(eval_cfg, folder=folder)
+    metrics = evaluate.run(eval_cfg, folder=folder)
     if not metrics:  # not the main process of `accelerate launch`: it has done its share
         return {}
     result = {"name": entry.name, **settings, "fid": metrics["frechet_inception_distance"],
@@ -157,7 +157,7 @@ def markdown(zoo: Zoo, table: str, entries: Sequence[Artefact], results: Mapping
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """`launch.paper_table`: every chosen row sampled and evaluated; the markdown table written and printed."""
+    """`stages.paper_table`: every chosen row sampled and evaluated; the markdown table written and printed."""
     import torch
 
     zoo = Zoo.from_cfg(cfg)

@@ -16,7 +16,7 @@ A metric on too few samples for its own definition is null with its reason in `n
 Baselines and model checks (`pipeline.model_checks`), each skipped with its reason when an input is absent:
 `shuffled_class_match_rate` on a sample run with `condition_shuffle=true` (`shuffled_samples_dir`); `synchrony`
 with the video's events (`events_file`) for the samples, the shuffled samples and the real mels; `codebook`
-(`codebook_ckpt`) and `vocoder` (`vocoder_ckpt`) checks; `targets`, each measure beside its baseline, printed as
+(`codebook.ckpt`) and `vocoder` (`vocoder.ckpt`) checks; `targets`, each measure beside its baseline, printed as
 a table. `report.html` (`pipeline.report`) is written beside metrics.json.
 """
 from __future__ import annotations
@@ -34,10 +34,10 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.data import Labels, mel_path, split_ids
 from pipeline.data.features import center_offset
 from pipeline.data.layout import require_files
+from pipeline.pretrained.classifier import FEATURES, load_melception
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("2048", "logits_unbiased", "logits")  # the original's features_list
 SAMPLE_RE = re.compile(r"^(?P<vid>.+)_sample_(?P<k>\d+)\.npy$")
 CLASS_DIR_RE = re.compile(r"^cls_(?P<target>\d+)$")
 
@@ -75,7 +75,7 @@ def clip_id_of(vid: str, target: int, dataset_cfg: Mapping[str, Any], classes: S
 class MelFiles(Dataset):
     """(index, [0, 1] mel (80, crop_len) float32) of a list of .npy files, centre-cropped when longer."""
 
-    def __init__(self, paths: Sequence[Path], crop_len: int = 848):
+    def __init__(self, paths: Sequence[Path], crop_len: int):
         self.paths, self.crop_len = list(paths), int(crop_len)
 
     def __len__(self) -> int:
@@ -91,25 +91,8 @@ class MelFiles(Dataset):
 
 
 # ----------------------------------------------------------------------------------------- classifier
-def load_melception(ckpt: str, stats: str | None, device: torch.device):
-    """(Melception in eval mode, Normalize, the classes it was trained on or None) from our or the original's file."""
-    from pipeline.pretrained import load_classifier
-    from pipeline.tasks.classifier import Normalize, read_stats
-
-    model = load_classifier(ckpt, kind="melception").to(device)  # with the statistics our checkpoints hold
-    if model.normalization is not None:
-        normalize = Normalize(*model.normalization)
-    elif stats and Path(stats).is_file():
-        normalize = Normalize(*read_stats(stats))
-    else:
-        raise FileNotFoundError(f"{ckpt} holds no normalisation statistics and classifier.stats={stats!r} does not "
-                                f"exist: pass the statistics file the classifier was trained with (the released "
-                                f"Melception's: classifier.stats=vggsound_mel_stats)")
-    return model, normalize.to(device), model.classes
-
-
 @torch.no_grad()
-def extract(model, normalize, paths: Sequence[Path], accelerator, batch_size: int, crop_len: int = 848,
+def extract(model, normalize, paths: Sequence[Path], accelerator, batch_size: int, crop_len: int,
             num_workers: int = 0, names: Sequence[str] = FEATURES) -> dict[str, np.ndarray]:
     """Melception features of `paths`, split between processes, gathered, in the order of `paths`."""
     loader = DataLoader(MelFiles(paths, crop_len), batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -230,8 +213,9 @@ def model_measures(cfg: DictConfig, dataset: Mapping[str, Any], fakes: Sequence[
     train_split = str(cfg.get("train_split") or "train")
     train_ids = split_ids(dataset, train_split) if train_split in (dataset.get("splits") or {}) else []  # none: skip
     valid_ids = split_ids(dataset, split)
-    codebook = codebook_check(cfg.get("codebook_ckpt"), dataset, train_ids, valid_ids, device)
-    vocoder = vocoder_check(cfg.get("vocoder_ckpt"), dataset, valid_ids, device, int(cfg.get("vocoder_clips", 64)))
+    codebook = codebook_check(OmegaConf.select(cfg, "codebook.ckpt"), dataset, train_ids, valid_ids, device)
+    vocoder = vocoder_check(OmegaConf.select(cfg, "vocoder.ckpt"), dataset, valid_ids, device,
+                            int(cfg.get("vocoder_clips", 64)))
     return {"synchrony": sync, "codebook": codebook, "vocoder": vocoder, "events": events}
 
 
@@ -240,14 +224,13 @@ def report_clips(folder: Path, dataset: Mapping[str, Any], samples: Sequence[tup
                  labels, max_clips: int) -> list:
     """The report's clips (sample 0 of each, at most `max_clips`): real wavs cut to the window and videos with the
     generated sound are written under `<folder>/report/`."""
-    from pipeline.audio import save_wav
+    from pipeline.audio import SR, save_wav
     from pipeline.data.layout import audio_path, layout_of
     from pipeline.events import onset_frames
     from pipeline.extraction import video_path
-    from pipeline.mel import SPEC_LEN
+    from pipeline.mel import HOP, SPEC_LEN
     from pipeline.model_checks import CROP, load_real_mels
     from pipeline.report import ASSETS, ClipView
-    from pipeline.sample_stage import HOP, SR
     from pipeline.video import clip_duration, frame_times, mux_audio
 
     first: dict[str, int] = {}
@@ -304,8 +287,8 @@ def run(cfg: DictConfig, folder: str | Path | None = None) -> dict[str, Any]:
 
     from pipeline.io import save_json
     from pipeline.model_checks import format_targets, targets
-    from pipeline.tasks.run import run_dir
     from pipeline.train.logger import Logger
+    from pipeline.train.loop import run_folder
 
     if cfg.reals not in ("all", "sampled"):
         raise ValueError(f"reals={cfg.reals!r}: use `all` (the split's clips, as the original) or `sampled`")
@@ -372,7 +355,7 @@ def run(cfg: DictConfig, folder: str | Path | None = None) -> dict[str, Any]:
             clips = report_clips(Path(cfg.samples_dir), dataset, samples, fake_keys, predicted, events, labels,
                                  int(cfg.get("report_clips", 16)))
             page = write_report(cfg.samples_dir, metrics, clips, name=str(cfg.get("report_file", "report.html")))
-        logger = Logger(OmegaConf.to_container(cfg.logger, resolve=True), folder or run_dir(),
+        logger = Logger(OmegaConf.to_container(cfg.logger, resolve=True), run_folder(folder),
                         OmegaConf.to_container(cfg, resolve=True))
         try:
             numbers = _flat_numbers({k: v for k, v in metrics.items() if k != "targets"})

@@ -10,26 +10,20 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.cluster import RESULT_FILE
 from pipeline.io import save_json
 from pipeline.run_identity import check_run_folder, record_start
-from pipeline.train import Task, Trainer
+from pipeline.train.loop import Task, Trainer, run_folder
 
 log = logging.getLogger(__name__)
 
 
-def run_dir() -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get().runtime.output_dir
-
-
-def train(task: Task, cfg: DictConfig, batch_size: int | None = None) -> dict[str, float]:
-    """Train `task` under `cfg.trainer` in the Hydra run folder; prints where the checkpoints are."""
-    folder = run_dir()
-    batch_size = batch_size or _batch_size(cfg)
+def train(task: Task, cfg: DictConfig) -> dict[str, float]:
+    """Train `task` (at its own batch size) under `cfg.trainer` in the Hydra run folder; prints where the
+    checkpoints are."""
+    folder = run_folder()
     config = OmegaConf.to_container(cfg, resolve=True)
     record = check_run_folder(folder, config)  # every process refuses a folder that holds another run
     trainer = Trainer(task, OmegaConf.to_container(cfg.trainer, resolve=True), folder,
                       logger_cfg=OmegaConf.to_container(cfg.logger, resolve=True),
-                      config=config, seed=int(cfg.seed), batch_size=batch_size)
+                      config=config, seed=int(cfg.seed))
     if trainer.accelerator.is_main_process:
         record_start(folder, config, record)
     metrics = trainer.fit()
@@ -41,10 +35,3 @@ def train(task: Task, cfg: DictConfig, batch_size: int | None = None) -> dict[st
         print(f"[{task.kind}] step {trainer.step}; checkpoints in {trainer.ckpt_dir}; "
               + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     return metrics
-
-
-def _batch_size(cfg: DictConfig) -> int:
-    for group in ("codebook", "transformer", "vocoder", "classifier"):
-        if group in cfg and "optim" in cfg[group] and "batch_size" in cfg[group].optim:
-            return int(cfg[group].optim.batch_size)
-    raise ValueError("no batch size: set <model group>.optim.batch_size")

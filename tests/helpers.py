@@ -1,0 +1,180 @@
+"""What several test modules make: a composed config, small videos, a tiny demo-layout data set, and tiny codebook,
+transformer and Melception models saved through the project's own checkpoint writer. Test modules import from here,
+never from each other; `tests/conftest.py` hands `compose` out as a fixture too."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.io import save_npy, save_pickle
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED = Path(os.environ.get("SPECVQGAN_SHARED", ROOT.parent / "shared")).resolve()  # ../shared: reference data
+SR = 22050                        # the clips' audio rate (the pipeline's)
+CLASSES = ("chirp", "noise")      # make_dataset's two classes
+FEATURES = "efficientnet_lite0"   # dataset=demo's features; the files are made here, no network runs
+FEAT_FOLDER = "feature_efficientnet_lite0_dim1280_21.5fps"
+DEPTH = 1280
+SMALL_VGG = {"conv_layers": (4, "MP", 8, 8, "MP", 8), "num_classes": 7, "hidden": 16}  # a VGGishish in a few ms
+
+
+@contextmanager
+def hydra_conf():
+    """Hydra initialised on conf/ (resolvers and schemas registered), for code that composes configs itself."""
+    from hydra import initialize_config_dir
+
+    import pipeline.config  # noqa: F401  (registers the resolvers and the schemas)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+
+
+def compose(config_name: str, *overrides: str) -> DictConfig:
+    """The stage config `conf/<config_name>.yaml` with `overrides`, as `python -m stages.<stage>` composes it."""
+    from hydra import compose as hydra_compose
+
+    with hydra_conf():
+        return hydra_compose(config_name, overrides=list(overrides))
+
+
+def features_preset(name: str) -> dict[str, Any]:
+    """conf/features/<name>.yaml merged over its defaults, its sizes from the clip node, as plain containers."""
+    from pipeline.zoo import features_preset as preset
+
+    return preset(name)
+
+
+def write_clip(path: Path, seconds: float, audio: str | None = "sine", fps: int = 10, size: int = 32,
+               picture: bool = True) -> Path:
+    """A small mp4: `size`-pixel H.264 frames of moving grey levels (none when picture=False) and mono AAC at
+    22050 Hz. audio: 'sine' (440 Hz, 0.3), 'chirp' (a pulsed rising chirp, 0.5), 'silent' or None (no stream)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        if picture:
+            video = out.add_stream("libx264", rate=Fraction(fps))
+            video.width = video.height = size
+            video.pix_fmt = "yuv420p"
+        stream = out.add_stream("aac", rate=SR) if audio else None
+        if stream is not None:
+            stream.layout = "mono"
+        for i in range(round(seconds * fps) if picture else 0):
+            image = np.full((size, size, 3), (i * 8) % 256, np.uint8)
+            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        if picture:
+            out.mux(video.encode())
+        if stream is not None:
+            t = np.arange(int(seconds * SR)) / SR
+            wave = {"sine": lambda: 0.3 * np.sin(2 * np.pi * 440 * t),
+                    "chirp": lambda: 0.5 * np.sin(2 * np.pi * (300 + 400 * t) * t) * (np.sin(2 * np.pi * 3 * t) > 0),
+                    "silent": lambda: np.zeros_like(t)}[audio]()
+            frame = av.AudioFrame.from_ndarray(wave.astype(np.float32)[None], format="flt", layout="mono")
+            frame.sample_rate = SR
+            out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+    return path
+
+
+def bursts(onsets_s, seconds: float = 9.85, seed: int = 0, hiss: float = 1e-3) -> np.ndarray:
+    """Faint hiss with a 0.25-s decaying 1 kHz tone (peak 0.5) starting at each onset."""
+    rng = np.random.default_rng(seed)
+    wave = hiss * rng.standard_normal(int(seconds * SR))
+    t = np.arange(int(0.25 * SR)) / SR
+    tone = 0.5 * np.sin(2 * np.pi * 1000 * t) * np.exp(-t / 0.08)
+    for onset in onsets_s:
+        start = int(onset * SR)
+        wave[start:start + tone.size] += tone[: wave.size - start]
+    return wave.astype(np.float32)
+
+
+def make_dataset(root: Path, train: int = 3, valid: int = 1, seed: int = 0) -> Path:
+    """`<root>` in the demo (VAS) layout with mels (80, 860) and features (215, 1280) per clip.
+
+    Each class has its own mel pattern (a band sweeping in time) and its own feature mean, so a GPT learns fast.
+    """
+    rng = np.random.default_rng(seed)
+    rows = {"train": [], "valid": []}
+    for c, label in enumerate(CLASSES):
+        for k in range(train + valid):
+            clip = f"video_{k:05d}"
+            mel = np.full((80, 860), 0.1, np.float32)
+            t = np.arange(860)
+            band = (20 + 30 * c + 10 * np.sin(2 * np.pi * t / (200 + 100 * c))).astype(int)
+            for dt in range(6):
+                mel[np.clip(band + dt, 0, 79), t] = 0.9
+            mel += 0.02 * rng.standard_normal(mel.shape).astype(np.float32)
+            save_npy(root / "features" / label / "melspec_10s_22050hz" / f"{clip}_mel.npy", mel)
+            feats = (c + 0.1 * rng.standard_normal((215, DEPTH))).astype(np.float32)
+            save_pickle(root / "features" / label / FEAT_FOLDER / f"{clip}.pkl", feats)
+            rows["train" if k < train else "valid"].append(f"{label}/{clip}")
+    for split, ids in rows.items():
+        (root / f"demo_{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+def make_codebook(path: Path) -> Path:
+    """A tiny codebook (conf/codebook/tiny.yaml, random weights) saved as our checkpoint."""
+    from pipeline.io import save_torch
+    from pipeline.pretrained.codebook import build_codebook, codebook_checkpoint
+
+    torch.manual_seed(0)
+    model = build_codebook(OmegaConf.load(CONF / "codebook" / "tiny.yaml").model)
+    save_torch(path, codebook_checkpoint(model))
+    return path
+
+
+def tiny_transformer_cfg(feat_sample_size: int = 5, depth: int = DEPTH, condition: str = "features") -> DictConfig:
+    """The train_transformer config of dataset=demo (the tiny preset) for `feat_sample_size` frames of `depth`."""
+    cfg = compose("train_transformer", "dataset=demo", "logger=none", "codebook.ckpt=unused",
+                  f"transformer.feat_sample_size={feat_sample_size}", f"transformer.condition={condition}")
+    cfg.transformer.feat_depth = depth
+    if condition == "class":
+        cfg.transformer.n_classes = len(CLASSES)
+    return cfg
+
+
+def make_transformer(path: Path, codebook: Path, features: dict, feat_sample_size: int = 5,
+                     condition: str = "features") -> Path:
+    """A tiny random transformer over `codebook`, saved in the training stage's checkpoint layout."""
+    from pipeline.pretrained import load_codebook
+    from pipeline.pretrained.transformer import build_transformer, model_args_from_config
+    from pipeline.train.checkpoint import save_checkpoint
+
+    cfg = tiny_transformer_cfg(feat_sample_size, int(features["depth"]), condition)
+    torch.manual_seed(0)
+    vq = load_codebook(codebook)
+    args = model_args_from_config(cfg.transformer, vq.n_embed)
+    model = build_transformer(args, vq)
+    save_checkpoint(path, {"kind": "transformer", "version": 1, "model_args": args, "state_dict": model.state_dict(),
+                           "codebook": {"model_args": vq.model_args, "source": str(codebook)},
+                           "features": None if condition == "class" else dict(features),
+                           "sampling": {"temperature": 1.0, "top_k": 16, "top_p": None, "mode": "nopix"}})
+    return path
+
+
+def fast_melception(num_classes: int):
+    """A Melception with random weights, without the slow truncated-normal init of 25 M parameters."""
+    from models.melception import Melception
+
+    with torch.device("meta"):
+        model = Melception(num_classes=num_classes, init_weights=False)
+    model.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.fill_(1.0)
+            elif name.endswith("num_batches_tracked"):
+                tensor.zero_()
+            else:
+                tensor.normal_(0.0, 0.05, generator=generator)
+    return model
