@@ -1,10 +1,15 @@
 """A small generated audio-visual data set in exactly the VAS layout (`python -m stages.make_demo_data`).
 
 Every class has its own look (shape, colour, background texture) and its own sound (a tonal chirp, a noise
-burst, a harmonic tone, a click train; further classes reuse these with other pitches and hues). In each clip
-the class's object idles dimly, and at a few random moments it jumps to a new place and lights up for exactly
-as long as its sound plays: onsets fall on frame boundaries, so the first bright frame starts on the sample
-where the sound starts. A model can thus learn both what a video sounds like and when.
+burst, a harmonic tone, a click train; further classes reuse these with other pitches and hues), and each sound
+keeps to its own band of the mel spectrogram's five code rows (the chirp the lowest, the noise the highest), so
+that class survives a tiny codebook's reconstruction. In each clip the class's object idles dimly, and at a few
+random moments it jumps to a new place and lights up while its sound plays.
+
+The events sit on the codebook's grid: every sound starts at the first frame of a code column of the models'
+centre-cropped window (16 mel frames, 0.19 s) and lasts whole columns, so the demo's 32-code codebook can
+represent a clip exactly and a model's timing is measured against a grid it can express. A video frame is bright
+when its middle lies inside the sound (25 fps frames do not fall on the columns: within half a frame, 20 ms).
 
 Layout (as VAS): `<root>/videos/<class>/video_XXXXX.mp4` (H.264 yuv420p + AAC mono), split files with
 `<class>/video_XXXXX` rows, plus `classes.txt`, `events.json` (each clip's event onsets in seconds) and a
@@ -14,7 +19,6 @@ so skipping clips that exist does not change the others.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +26,14 @@ from typing import Any
 import av
 import numpy as np
 
+from pipeline.audio import SR
 from pipeline.io import atomic_write, save_bytes, save_json
+from pipeline.mel import CROP_LEN, FRAMES_PER_COLUMN, HOP, SPEC_LEN
 
 KINDS = ("chirp", "noise", "harmonic", "clicks")  # the four sound families, cycled for more classes
 SHAPES = {"chirp": "circle", "noise": "square", "harmonic": "triangle", "clicks": "ring"}
 TEXTURES = {"chirp": "stripes", "noise": "speckle", "harmonic": "checker", "clicks": "rings"}
-EVENT_SECONDS = {"chirp": 0.32, "noise": 0.24, "harmonic": 0.48, "clicks": 0.40}  # sound (and flash) lengths
+EVENT_COLUMNS = {"chirp": 2, "noise": 1, "harmonic": 3, "clicks": 2}  # sound (and flash) lengths in code columns
 BASE_HUES = {"chirp": 0.0, "noise": 0.62, "harmonic": 0.33, "clicks": 0.15}  # red, blue, green, yellow
 
 
@@ -41,10 +47,15 @@ class DemoSpec:
     seconds: float = 10.0
     size: int = 128
     fps: int = 25
-    sample_rate: int = 22050
+    sample_rate: int = SR
     background: float = 1e-4  # std of the background hiss: 1e-4 sits at the mel floor, so the idle object is silent
     events_per_clip: tuple[int, int] = (4, 6)  # fewest and most events of a clip (fewer when they do not fit)
     seed: int = 0
+    # the models' window, whose code columns the events start on (conf/make_demo_data.yaml's grid)
+    hop: int = HOP  # mel hop in samples
+    spec_len: int = SPEC_LEN  # stored mel frames of 10 s
+    crop_len: int = CROP_LEN  # frames the models see (the centre crop)
+    frames_per_column: int = FRAMES_PER_COLUMN  # mel frames per code column
 
     def __post_init__(self):
         if self.num_classes < 1 or self.clips_per_class < 1:
@@ -74,6 +85,22 @@ class DemoSpec:
     def num_frames(self) -> int:
         return round(self.seconds * self.fps)
 
+    @property
+    def num_samples(self) -> int:
+        return round(self.seconds * self.sample_rate)
+
+    @property
+    def column_samples(self) -> int:
+        """Samples per code column."""
+        return self.frames_per_column * self.hop
+
+    def column_start(self, column: int) -> int:
+        """The sample where an event in code column `column` of the models' window starts: one hop after the
+        column's first frame's centre, so the STFT window of that frame holds only the sound's first quarter."""
+        from pipeline.data.features import center_offset
+
+        return (center_offset(self.spec_len, self.crop_len) + column * self.frames_per_column + 1) * self.hop
+
 
 @dataclass(frozen=True)
 class DemoClass:
@@ -83,7 +110,7 @@ class DemoClass:
     texture: str
     colour: tuple[int, int, int]
     pitch: float  # frequency multiplier of the kind's sound
-    event_seconds: float
+    event_columns: int  # code columns the sound (and the flash) lasts
 
 
 def class_list(num_classes: int) -> list[DemoClass]:
@@ -96,7 +123,7 @@ def class_list(num_classes: int) -> list[DemoClass]:
         colour = tuple(int(255 * c) for c in _hsv_to_rgb(hue, 0.85, 1.0))
         classes.append(DemoClass(
             name=f"{i:02d}_{kind}_{SHAPES[kind]}", kind=kind, shape=SHAPES[kind], texture=TEXTURES[kind],
-            colour=colour, pitch=1.5 ** variant, event_seconds=EVENT_SECONDS[kind]))
+            colour=colour, pitch=1.5 ** variant, event_columns=EVENT_COLUMNS[kind]))
     return classes
 
 
@@ -113,24 +140,32 @@ class ClipPlan:
 
     id: str
     cls: DemoClass
-    onsets: list[int]  # frame indices where an event (flash + sound) starts
+    onsets: list[int]  # samples where an event (sound + flash) starts, each on a code column (DemoSpec.column_start)
     positions: list[tuple[int, int]]  # object centre (x, y): before the first event, then after each one
     tint: float  # a per-clip shift of the background brightness
     seed: tuple[int, int, int]
 
 
-def _event_onsets(rng: np.random.Generator, spec: DemoSpec, event_frames: int) -> list[int]:
-    """Random onset frames, at least a gap apart, inside the clip (spec.events_per_clip of them, fewer if they
-    cannot fit)."""
-    gap = event_frames + int(0.2 * spec.fps)
-    first, last = int(0.2 * spec.fps), spec.num_frames - event_frames - int(0.1 * spec.fps)
+def event_samples(cls: DemoClass, spec: DemoSpec) -> int:
+    """Samples of one event's sound: its columns less three hops, so its last STFT frame stays in its last column."""
+    return cls.event_columns * spec.column_samples - 3 * spec.hop
+
+
+def _event_onsets(rng: np.random.Generator, spec: DemoSpec, cls: DemoClass) -> list[int]:
+    """Random onsets (samples, each a code column's start), at least one silent column apart, inside the clip
+    (spec.events_per_clip of them, fewer if they cannot fit)."""
+    columns = [c for c in range(1, spec.crop_len // spec.frames_per_column)
+               if spec.column_start(c) + event_samples(cls, spec) <= spec.num_samples - spec.hop]
+    if not columns:
+        raise ValueError(f"seconds={spec.seconds}: too short for a {cls.event_columns}-column event")
+    gap = cls.event_columns + 1
     wanted = int(rng.integers(spec.events_per_clip[0], spec.events_per_clip[1] + 1))
-    for n in range(wanted, 0, -1):
+    for n in range(min(wanted, len(columns)), 0, -1):
         for _ in range(50):
-            onsets = np.sort(rng.integers(first, last + 1, size=n))
-            if n == 1 or np.diff(onsets).min() >= gap:
-                return [int(o) for o in onsets]
-    return [first]
+            picked = np.sort(rng.choice(columns, size=n, replace=False))
+            if n == 1 or np.diff(picked).min() >= gap:
+                return [spec.column_start(int(c)) for c in picked]
+    return [spec.column_start(columns[0])]
 
 
 def plan(spec: DemoSpec) -> list[ClipPlan]:
@@ -138,11 +173,10 @@ def plan(spec: DemoSpec) -> list[ClipPlan]:
     plans = []
     margin = spec.size // 5
     for c, cls in enumerate(class_list(spec.num_classes)):
-        event_frames = round(cls.event_seconds * spec.fps)
         for k in range(spec.clips_per_class):
             seed = (spec.seed, c, k)
             rng = np.random.default_rng(seed)
-            onsets = _event_onsets(rng, spec, event_frames)
+            onsets = _event_onsets(rng, spec, cls)
             positions = [tuple(int(v) for v in rng.integers(margin, spec.size - margin, size=2))
                          for _ in range(len(onsets) + 1)]
             plans.append(ClipPlan(f"{cls.name}/video_{k:05d}", cls, onsets, positions,
@@ -152,47 +186,57 @@ def plan(spec: DemoSpec) -> list[ClipPlan]:
 
 # ---------------------------------------------------------------------------------------------- sound
 
-def event_sound(cls: DemoClass, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """One event's sound, peak 0.5, with a sharp (<= 5 ms) attack so its onset is exact."""
-    n = round(cls.event_seconds * sr)
-    t = np.arange(n) / sr
-    if cls.kind == "chirp":  # exponential sweep, 500 -> 2000 Hz
-        f0, f1 = 500 * cls.pitch, 2000 * cls.pitch
-        span = cls.event_seconds
-        phase = 2 * np.pi * f0 * span / np.log(f1 / f0) * ((f1 / f0) ** (t / span) - 1)
-        wave = np.sin(phase) * np.hanning(2 * n)[n:] ** 0.3
-    elif cls.kind == "noise":  # band-passed white noise burst, exponential decay
-        from scipy.signal import butter, sosfilt
+def event_sound(cls: DemoClass, spec: DemoSpec, rng: np.random.Generator) -> np.ndarray:
+    """One event's sound, peak 0.5, with a sharp (10 ms) attack so its onset is exact. Each kind fills its own
+    band of the mel (at x1 pitch), densely, so that a blurred reconstruction keeps it: chirp a rising band
+    250 -> 1000 Hz (code rows 0-1), harmonic 220 Hz partials over 700-2600 Hz (rows 1-3), clicks across every
+    band, noise 3-7.3 kHz (rows 3-4). (Sounds kept to one row each, with no band shared, left the tiny
+    codebook at the floor image: too few bright pixels for its L1 to leave the median.)"""
+    from scipy.signal import butter, sosfilt
 
-        low, high = 1000 * cls.pitch, min(5000 * cls.pitch, 0.45 * sr)
-        sos = butter(4, [low, high], btype="band", fs=sr, output="sos")
-        wave = sosfilt(sos, rng.standard_normal(n)) * np.exp(-t / 0.08)
-    elif cls.kind == "harmonic":  # 220 Hz and 5 overtones (amplitude 1/k), slow decay
-        f0 = 220 * cls.pitch
-        wave = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 7)) * np.exp(-t / 0.3)
-    elif cls.kind == "clicks":  # 25 clicks/s, each a 3 kHz ping of 4 ms
+    sr = spec.sample_rate
+    n = event_samples(cls, spec)
+    t = np.arange(n) / sr
+
+    def band(wave: np.ndarray, low: float, high: float) -> np.ndarray:
+        low, high = min(low * cls.pitch, 0.4 * sr), min(high * cls.pitch, 0.45 * sr)
+        return sosfilt(butter(4, [low, high], btype="band", fs=sr, output="sos"), wave)
+
+    if cls.kind == "chirp":  # a band of noise sweeping up, 250 -> 1000 Hz (centre), +-30 %: 8 cross-faded bands
         wave = np.zeros(n)
-        ping_t = np.arange(int(0.004 * sr)) / sr
-        ping = np.sin(2 * np.pi * 3000 * cls.pitch * ping_t) * np.exp(-ping_t / 0.001)
-        for start in range(0, n - ping.size, int(sr / 25)):
+        steps = 8
+        width = n / (steps - 1)
+        for i, centre_at in enumerate(np.linspace(0, n, steps)):
+            weight = np.clip(1 - np.abs(np.arange(n) - centre_at) / width, 0, 1)  # triangles summing to 1
+            centre = 250 * 4 ** (i / (steps - 1))
+            wave += weight * band(rng.standard_normal(n), 0.7 * centre, 1.3 * centre)
+    elif cls.kind == "noise":  # band-passed white noise burst, exponential decay
+        wave = band(rng.standard_normal(n), 3000, 7300) * np.exp(-t / 0.2)
+    elif cls.kind == "harmonic":  # a 220 Hz buzz (partials 1/k) kept to 700-2600 Hz, slow decay
+        f0 = 220 * cls.pitch
+        wave = band(sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 16)), 700, 2600) * np.exp(-t / 0.5)
+    elif cls.kind == "clicks":  # a 1 ms click every 4 hops: 4 clicks a code column, 21.5 a second, every band
+        wave = np.zeros(n)
+        ping = np.hanning(int(0.001 * sr)) * np.sign(np.sin(np.linspace(0, 2 * np.pi, int(0.001 * sr))))
+        for start in range(0, n - ping.size, 4 * spec.hop):
             wave[start:start + ping.size] += ping
     else:
         raise ValueError(f"unknown sound kind {cls.kind!r}")
-    if cls.kind != "clicks":  # the clicks are sharp already; a ramp would mute the first one
-        attack = min(n, int(0.005 * sr))
-        wave[:attack] *= np.linspace(0, 1, attack)
+    if cls.kind != "clicks":  # raised-cosine ends (10 ms): a hard edge would splash across every mel band
+        ramp = min(n // 2, int(0.01 * sr))
+        fade = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, ramp))
+        wave[:ramp] *= fade
+        wave[n - ramp:] *= fade[::-1]
     return (0.5 * wave / np.abs(wave).max()).astype(np.float32)
 
 
 def clip_audio(p: ClipPlan, spec: DemoSpec) -> np.ndarray:
     """(samples,) float32 mono: quiet background noise plus the class sound at every onset."""
-    sr = spec.sample_rate
     rng = np.random.default_rng((*p.seed, 1))
-    total = round(spec.seconds * sr)
+    total = spec.num_samples
     audio = spec.background * rng.standard_normal(total)  # a faint hiss: digital silence reads as broken audio
-    for onset in p.onsets:
-        start = onset * sr // spec.fps  # the first sample of the onset frame
-        sound = event_sound(p.cls, sr, rng)[: total - start]
+    for start in p.onsets:
+        sound = event_sound(p.cls, spec, rng)[: total - start]
         audio[start:start + sound.size] += sound
     return np.clip(audio, -1, 1).astype(np.float32)
 
@@ -235,11 +279,12 @@ def clip_frames(p: ClipPlan, spec: DemoSpec) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size]
     background = _background(p, size)
     colour = np.array(p.cls.colour, dtype=np.float64)
-    event_frames = round(p.cls.event_seconds * spec.fps)
+    length = event_samples(p.cls, spec)
     frames = np.empty((spec.num_frames, size, size, 3), dtype=np.uint8)
     for f in range(spec.num_frames):
-        done = sum(1 for o in p.onsets if o <= f)  # events begun so far: the object moved that many times
-        active = any(o <= f < o + event_frames for o in p.onsets)
+        middle = (f + 0.5) * spec.sample_rate / spec.fps  # the frame's middle, in samples
+        done = sum(1 for o in p.onsets if o <= middle)  # events begun so far: the object moved that many times
+        active = any(o <= middle < o + length for o in p.onsets)
         cx, cy = p.positions[done]
         radius = size * (0.17 if active else 0.13)
         mask = _shape_mask(p.cls.shape, xx, yy, cx, cy, radius)
@@ -288,14 +333,16 @@ def _length_note(spec: DemoSpec) -> str:
 
 def _readme(spec: DemoSpec, classes: list[DemoClass]) -> str:
     rows = "\n".join(f"| {c.name} | {c.shape}, colour RGB{c.colour}, {c.texture} background | {c.kind} sound "
-                     f"(x{c.pitch:g} pitch), {c.event_seconds:g} s |" for c in classes)
+                     f"(x{c.pitch:g} pitch), {c.event_columns} code column(s) |" for c in classes)
     return (f"# Generated demo data set (VAS layout)\n\nMade by `python -m stages.make_demo_data` "
             f"(seed {spec.seed}): {spec.num_classes} classes x {spec.clips_per_class} clips "
             f"({spec.clips_per_class - spec.num_valid} train + {spec.num_valid} valid) "
             f"of {spec.seconds:g} s, "
             f"{spec.size}x{spec.size} at {spec.fps} fps, audio AAC mono {spec.sample_rate} Hz.\n\n"
-            f"In every clip the object idles dimly; at each event it jumps to a new place and lights up for "
-            f"exactly as long as its sound plays (onsets on frame boundaries; `events.json` lists them in "
+            f"In every clip the object idles dimly; at each event it jumps to a new place and lights up while "
+            f"its sound plays. Sounds start on the code columns of the models' centre-cropped window "
+            f"({spec.frames_per_column} mel frames, {spec.column_samples / spec.sample_rate:.3f} s) and last whole "
+            f"columns; a frame is bright when its middle lies inside the sound (`events.json` lists the onsets in "
             f"seconds). {_length_note(spec)}\n\n"
             f"| class | look | sound |\n| --- | --- | --- |\n{rows}\n")
 
@@ -328,30 +375,10 @@ def generate(root: str | os.PathLike, spec: DemoSpec, videos: str | os.PathLike 
     save_bytes(valid_split, "".join(f"{i}\n" for i in valid).encode())
     save_bytes(root / "classes.txt", "".join(f"{c.name}\n" for c in classes).encode())
     save_json(root / "events.json", {"fps": spec.fps, "spec": asdict(spec),
-                                     "onsets_s": {p.id: [o / spec.fps for o in p.onsets] for p in plans},
-                                     "event_seconds": {c.name: c.event_seconds for c in classes}})
+                                     "onsets_s": {p.id: [o / spec.sample_rate for o in p.onsets] for p in plans},
+                                     "event_seconds": {c.name: event_samples(c, spec) / spec.sample_rate
+                                                       for c in classes}})
     with atomic_write(root / "README.md", "w") as f:
         f.write(_readme(spec, classes))
     return {"written": written, "skipped": skipped, "root": root, "videos": videos,
             "train": train_split, "valid": valid_split}
-
-
-def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The `make_demo_data` stage: build the spec from the config, generate, say where the data went."""
-    if cfg["dataset"]["name"] != "demo":
-        raise ValueError(f"make_demo_data writes the demo data set, but dataset={cfg['dataset']['name']}: "
-                         f"drop the dataset override (the data goes to dataset=demo's root)")
-    spec = DemoSpec(num_classes=int(cfg["num_classes"]), clips_per_class=int(cfg["clips_per_class"]),
-                    valid_share=float(cfg["valid_share"]), seconds=float(cfg["seconds"]),
-                    size=int(cfg["size"]), fps=int(cfg["fps"]), sample_rate=int(cfg["sample_rate"]),
-                    background=float(cfg["background"]),
-                    events_per_clip=tuple(int(n) for n in cfg["events_per_clip"]), seed=int(cfg["seed"]))
-    dataset = cfg["dataset"]
-    result = generate(dataset["root"], spec, dataset["videos"], dataset["splits"]["train"],
-                      dataset["splits"]["valid"], overwrite=bool(cfg["overwrite"]))
-    print(f"[make_demo_data] {result['written']} clips written, {result['skipped']} kept (already there): "
-          f"{spec.num_classes} classes x {spec.clips_per_class} clips of {spec.seconds:g} s\n"
-          f"  videos: {Path(result['videos']).resolve()}\n"
-          f"  splits: {Path(result['train']).resolve()}, {Path(result['valid']).resolve()}\n"
-          f"  about:  {(Path(result['root']) / 'README.md').resolve()}", flush=True)
-    return result

@@ -13,6 +13,7 @@ from models.vggishish import VGGishish
 from models.vqgan import VectorQuantizer, VQModel
 from models.vqgan_loss import VQLPAPSWithDiscriminator, hinge_d_loss, vanilla_d_loss
 from pipeline.pretrained.codebook import build_codebook
+from tests.helpers import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "codebook"
 TINY_LPAPS = [4, "MP", 4, "MP", 8, "MP", 8, "MP", 8]
@@ -25,7 +26,7 @@ def tiny_model(loss: bool = True, **loss_overrides) -> VQModel:
 
 
 def test_paper_model_maps_80x848_to_5x53_codes():
-    cfg = OmegaConf.load(CONF / "vggsound.yaml")
+    cfg = compose("train_codebook", "codebook=vggsound").codebook  # the preset inherits vas.yaml
     with torch.device("meta"):
         model = VQModel(**OmegaConf.to_container(cfg.model))
         x = torch.empty(1, 1, 80, 848)
@@ -140,7 +141,7 @@ def _loss_inputs(model, seed=0):
 
 
 def test_generator_loss_before_disc_start_has_no_gan_term():
-    model = tiny_model(disc_start=10, min_adapt_weight=1.0, max_adapt_weight=1.0)  # the paper's clamp
+    model = tiny_model(disc_start=10, disc_weight=0.8, min_adapt_weight=1.0, max_adapt_weight=1.0)  # the paper's clamp
     x, xrec, qloss = _loss_inputs(model)
     loss, log = model.loss(qloss, x, xrec, 0, global_step=9, last_layer=model.get_last_layer())
     expected = (x - xrec).abs().mean() + qloss
@@ -154,7 +155,7 @@ def test_generator_loss_before_disc_start_has_no_gan_term():
 
 
 def test_generator_loss_adaptive_weight_after_disc_start():
-    model = tiny_model(disc_start=10, min_adapt_weight=0.0, max_adapt_weight=1e4)
+    model = tiny_model(disc_start=10, disc_weight=0.8, min_adapt_weight=0.0, max_adapt_weight=1e4)  # the paper's weight
     x, xrec, qloss = _loss_inputs(model)
     loss, log = model.loss(qloss, x, xrec, 0, global_step=10, last_layer=model.get_last_layer())
     nll = (x - xrec).abs().mean()
@@ -167,7 +168,7 @@ def test_generator_loss_adaptive_weight_after_disc_start():
     assert torch.allclose(loss, nll + lam * g + qloss, rtol=1e-4)
     loss.backward()  # the graph survives the adaptive-weight gradients
     # paper clamp [1, 1]: the weight is disc_weight whatever the gradients
-    model = tiny_model(disc_start=0, min_adapt_weight=1.0, max_adapt_weight=1.0)
+    model = tiny_model(disc_start=0, disc_weight=0.8, min_adapt_weight=1.0, max_adapt_weight=1.0)
     x, xrec, qloss = _loss_inputs(model)
     _, log = model.loss(qloss, x, xrec, 0, global_step=0, last_layer=model.get_last_layer())
     assert torch.isclose(log["train/d_weight"], torch.tensor(0.8)) and log["train/disc_factor"] == 1
