@@ -49,32 +49,32 @@ class SamplingSchema:
 
 # ----------------------------------------------------------------------------------- the stages' data nodes
 @dataclass
-class SpectrogramData:
-    """`data` of train_codebook / train_transformer: which splits, and the mel crop."""
+class SplitsData:
+    """The splits every training stage's `data` names."""
 
     train_split: str = MISSING
     val_split: str = MISSING
+
+
+@dataclass
+class ClassifierData(SplitsData):
+    """`data` of train_classifier (a centre crop, no augmentation)."""
+
     spec_len: int = MISSING
     crop_len: int = MISSING
+
+
+@dataclass
+class SpectrogramData(ClassifierData):
+    """`data` of train_codebook / train_transformer: which splits, and the mel crop."""
+
     random_crop: bool = MISSING
 
 
 @dataclass
-class ClassifierData:
-    """`data` of train_classifier (a centre crop, no augmentation)."""
-
-    train_split: str = MISSING
-    val_split: str = MISSING
-    spec_len: int = MISSING
-    crop_len: int = MISSING
-
-
-@dataclass
-class VocoderData:
+class VocoderData(SplitsData):
     """`data` of train_vocoder."""
 
-    train_split: str = MISSING
-    val_split: str = MISSING
     val_max_clips: Optional[int] = MISSING
 
 
