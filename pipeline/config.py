@@ -48,28 +48,10 @@ def run_name(overrides) -> str:
     return name[:200] or "default"
 
 
-def block_size(num_tokens: int, num_cond: int) -> int:
-    """The GPT context length: the codebook grid's tokens plus the condition's positions."""
-    return int(num_tokens) + int(num_cond)
-
-
-def cond_size(condition: str, feat_sample_size: int) -> int:
-    """Positions the transformer's condition takes: 1 for a class id, else the visual frames fed per clip
-    (`none`, the "No Feats" model, feeds feat_sample_size random vectors)."""
-    if condition == "class":
-        return 1
-    if condition in ("features", "none"):
-        return int(feat_sample_size)
-    raise ValueError(f"transformer.condition must be features, class or none, got {condition!r}")
-
-
 def register_resolvers() -> None:
     resolvers = {
         "run_name": run_name,
-        "block_size": block_size,
-        "cond_size": cond_size,
         "sum": lambda *xs: sum(xs),
-        "mul": lambda a, b: a * b,
         "floordiv": lambda a, b: a // b,
     }
     for name, fn in resolvers.items():

@@ -36,7 +36,7 @@ from torch import nn
 
 from pipeline.data.features import FEAT_LEN
 from pipeline.extraction import ClipError
-from pipeline.video import center_crop, read_clip_frames, resize, resize_short_side
+from pipeline.video import FPS, center_crop, read_clip_frames, resize, resize_short_side
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ WEIGHTS_HELP = {
 class Preprocessing:
     """How frames become network inputs; the defaults of each kind are the original's (`for_kind`)."""
 
-    fps: float = 21.5                      # frames per second sampled from the video
+    fps: float = FPS                       # frames per second sampled from the video (21.5)
     feat_len: int = FEAT_LEN               # rows of the condition (tiling target for resnet50)
     loop_to: float | None = None           # loop / cut the clip to this many seconds first (bninception: 10)
     extra_frames: int = 0                  # frames sampled past the end (bninception: 2, see module doc)

@@ -25,14 +25,17 @@ own S frames starting at frame round(js * S_total / cols), clamped to the end; w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 
 from models.gpt import GPT, KVCache
+from pipeline.mel import CROP_LEN, FRAMES_PER_COLUMN, N_MELS
 
 MODES = ("nopix", "half")
+PAPER_GRID = (N_MELS // FRAMES_PER_COLUMN, CROP_LEN // FRAMES_PER_COLUMN)  # 5 x 53: a bare GPT's grid unless given
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -82,10 +85,11 @@ def _gpt(model) -> GPT:
 
 
 def _grid(model, grid: tuple[int, int] | None) -> tuple[int, int]:
+    """`grid` when given, else the wrapper's (its permuter's H x W, its codebook's), else the paper's."""
     if grid is not None:
         return grid
     permuter = getattr(model, "first_stage_permuter", None)
-    return (permuter.H, permuter.W) if permuter is not None else (5, 53)
+    return (permuter.H, permuter.W) if permuter is not None else PAPER_GRID
 
 
 def _plan(gpt: GPT, cond, num_tokens: int, mode: str, gt_tokens, grid, batch: int):
@@ -168,15 +172,16 @@ def inference_copy(model, dtype: torch.dtype = torch.float32, int8: bool = False
     return gpt.to(dtype)
 
 
-def sample(model, cond, num_tokens: int = 265, **options) -> torch.Tensor:
+def sample(model, cond, num_tokens: int | None = None, **options) -> torch.Tensor:
     """KV-cached sampling of `num_tokens` tokens (B, num_tokens), exact w.r.t. `sample_uncached`.
 
     model: the wrapper (uses .transformer and the permuter's grid) or a GPT. cond: features (B, D, S) or class
     ids (B,). `options` are `sample_steps`'s: mode 'nopix' (from scratch) or 'half' (the first (cols // 2) * 5
-    tokens copied from gt_tokens); temperature, top_k, top_p, generator, greedy. num_tokens > 265 samples
-    5 x (num_tokens / 5) with the sliding window (module docstring). With `slide_cond`, `cond_frames` is the
-    frames per window (default: block_size - 265). `dtype` (e.g. torch.bfloat16) samples with a copy of the
-    model in that dtype, made for this call (not exact; see `inference_copy`, which makes reusable fast
+    tokens copied from gt_tokens); temperature, top_k, top_p, generator, greedy. num_tokens defaults to one
+    window (H * W: 265 on the 5 x 53 grid); more samples 5 x (num_tokens / 5) with the sliding window (module
+    docstring). With `slide_cond`, `cond_frames` is the frames per window (default: block_size - H * W). `grid`
+    replaces the model's (a bare GPT's is the paper's 5 x 53). `dtype` (e.g. torch.bfloat16) samples with a copy
+    of the model in that dtype, made for this call (not exact; see `inference_copy`, which makes reusable fast
     copies); None keeps the model as it is.
     """
     for _, tokens in sample_steps(model, cond, num_tokens, **options):
@@ -184,11 +189,34 @@ def sample(model, cond, num_tokens: int = 265, **options) -> torch.Tensor:
     return tokens
 
 
-@torch.inference_mode()
-def sample_steps(
+@dataclass
+class _Call:
+    """One sampling call's checked arguments, shared by `sample_steps` and `sample_uncached`."""
+
+    gpt: GPT
+    B: int
+    num_tokens: int
+    H: int
+    W: int
+    cols: int
+    n_prime: int                                   # tokens copied from gt_tokens (mode 'half')
+    S: int                                         # condition positions of a window
+    window_cond: Callable[[int], torch.Tensor | None]  # the condition of the window starting at column js
+    pick: Callable[[torch.Tensor], torch.Tensor]   # logits (B, vocab) -> tokens (B,)
+    gt_tokens: torch.Tensor | None
+
+    def primed(self, length: int) -> torch.Tensor:
+        """A zero buffer (B, length) on the model's device with the n_prime primer tokens in place."""
+        tokens = torch.zeros(self.B, length, dtype=torch.long, device=self.gpt.pos_emb.device)
+        if self.n_prime:
+            tokens[:, :self.n_prime] = self.gt_tokens[:, :self.n_prime].to(tokens.device)
+        return tokens
+
+
+def _call(
     model,
     cond,
-    num_tokens: int = 265,
+    num_tokens: int | None = None,
     mode: str = "nopix",
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -200,11 +228,8 @@ def sample_steps(
     cond_frames: int | None = None,
     grid: tuple[int, int] | None = None,
     dtype: torch.dtype | None = None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """`sample` (its arguments are documented there), one token at a time: yields (tokens done, the
-    (B, num_tokens) buffer) after every sampled token, and once with the primed buffer before the first.
-    The buffer is updated in place (copy what you keep); positions from `tokens done` on hold 0. Draining it
-    gives exactly `sample`'s tokens (`sample` does)."""
+) -> _Call:
+    """Checks a sampling call's arguments (documented at `sample`)."""
     gpt = _gpt(model)
     if dtype is not None and dtype != gpt.pos_emb.dtype:
         gpt = inference_copy(gpt, dtype=dtype, fuse_qkv=False)
@@ -212,24 +237,35 @@ def sample_steps(
     cond = cond.to(device) if cond is not None else None
     B = _batch_size(cond, gt_tokens)
     H, W = _grid(model, grid)
+    num_tokens = H * W if num_tokens is None else int(num_tokens)
     S_win = cond_frames or gpt.block_size - H * W
     window_cond = partial(_window_cond, cond, cols=-(-num_tokens // H), S=S_win, slide_cond=slide_cond)
     H, W, cols, n_prime, S = _plan(gpt, window_cond(0), num_tokens, mode, gt_tokens, (H, W), B)
-    tokens = torch.zeros(B, num_tokens, dtype=torch.long, device=device)
-    if n_prime:
-        tokens[:, :n_prime] = gt_tokens[:, :n_prime].to(device)
-    yield n_prime, tokens
-    cache: KVCache = gpt.new_cache(B, S + min(num_tokens, H * W))
+    pick = partial(pick_token, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
+    return _Call(gpt, B, num_tokens, H, W, cols, n_prime, S, window_cond, pick, gt_tokens)
+
+
+@torch.inference_mode()
+def sample_steps(model, cond, num_tokens: int | None = None, **options) -> Iterator[tuple[int, torch.Tensor]]:
+    """`sample` (its arguments are documented there), one token at a time: yields (tokens done, the
+    (B, num_tokens) buffer) after every sampled token, and once with the primed buffer before the first.
+    The buffer is updated in place (copy what you keep); positions from `tokens done` on hold 0. Draining it
+    gives exactly `sample`'s tokens (`sample` does)."""
+    call = _call(model, cond, num_tokens, **options)
+    gpt, H, W, num_tokens = call.gpt, call.H, call.W, call.num_tokens
+    tokens = call.primed(num_tokens)
+    yield call.n_prime, tokens
+    cache: KVCache = gpt.new_cache(call.B, call.S + min(num_tokens, H * W))
     current_js, cached_to = None, 0  # the window in the cache; tokens[:, js*H:cached_to] are in it
-    for pos in range(n_prime, num_tokens):
-        js = _window_start(pos // H, cols, W)
+    for pos in range(call.n_prime, num_tokens):
+        js = _window_start(pos // H, call.cols, W)
         if js != current_js:  # new window: positions shift, rebuild the cache in one forward
-            logits = gpt.prefill(tokens[:, js * H : pos], window_cond(js), cache)
+            logits = gpt.prefill(tokens[:, js * H : pos], call.window_cond(js), cache)
             current_js, cached_to = js, pos
         else:
             logits = gpt.step(tokens[:, cached_to:pos], cache)
             cached_to = pos
-        tokens[:, pos] = pick_token(logits, temperature, top_k, top_p, greedy, generator)
+        tokens[:, pos] = call.pick(logits)
         yield pos + 1, tokens
 
 
@@ -266,50 +302,27 @@ def last_step_attention(
 
 
 @torch.inference_mode()
-def sample_uncached(
-    model,
-    cond,
-    num_tokens: int = 265,
-    mode: str = "nopix",
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    gt_tokens: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    greedy: bool = False,
-    slide_cond: bool = False,
-    cond_frames: int | None = None,
-    grid: tuple[int, int] | None = None,
-    steps: list[int] | None = None,
-) -> torch.Tensor:
+def sample_uncached(model, cond, num_tokens: int | None = None, steps: list[int] | None = None,
+                    **options) -> torch.Tensor:
     """The original's procedure (spec §4.6(2), §9.1): a zero-filled buffer and, for every step, a forward of
-    [condition, the window's 5 * 53 - 1 buffer slots], reading the logits at the step's local position.
+    [condition, the window's 5 * 53 - 1 buffer slots], reading the logits at the step's local position
+    (arguments as `sample`'s).
 
     `steps` (positions) restricts the loop to those steps, for timing a sample of them or spot-checking
     another sampler: the other slots then hold `gt_tokens` where given (all of them, whatever the mode), else
     0.
     """
-    gpt = _gpt(model)
-    device = gpt.pos_emb.device
-    cond = cond.to(device) if cond is not None else None
-    B = _batch_size(cond, gt_tokens)
-    H, W = _grid(model, grid)
-    S_win = cond_frames or gpt.block_size - H * W
-    window_cond = partial(_window_cond, cond, cols=-(-num_tokens // H), S=S_win, slide_cond=slide_cond)
-    H, W, cols, n_prime, _S = _plan(gpt, window_cond(0), num_tokens, mode, gt_tokens, (H, W), B)
-    buffer = torch.zeros(B, max(num_tokens, H * W), dtype=torch.long, device=device)
-    if n_prime:
-        buffer[:, :n_prime] = gt_tokens[:, :n_prime].to(device)
+    call = _call(model, cond, num_tokens, **options)
+    gpt, H, W, num_tokens, gt_tokens = call.gpt, call.H, call.W, call.num_tokens, call.gt_tokens
+    buffer = call.primed(max(num_tokens, H * W))
     if steps is not None and gt_tokens is not None:
-        buffer[:, : gt_tokens.shape[1]] = gt_tokens[:, : buffer.shape[1]].to(device)
-    for pos in steps if steps is not None else range(n_prime, num_tokens):
-        js = _window_start(pos // H, cols, W)
-        c = window_cond(js)
+        buffer[:, : gt_tokens.shape[1]] = gt_tokens[:, : buffer.shape[1]].to(buffer.device)
+    for pos in steps if steps is not None else range(call.n_prime, num_tokens):
+        js = _window_start(pos // H, call.cols, W)
+        c = call.window_cond(js)
         logits = gpt(buffer[:, js * H : js * H + H * W - 1], c)  # (B, S + 264, vocab)
         local = pos - js * H
-        buffer[:, pos] = pick_token(
-            logits[:, gpt.condition_length(c) - 1 + local], temperature, top_k, top_p, greedy, generator
-        )
+        buffer[:, pos] = call.pick(logits[:, gpt.condition_length(c) - 1 + local])
     return buffer[:, :num_tokens]
 
 

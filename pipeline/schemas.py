@@ -158,12 +158,6 @@ class CodebookSchema:
 
 
 @dataclass
-class Grid:
-    H: int = MISSING
-    W: int = MISSING
-
-
-@dataclass
 class TransformerOptim:
     base_learning_rate: float = MISSING
     betas: List[float] = MISSING
@@ -181,10 +175,7 @@ class TransformerSchema:
     feat_sample_size: int = MISSING
     feat_depth: int = MISSING
     n_classes: Optional[int] = MISSING
-    grid: Grid = field(default_factory=Grid)
-    num_tokens: int = MISSING
-    cond_size: int = MISSING
-    block_size: int = MISSING             # the vocabulary is the codebook's n_embed, read from the codebook
+    grid: Optional[List[int]] = None      # [H, W] states one; null: the codebook's (vocabulary, block_size derived)
     n_layer: int = MISSING
     n_head: int = MISSING
     n_embd: int = MISSING

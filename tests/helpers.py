@@ -132,6 +132,19 @@ def make_codebook(path: Path) -> Path:
     return path
 
 
+def built_transformer(transformer_cfg: DictConfig, crop_len: int):
+    """The wrapper a `transformer` config gets over a tiny codebook (conf/codebook/tiny.yaml: the paper's 4
+    downsamplings) for crop_len-frame clips, built as the training stage builds it, on the meta device (no weights):
+    its grid (first_stage_permuter.H, .W) and block_size (.transformer.block_size) are the derived ones."""
+    from pipeline.pretrained.codebook import build_codebook
+    from pipeline.pretrained.transformer import build_transformer, codebook_grid, model_args_from_config
+
+    with torch.device("meta"):
+        codebook = build_codebook(OmegaConf.load(CONF / "codebook" / "tiny.yaml").model)
+    args = model_args_from_config(transformer_cfg, codebook.n_embed, codebook_grid(codebook, crop_len))
+    return build_transformer(args, codebook, device="meta")
+
+
 def tiny_transformer_cfg(feat_sample_size: int = 5, depth: int = DEPTH, condition: str = "features") -> DictConfig:
     """The train_transformer config of dataset=demo (the tiny preset) for `feat_sample_size` frames of `depth`."""
     cfg = compose("train_transformer", "dataset=demo", "logger=none", "codebook.ckpt=unused",
@@ -146,13 +159,13 @@ def make_transformer(path: Path, codebook: Path, features: dict, feat_sample_siz
                      condition: str = "features") -> Path:
     """A tiny random transformer over `codebook`, saved in the training stage's checkpoint layout."""
     from pipeline.pretrained import load_codebook
-    from pipeline.pretrained.transformer import build_transformer, model_args_from_config
+    from pipeline.pretrained.transformer import build_transformer, model_args_from_stage
     from pipeline.train.checkpoint import save_checkpoint
 
     cfg = tiny_transformer_cfg(feat_sample_size, int(features["depth"]), condition)
     torch.manual_seed(0)
     vq = load_codebook(codebook)
-    args = model_args_from_config(cfg.transformer, vq.n_embed)
+    args = model_args_from_stage(cfg, vq)
     model = build_transformer(args, vq)
     save_checkpoint(path, {"kind": "transformer", "version": 1, "model_args": args, "state_dict": model.state_dict(),
                            "codebook": {"model_args": vq.model_args, "source": str(codebook)},

@@ -8,7 +8,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, built_transformer
 
 STAGES = sorted(p.stem for p in (ROOT / "stages").glob("*.py") if not p.stem.startswith("_"))
 # keys a user must give for these stages; everything else has a default
@@ -40,14 +40,16 @@ def test_paper_experiments_compose_with_derived_block_size(experiment, compose):
     cfg = compose("train_transformer", f"experiment={experiment}")
     t = cfg.transformer
     cond = 1 if t.condition == "class" else t.feat_sample_size
-    assert t.block_size == 265 + cond
+    model = built_transformer(t, cfg.data.crop_len)  # grid and block_size come from the codebook at build
+    assert (model.first_stage_permuter.H, model.first_stage_permuter.W) == (5, 53)
+    assert model.transformer.block_size == 265 + cond
 
 
 @pytest.mark.parametrize("sizes", [(1, 266), (5, 270), (212, 477)])
 def test_block_size_follows_feat_sample_size(sizes, compose):
     feats, block = sizes
     cfg = compose("train_transformer", "dataset=vas", f"transformer.feat_sample_size={feats}")
-    assert cfg.transformer.block_size == block
+    assert built_transformer(cfg.transformer, cfg.data.crop_len).transformer.block_size == block
 
 
 def test_run_folder_names_ignore_where_and_how():
@@ -140,12 +142,15 @@ def test_the_clip_sizes_are_one_node_and_the_code_constants_agree(compose):
 
 def test_the_visual_frame_sizes_are_the_clip_node_and_every_features_preset_follows_it(compose):
     from pipeline.data.features import FEAT_CROP_LEN, FEAT_LEN
+    from pipeline.features import Preprocessing
+    from pipeline.video import FPS
     from pipeline.zoo import features_preset
 
     clip = compose("base").clip
     assert (clip.feat_len, clip.feat_crop_len) == (FEAT_LEN, FEAT_CROP_LEN) == (215, 212)
+    assert clip.feat_fps == FPS == Preprocessing().fps == 21.5  # the visual frame rate: the clip node and the code
     cfg = compose("extract_features", "features=resnet50", "clip.feat_len=100", "clip.feat_crop_len=96")
     assert (cfg.features.feat_len, cfg.features.feat_crop_len) == (100, 96)  # one override moves every preset
     for kind in (p.stem for p in (ROOT / "conf" / "features").glob("*.yaml")):
         preset = features_preset(kind)
-        assert (preset["feat_len"], preset["feat_crop_len"]) == (FEAT_LEN, FEAT_CROP_LEN), kind
+        assert (preset["feat_len"], preset["feat_crop_len"], preset["fps"]) == (FEAT_LEN, FEAT_CROP_LEN, FPS), kind

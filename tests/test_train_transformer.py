@@ -77,12 +77,13 @@ def test_mismatches_are_reported_before_any_work(demo, tmp_path):
     cfg = tiny_transformer_cfg(5)
     cfg.codebook.ckpt = str(demo)
     assert preflight(cfg, tmp_path).n_embed == 32
-    save_torch(tmp_path / "checkpoints" / "last.pt", {"model_args": model_args_from_config(cfg.transformer, 32)})
+    resumed = {"model_args": model_args_from_config(cfg.transformer, 32, [5, 53])}  # the demo codebook's grid
+    save_torch(tmp_path / "checkpoints" / "last.pt", resumed)
     other = tiny_transformer_cfg(1)
     other.codebook.ckpt = str(demo)
     with pytest.raises(ValueError, match=r"last.pt \(being resumed\).*feat_sample_size: 5.*1 in the config"):
         preflight(other, tmp_path)
-    other_vocab = {"model_args": model_args_from_config(cfg.transformer, 64)}
+    other_vocab = {"model_args": model_args_from_config(cfg.transformer, 64, [5, 53])}
     save_torch(tmp_path / "other" / "checkpoints" / "last.pt", other_vocab)
     with pytest.raises(ValueError, match=r"vocab_size: 64 in .*last.pt \(being resumed\), 32 in the config"):
         preflight(cfg, tmp_path / "other")  # the vocabulary is the codebook's: a run on another codebook is refused

@@ -13,9 +13,10 @@ from pipeline.pretrained.transformer import (
     build_transformer,
     build_vqmodel,
     check_compatible,
+    codebook_grid,
     model_args_from_config,
 )
-from tests.helpers import compose
+from tests.helpers import built_transformer, compose
 
 
 @pytest.fixture(scope="module")
@@ -90,24 +91,35 @@ def test_our_checkpoint_round_trip_and_config_check(small, tmp_path):
         check_compatible(original.model_args, transformer_cfg("vas"))
 
 
+def built(preset: str, *overrides: str):
+    """The wrapper a preset builds over a tiny codebook (meta device): its grid and block_size are derived."""
+    cfg = compose("base", f"+transformer={preset}", *overrides)
+    return built_transformer(cfg.transformer, cfg.clip.crop_len)
+
+
 def test_config_presets_derive_block_size():
-    assert transformer_cfg("vas").block_size == 477
-    assert transformer_cfg("vggsound").block_size == 477 and "vocab_size" not in transformer_cfg("vggsound")
-    assert transformer_cfg("vas", "transformer.feat_sample_size=5").block_size == 270
-    assert transformer_cfg("vas", "transformer.condition=class").block_size == 266
-    tiny = transformer_cfg("tiny")
-    assert (tiny.n_layer, tiny.n_embd, tiny.n_head, tiny.block_size) == (2, 64, 4, 265 + 53)  # a frame per column
-    args = model_args_from_config(tiny, 32)
+    assert built("vas").transformer.block_size == 477
+    assert built("vggsound").transformer.block_size == 477 and "vocab_size" not in transformer_cfg("vggsound")
+    assert built("vas", "transformer.feat_sample_size=5").transformer.block_size == 270
+    assert built("vas", "transformer.condition=class", "transformer.n_classes=8").transformer.block_size == 266
+    tiny, model = transformer_cfg("tiny"), built("tiny")
+    assert (tiny.n_layer, tiny.n_embd, tiny.n_head, model.transformer.block_size) == (2, 64, 4, 265 + 53)  # a frame
+    assert (model.first_stage_permuter.H, model.first_stage_permuter.W) == (5, 53)  # per column of the 5 x 53 grid
+    args = model_args_from_config(tiny, 32, codebook_grid(model.first_stage_model, 848))
     assert args["grid"] == [5, 53] and args["condition"] == "features" and args["vocab_size"] == 32
 
 
 @pytest.mark.parametrize("dataset", ["vas", "vggsound"])
 def test_paper_models_have_the_originals_keys_and_shapes(dataset, original_fixtures):
     keys = json.loads((original_fixtures / "original_keys.json").read_text())
-    vq = OmegaConf.to_container(compose("train_codebook", f"codebook={dataset}").codebook.model)  # inherits vas
+    stage = compose("train_codebook", f"codebook={dataset}")
+    vq = OmegaConf.to_container(stage.codebook.model)  # inherits vas
     for feats in (1, 5, 212):
-        args = model_args_from_config(transformer_cfg(dataset, f"transformer.feat_sample_size={feats}"), vq["n_embed"])
-        model = build_transformer(args, build_vqmodel(vq, device="meta"), device="meta")
+        codebook = build_vqmodel(vq, device="meta")
+        grid = codebook_grid(codebook, stage.data.crop_len)
+        args = model_args_from_config(transformer_cfg(dataset, f"transformer.feat_sample_size={feats}"), vq["n_embed"],
+                                      grid)
+        model = build_transformer(args, codebook, device="meta")
         got = {k: list(v.shape) for k, v in model.state_dict().items()}
         assert got == keys[f"transformer_{dataset}_{feats}feats"]
         if feats == 212:  # spec §4.2, VERIFIED counts
@@ -124,3 +136,21 @@ def test_codebook_path_replaces_the_embedded_codebook(small, original_fixtures):
     with torch.no_grad():
         x = torch.rand(1, 1, 80, 848) * 2 - 1
         assert torch.equal(model.encode_to_tokens(x), embedded.encode_to_tokens(x))
+
+
+def test_the_grid_is_the_codebooks_and_a_stated_or_resumed_one_is_checked():
+    stated = compose("base", "+transformer=tiny", "transformer.grid=[5,26]")
+    with pytest.raises(ValueError, match="transformer.grid is 5 x 26 but the codebook's latent grid of one clip is "
+                                         "5 x 53"):
+        built_transformer(stated.transformer, stated.clip.crop_len)
+    same = compose("base", "+transformer=tiny", "transformer.grid=[5,53]")
+    assert built_transformer(same.transformer, same.clip.crop_len).first_stage_permuter.W == 53
+    model = built("tiny")
+    assert model.first_stage_permuter.W == 53 and codebook_grid(model.first_stage_model, 416) == [5, 26]
+    with pytest.raises(ValueError, match="clip.crop_len to a multiple of 16"):
+        codebook_grid(model.first_stage_model, 850)
+    tiny = transformer_cfg("tiny")
+    half = model_args_from_config(tiny, 32, [5, 26])  # a run on 416-frame clips
+    with pytest.raises(ValueError, match=r"block_size: 183 in .*318 in the config.*grid: \[5, 26\] in .*\[5, 53\]"):
+        check_compatible(half, tiny, source="last.pt", grid=[5, 53])
+    check_compatible(half, tiny, source="last.pt")  # against its own grid: fits

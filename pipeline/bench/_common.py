@@ -15,6 +15,7 @@ import resource
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Self
 
 import torch
@@ -38,6 +39,17 @@ def load_line() -> str:
     """The machine's 1/5/15-minute load averages and CPU count, for every benchmark's header."""
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPUs"
+
+
+def stage_config(stage: str, *overrides: str):
+    """conf/<stage>.yaml composed with `overrides` as the stage sees it (schemas checked): the paper presets' sizes
+    for a benchmark, read where they are defined rather than typed again."""
+    from hydra import compose, initialize_config_dir
+
+    import pipeline.config  # noqa: F401  (registers the resolvers and the schemas)
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+        return compose(stage, overrides=list(overrides))
 
 
 def peak_rss_gib() -> float:

@@ -62,21 +62,18 @@ def measure(variant: str, steps: int, batch: int = 2) -> dict:
     import torch
     from omegaconf import OmegaConf
 
+    from pipeline.bench._common import stage_config
+    from pipeline.mel import CROP_LEN, N_MELS
     from pipeline.pretrained.codebook import build_codebook
 
     torch.set_num_threads(int(os.environ.get("CODEBOOK_BENCH_THREADS", "1")))
     torch.manual_seed(0)
-    from hydra import compose, initialize_config_dir
-
-    import pipeline.config  # noqa: F401  (registers the resolvers and the schemas)
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):  # the preset inherits vas.yaml
-        node = compose("train_codebook", overrides=["codebook=vggsound", "dataset=vggsound"]).codebook
+    node = stage_config("train_codebook", "codebook=vggsound", "dataset=vggsound").codebook  # inherits vas.yaml
     cfg = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
     cfg.loss.lpaps_trunk, cfg.loss.lpaps_stats = "random", None  # random LPAPS, placeholder stats: same cost
     model = build_codebook(cfg.model, cfg.loss)
     model.train()
-    x = torch.rand(batch, 1, 80, 848) * 2 - 1
+    x = torch.rand(batch, 1, N_MELS, CROP_LEN) * 2 - 1  # one batch of the clip's model inputs
     small = x[:1, :, :, :64].clone()
     if variant == "channels_last":
         model = model.to(memory_format=torch.channels_last)

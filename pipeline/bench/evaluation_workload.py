@@ -27,18 +27,21 @@ from pipeline.bench._common import Clock, load_line, peak_rss_gib, roofline
 SAMPLES_PER_VIDEO = 10    # README: VAS 10 samples per video (the tables' 100 for some rows)
 ORIGINAL_BATCH = 4        # README: the VAS sampler batch
 ORIGINAL_STEPS = 2        # of its 265 identical steps, timed
-NUM_TOKENS, S = 265, 212
-TOP_K = 64                # README VAS recipe
 TARGET = 30.0
 
 
 def _models():
-    from pipeline.bench.gpu import PAPER, build_models
+    """(wrapper, MelGAN generator, sizes): bench-gpu's paper models (`pipeline.bench.gpu.paper_sizes`: the VAS
+    presets' GPT, 212 condition frames and top-k 64, the README's VAS recipe) on the CPU."""
+    from pipeline.bench.gpu import build_models, paper_sizes
 
-    return build_models(PAPER, torch.device("cpu"))
+    sizes = paper_sizes()
+    return (*build_models(sizes, torch.device("cpu")), sizes)
 
 
 def main() -> list[str]:
+    from pipeline.audio import SR
+    from pipeline.bench.transformer_sampling import forward_flops
     from pipeline.generation import generate
     from pipeline.sampling import sample_uncached
     from pipeline.sampling_settings import SamplingSettings
@@ -46,32 +49,34 @@ def main() -> list[str]:
 
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
     threads = torch.get_num_threads()
-    model, generator = _models()
+    model, generator, sizes = _models()
+    S, top_k = sizes["S"], sizes["top_k"]
+    num_tokens = model.num_tokens  # one window of the codebook's grid: 265
     vocoder = Vocoder(generator)
-    settings = SamplingSettings(mode="nopix", temperature=1.0, top_k=TOP_K)
+    settings = SamplingSettings(mode="nopix", temperature=1.0, top_k=top_k)
     probe = roofline()
     print(f"paper VAS models (transformer 212 feats, VAS codebook, MelGAN), random weights, {threads} thread(s); "
           f"{load_line()}{'; QUICK MODE' if quick else ''}")
 
     torch.manual_seed(1)
-    cond = torch.rand(SAMPLES_PER_VIDEO, 2048, S)
+    cond = torch.rand(SAMPLES_PER_VIDEO, sizes["feat_depth"], S)
     vocoder(generate(model, cond[:1], settings, 10, None, torch.Generator().manual_seed(0)))  # warm-up, 2 columns
     with Clock() as tokens_decode:
-        mels = generate(model, cond, settings, NUM_TOKENS, None, torch.Generator().manual_seed(1))
+        mels = generate(model, cond, settings, num_tokens, None, torch.Generator().manual_seed(1))
     with Clock() as vocode:
         waves = vocoder(mels)
     stage_wall = tokens_decode.wall + vocode.wall
     per_clip = stage_wall / SAMPLES_PER_VIDEO
     print(f"sample stage, batch {SAMPLES_PER_VIDEO} (the samples per video): tokens + decode (`generate`) in "
-          f"{tokens_decode}, vocoder in {vocode} ({waves.shape[-1] / 22050:.2f} s of audio a clip) = "
+          f"{tokens_decode}, vocoder in {vocode} ({waves.shape[-1] / SR:.2f} s of audio a clip) = "
           f"{SAMPLES_PER_VIDEO / stage_wall:.3f} clips/s wall ({per_clip:.1f} s per clip; peak RSS "
           f"{peak_rss_gib():.2f} GiB)")
 
     cond4 = cond[:ORIGINAL_BATCH]
-    gt = torch.zeros(ORIGINAL_BATCH, NUM_TOKENS, dtype=torch.long)
-    steps = [0, NUM_TOKENS - 1][:ORIGINAL_STEPS] if ORIGINAL_STEPS <= 2 else list(range(ORIGINAL_STEPS))
+    gt = torch.zeros(ORIGINAL_BATCH, num_tokens, dtype=torch.long)
+    steps = [0, num_tokens - 1][:ORIGINAL_STEPS] if ORIGINAL_STEPS <= 2 else list(range(ORIGINAL_STEPS))
     with Clock() as original_steps:
-        tokens = sample_uncached(model, cond4, mode="nopix", top_k=TOP_K, gt_tokens=gt, steps=steps,
+        tokens = sample_uncached(model, cond4, mode="nopix", top_k=top_k, gt_tokens=gt, steps=steps,
                                  generator=torch.Generator().manual_seed(1))
     if quick:  # the same decoder and vocoder code on the same shapes: our per-clip cost of them, batch 10
         tail_wall = ORIGINAL_BATCH * (vocode.wall + tokens_decode.wall) / SAMPLES_PER_VIDEO
@@ -85,14 +90,15 @@ def main() -> list[str]:
         tail_wall, tail_cpu = tail.wall, tail.cpu
         tail_note = f"decode + vocoder of the {ORIGINAL_BATCH} clips in {tail}"
     probe = probe.best(roofline())  # the better of a probe before and one after the timings
-    tokens_wall = original_steps.wall * NUM_TOKENS / len(steps)
-    tokens_cpu = original_steps.cpu * NUM_TOKENS / len(steps)
+    tokens_wall = original_steps.wall * num_tokens / len(steps)
+    tokens_cpu = original_steps.cpu * num_tokens / len(steps)
     original_per_clip = (tokens_wall + tail_wall) / ORIGINAL_BATCH
-    step_share = probe.compute_seconds(_flops(model, ORIGINAL_BATCH)) * len(steps) / original_steps.wall
+    flops = forward_flops(model.transformer, S + num_tokens - 1, 0, ORIGINAL_BATCH)  # one full recomputation
+    step_share = probe.compute_seconds(flops) * len(steps) / original_steps.wall
     print(f"{probe} (the better of a probe before and one after)")
-    print(f"original generate_samples procedure, batch {ORIGINAL_BATCH}: {len(steps)} of its {NUM_TOKENS} identical "
+    print(f"original generate_samples procedure, batch {ORIGINAL_BATCH}: {len(steps)} of its {num_tokens} identical "
           f"full-recomputation steps timed in {original_steps} ({100 * step_share:.0f}% of the GEMM bound), "
-          f"EXTRAPOLATED to {NUM_TOKENS} steps: {tokens_wall:.0f} s wall / {tokens_cpu:.0f} s CPU; {tail_note}; "
+          f"EXTRAPOLATED to {num_tokens} steps: {tokens_wall:.0f} s wall / {tokens_cpu:.0f} s CPU; {tail_note}; "
           f"{original_per_clip:.1f} s per clip = {1 / original_per_clip:.4f} clips/s")
     ratio = original_per_clip / per_clip
     ratio_cpu = (tokens_cpu + tail_cpu) / ORIGINAL_BATCH / ((tokens_decode.cpu + vocode.cpu) / SAMPLES_PER_VIDEO)
@@ -104,12 +110,6 @@ def main() -> list[str]:
     return [f"sample stage {SAMPLES_PER_VIDEO / stage_wall:.3f} clips/s at batch {SAMPLES_PER_VIDEO} vs the original "
             f"{1 / original_per_clip:.4f} at batch 4 (its tokens extrapolated from {len(steps)} steps): {ratio:.1f}x "
             f"wall, {ratio_cpu:.1f}x CPU (target 30x){' QUICK' if quick else ''}", load_line()]
-
-
-def _flops(model, batch: int) -> float:
-    from pipeline.bench.transformer_sampling import forward_flops
-
-    return forward_flops(model.transformer, S + NUM_TOKENS - 1, 0, batch)
 
 
 if __name__ == "__main__":

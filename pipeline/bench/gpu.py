@@ -28,16 +28,27 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.bench._common import load_line, roofline
+from pipeline.audio import SR
+from pipeline.bench._common import load_line, roofline, stage_config
+from pipeline.mel import FRAMES_PER_COLUMN, HOP, N_MELS
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-PAPER = {"codebook": "vas", "vocoder": "vggsound", "gpt": {"n_layer": 24, "n_head": 16, "n_embd": 1024},
-         "S": 212, "grid": (5, 53), "batches": (1, 16), "top_k": 64, "codebook_batch": 3, "transformer_batch": 2,
-         "train_steps": 3}
-SMOKE = {"codebook": "tiny", "vocoder": "tiny", "gpt": {"n_layer": 2, "n_head": 2, "n_embd": 32},
-         "S": 4, "grid": (5, 8), "batches": (1, 2), "top_k": 16, "codebook_batch": 2, "transformer_batch": 2,
-         "train_steps": 1, "num_tokens": 40}
-FEAT_DEPTH = 2048
+# the paper run: the VAS presets (`paper_sizes` reads the GPT, its condition frames, top-k, batch sizes and the
+# clip's crop from them), the VGGSound MelGAN; the token grid is the codebook's over the crop
+PAPER = {"dataset": "vas", "codebook": "vas", "vocoder": "vggsound", "batches": (1, 16), "train_steps": 3}
+SMOKE = {"codebook": "tiny", "vocoder": "tiny", "gpt": {"n_layer": 2, "n_head": 2, "n_embd": 32}, "S": 4,
+         "feat_depth": 2048, "crop_len": 8 * FRAMES_PER_COLUMN, "batches": (1, 2), "top_k": 16, "codebook_batch": 2,
+         "transformer_batch": 2, "train_steps": 1, "num_tokens": 40}  # a 5 x 8 grid: 8 code columns
+
+
+def paper_sizes() -> dict[str, Any]:
+    """PAPER with the sizes of its presets, as the stages compose them (train_transformer dataset=vas)."""
+    cfg = stage_config("train_transformer", f"dataset={PAPER['dataset']}")
+    t = cfg.transformer
+    return {**PAPER, "gpt": {key: int(t[key]) for key in ("n_layer", "n_head", "n_embd")},
+            "S": int(t.feat_sample_size), "feat_depth": int(t.feat_depth), "top_k": int(t.sampling.top_k),
+            "crop_len": int(cfg.data.crop_len), "transformer_batch": int(t.optim.batch_size),
+            "codebook_batch": int(_preset("codebook", PAPER["codebook"]).optim.batch_size)}
 
 
 def _sync(device: torch.device) -> None:
@@ -65,6 +76,11 @@ def _timed(fn, device: torch.device) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
+def _grid(model) -> tuple[int, int]:
+    """The wrapper's token grid (H, W): its permuter's, which is its codebook's."""
+    return model.first_stage_permuter.H, model.first_stage_permuter.W
+
+
 def _preset(group: str, name: str):
     cfg = OmegaConf.load(CONF / group / f"{name}.yaml")
     cfg.pop("defaults", None)
@@ -72,17 +88,20 @@ def _preset(group: str, name: str):
 
 
 def build_models(sizes: dict, device: torch.device):
-    """(wrapper: codebook + GPT + permuter, MelGAN generator) of `sizes` on `device`, random weights, eval mode."""
+    """(wrapper: codebook + GPT + permuter, MelGAN generator) of `sizes` on `device`, random weights, eval mode; the
+    grid is the codebook's latent grid of a crop_len clip."""
     from models.cond_transformer import Net2NetTransformer
     from models.gpt import GPTFeats
     from models.melgan import Generator
     from models.permuter import ColumnMajor
     from pipeline.pretrained.codebook import build_codebook
+    from pipeline.pretrained.transformer import codebook_grid
 
     torch.manual_seed(0)
     codebook = build_codebook(_preset("codebook", sizes["codebook"]).model)
-    H, W = sizes["grid"]
-    gpt = GPTFeats(vocab_size=codebook.n_embed, block_size=sizes["S"] + H * W, feat_depth=FEAT_DEPTH, **sizes["gpt"])
+    H, W = codebook_grid(codebook, sizes["crop_len"])
+    gpt = GPTFeats(vocab_size=codebook.n_embed, block_size=sizes["S"] + H * W, feat_depth=sizes["feat_depth"],
+                   **sizes["gpt"])
     model = Net2NetTransformer(codebook, gpt, ColumnMajor(H, W)).to(device).eval()
     generator = Generator(**OmegaConf.to_container(_preset("vocoder", sizes["vocoder"]).model.netG)).to(device).eval()
     return model, generator
@@ -105,14 +124,14 @@ def clips(model, generator, sizes: dict, device: torch.device) -> dict[int, dict
     from pipeline.sampling import StaticDecoder, inference_copy, sample
     from pipeline.vocoder import Vocoder
 
-    H, W = sizes["grid"]
+    H, W = _grid(model)
     num_tokens = sizes.get("num_tokens", H * W)
     fast_gpt = inference_copy(model, dtype=torch.bfloat16, fuse_qkv=True)
     vocoder = Vocoder(generator, device=device)
     settings = {"top_k": sizes["top_k"], "temperature": 1.0}
     out = {}
     for batch in sizes["batches"]:
-        feats = torch.rand(batch, FEAT_DEPTH, sizes["S"], device=device)
+        feats = torch.rand(batch, sizes["feat_depth"], sizes["S"], device=device)
         static = StaticDecoder(fast_gpt, batch, sizes["S"], grid=(H, W))
 
         def fast(f, gen, static=static):
@@ -133,7 +152,7 @@ def clips(model, generator, sizes: dict, device: torch.device) -> dict[int, dict
                       "tokens_seconds_per_clip": tokens_s / batch, "fp32_seconds_per_clip": base / batch,
                       "fp32_peak_gib": _peak_gib(device), "waveform_samples": int(wave.shape[-1]),
                       "graphs": static.graphs}
-        clip_s = num_tokens * 256 * 16 / 5 / 22050
+        clip_s = num_tokens // H * FRAMES_PER_COLUMN * HOP / SR
         print(f"{clip_s:.2f}-s clip end to end (tokens, decode, vocoder), batch {batch}: bf16 static cache"
               f"{' + CUDA graph' if static.graphs else ' (eager)'} {1e3 * seconds / batch:.1f} ms per clip = "
               f"{batch / seconds:.1f} clips/s ({1e3 * tokens_s / batch:.1f} ms of it the {num_tokens} tokens; peak "
@@ -149,9 +168,9 @@ def static_equals_cached(model, sizes: dict, device: torch.device, forced_steps:
     another SDPA kernel, so random weights' near-flat logits can break a tie differently: the logits decide."""
     from pipeline.sampling import StaticDecoder, sample
 
-    H, W = sizes["grid"]
+    H, W = _grid(model)
     num_tokens = sizes.get("num_tokens", H * W)
-    feats = torch.rand(2, FEAT_DEPTH, sizes["S"], device=device)
+    feats = torch.rand(2, sizes["feat_depth"], sizes["S"], device=device)
     want = sample(model, feats, num_tokens, greedy=True)
     decoder = StaticDecoder(model, 2, sizes["S"])
     got = decoder.sample(feats, num_tokens, greedy=True)
@@ -181,8 +200,7 @@ def _train_codebook(sizes: dict, device: torch.device, amp_dtype) -> dict:
         cfg.loss.lpaps_trunk, cfg.loss.lpaps_stats = "random", None
     torch.manual_seed(0)
     model = build_codebook(cfg.model, cfg.loss).to(device).train()
-    frames = 16 * sizes["grid"][1]
-    x = torch.rand(sizes["codebook_batch"], 1, 80, frames, device=device) * 2 - 1
+    x = torch.rand(sizes["codebook_batch"], 1, N_MELS, sizes["crop_len"], device=device) * 2 - 1
     opt_ae = torch.optim.Adam(list(model.autoencoder_parameters()), lr=1e-6, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(model.loss.discriminator.parameters(), lr=1e-6, betas=(0.5, 0.9))
     step = int(cfg.loss.disc_start)  # past disc_start: every term is live
@@ -199,12 +217,12 @@ def _train_codebook(sizes: dict, device: torch.device, amp_dtype) -> dict:
 def _train_transformer(model, sizes: dict, device: torch.device, amp_dtype) -> dict:
     import contextlib
 
-    H, W = sizes["grid"]
+    H, W = _grid(model)
     batch = sizes["transformer_batch"]
     gpt = model.transformer.train()
     opt = torch.optim.AdamW(model.transformer_param_groups(0.01), lr=1e-6, betas=(0.9, 0.95))
     tokens = torch.randint(0, gpt.vocab_size, (batch, H * W), device=device)
-    feats = torch.rand(batch, FEAT_DEPTH, sizes["S"], device=device)
+    feats = torch.rand(batch, sizes["feat_depth"], sizes["S"], device=device)
     amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else contextlib.nullcontext
 
     def step() -> float:
@@ -251,10 +269,10 @@ def decode_share(model, sizes: dict, device: torch.device) -> float:
     big = device.type == "cuda"
     probe = roofline(device, torch.bfloat16, gemv_mib=1024 if big else 64, gemm_n=8192 if big else 512)
     fast = inference_copy(model, dtype=torch.bfloat16, fuse_qkv=True)
-    H, W = sizes["grid"]
+    H, W = _grid(model)
     num_tokens = sizes.get("num_tokens", H * W)
     decoder = StaticDecoder(fast, 1, sizes["S"], grid=(H, W))
-    feats = torch.rand(1, FEAT_DEPTH, sizes["S"], device=device)
+    feats = torch.rand(1, sizes["feat_depth"], sizes["S"], device=device)
     decoder.sample(feats, num_tokens, greedy=True)  # warm-up, capture
     with torch.inference_mode():
         fast.prefill(torch.zeros(1, 0, dtype=torch.long, device=device), feats, decoder.cache)
@@ -276,13 +294,13 @@ def run(smoke: bool = False, device: str | torch.device | None = None) -> dict[s
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("make bench-gpu needs a CUDA device (torch.cuda.is_available() is False; a CPU wheel of "
                          "torch? `make install TORCH_SPEC=torch`); `make bench-gpu SMOKE=1` runs the CPU smoke mode")
-    sizes = SMOKE if smoke else PAPER
+    sizes = SMOKE if smoke else paper_sizes()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"bench-gpu{' SMOKE MODE (tiny models; figures mean nothing)' if smoke else ''} on {name}, torch "
           f"{torch.__version__}; {load_line()}")
     model, generator = build_models(sizes, device)
     n = sum(p.numel() for p in model.transformer.parameters())
-    print(f"transformer {n / 1e6:.1f} M params, {sizes['S']} condition frames, grid {sizes['grid']}; codebook "
+    print(f"transformer {n / 1e6:.1f} M params, {sizes['S']} condition frames, grid {_grid(model)}; codebook "
           f"preset {sizes['codebook']}, MelGAN preset {sizes['vocoder']}")
     report: dict[str, Any] = {"device": device.type, "name": name, "smoke": smoke}
     report["static"] = static_equals_cached(model, sizes, device)

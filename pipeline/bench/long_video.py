@@ -1,11 +1,11 @@
 """Sound for long videos: time and peak memory of `stages.sample video=...` for 10, 30 and 60 s videos.
 
 Each length runs in its own process (peak RSS is per process), through the sample stage's `sample_user_clip`
-with tiny models built here (the tiny codebook preset, a 1-layer GPT on 212 condition frames, the 8x narrow
-ResNet50 with random weights, Griffin-Lim): what is measured is the path (frames decoded as needed, the
-sliding window, window-by-window decoding), not a model's size. The baseline is the 10 s video in the same run:
-each extra second should cost about what one second of the 10 s path costs (the window step is the same work
-however long the video is), and peak memory should stay within 20% of the 10 s video's. No assertions.
+with tiny models built here (the tiny codebook preset, a 1-layer GPT on the paper VAS preset's 212 condition
+frames, the 8x narrow ResNet50 with random weights, Griffin-Lim): what is measured is the path (frames decoded as
+needed, the sliding window, window-by-window decoding), not a model's size. The baseline is the 10 s video in the
+same run: each extra second should cost about what one second of the 10 s path costs (the window step is the same
+work however long the video is), and peak memory should stay within 20% of the 10 s video's. No assertions.
 """
 from __future__ import annotations
 
@@ -19,30 +19,27 @@ import time
 from pathlib import Path
 
 LENGTHS = (10.0, 30.0, 60.0)
-CONDITION_FRAMES = 212  # the paper's 212-feature models: 4 feature frames per code column
 
 
 def _models():
     import torch
     from omegaconf import OmegaConf
 
-    from models.cond_transformer import Net2NetTransformer
-    from models.gpt import GPTFeats
-    from models.permuter import ColumnMajor
+    from pipeline.bench._common import stage_config
     from pipeline.generation import UserModels
     from pipeline.pretrained.codebook import build_codebook
+    from pipeline.pretrained.transformer import build_transformer, codebook_grid, model_args_from_config
     from pipeline.vocoder import Vocoder
     from pipeline.zoo import features_preset
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
     fcfg = features_preset("resnet50_tiny")  # resnet50's pipeline, its sizes from conf/base.yaml's clip node
+    paper = stage_config("train_transformer", "dataset=vas")  # the 212-feature VAS preset and the clip's crop
+    tcfg = paper.transformer
+    tcfg.n_layer, tcfg.n_head, tcfg.n_embd, tcfg.feat_depth = 1, 2, 32, int(fcfg["depth"])  # a tiny GPT
     torch.manual_seed(0)
-    codebook = build_codebook(OmegaConf.load(conf / "codebook" / "tiny.yaml").model)
-    gpt = GPTFeats(vocab_size=codebook.n_embed, block_size=CONDITION_FRAMES + 265, feat_depth=int(fcfg["depth"]),
-                   n_layer=1, n_head=2, n_embd=32)
-    model = Net2NetTransformer(codebook, gpt, ColumnMajor()).eval()
-    args = {"feat_depth": int(fcfg["depth"]), "feat_sample_size": CONDITION_FRAMES, "vocab_size": codebook.n_embed,
-            "condition": "features"}
+    codebook = build_codebook(OmegaConf.load(Path(__file__).resolve().parents[2] / "conf/codebook/tiny.yaml").model)
+    args = model_args_from_config(tcfg, codebook.n_embed, codebook_grid(codebook, paper.data.crop_len))
+    model = build_transformer(args, codebook).eval()
     return UserModels(model, {"model_args": args}, fcfg, Vocoder(None, n_iter=8), torch.device("cpu"), "bench")
 
 
@@ -67,6 +64,7 @@ def one(seconds: float) -> dict:
     """Sample sound for a generated `seconds` video in this process; its time and peak memory."""
     import torch
 
+    from pipeline.audio import SR
     from pipeline.generation import sample_user_clip
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -77,7 +75,7 @@ def one(seconds: float) -> dict:
         wall, cpu = time.perf_counter(), time.process_time()
         settings = {"mode": "nopix", "temperature": 1.0, "top_k": 16, "top_p": None}
         made = sample_user_clip(models, video, [Path(tmp) / "out"], settings, seed=0)[0]
-        return {"seconds": seconds, "sound_seconds": made["wave"].size / 22050,
+        return {"seconds": seconds, "sound_seconds": made["wave"].size / SR,
                 "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
                 "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "models_mib": before}
 

@@ -10,7 +10,8 @@ permuter's grid, feat_sample_size, the first stage's ddconfig) and is checked ag
 file's sizes are read from the shapes (vocab from `tok_emb`, block_size from `pos_emb`, n_layer from the
 blocks, n_embd, feat_depth or n_classes from the `embedder`); n_head is not in the shapes: pass it (default 16
 for n_embd 1024, the paper's). The codebook's ddconfig is read from the shapes too (spec §3.7); `resolution` is
-not stored and is taken as 848, the paper's, which only places the attention levels.
+not stored and is taken as 848, the paper's, which only places the attention levels; the token grid is the
+codebook's latent grid of the paper's 80 x 848 clip (`codebook_grid`: 5 x 53 for its 16x downsampling).
 (b) ours: {"format": "specvqgan-pipeline", "kind": "transformer", "model_args": {...}, "state_dict": {...},
 "codebook": <path to a codebook checkpoint> | {"model_args": VQModel kwargs[, "state_dict": ...]} | None}.
 With a dict, the codebook weights are `first_stage_model.*` in `state_dict` (or the dict's own
@@ -26,7 +27,7 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ from pipeline.checkpoints import (
     state_mismatch,
     strip_prefix,
 )
+from pipeline.mel import CROP_LEN, N_MELS
 from pipeline.pretrained.codebook import infer_model_args
 from pipeline.pretrained.released import get, model_files, require
 
@@ -65,29 +67,70 @@ PAPER_RESOLUTION = 848  # spectrogram frames the paper's codebook was built for 
 
 # --- model arguments
 # ---------------------------------------------------------------------------------------------
-def model_args_from_config(cfg: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
+def cond_size(condition: str, feat_sample_size: int) -> int:
+    """Positions the transformer's condition takes: 1 for a class id, else the visual frames fed per clip
+    (`none`, the "No Feats" model, feeds feat_sample_size random vectors)."""
+    if condition == "class":
+        return 1
+    if condition in ("features", "none"):
+        return int(feat_sample_size)
+    raise ValueError(f"transformer.condition must be features, class or none, got {condition!r}")
+
+
+def codebook_grid(codebook: nn.Module, crop_len: int) -> list[int]:
+    """[H, W]: the latent grid a codebook (VQModel) gives one clip's N_MELS x crop_len mel (its downsampling
+    factor, 2^(levels - 1) of its ddconfig.ch_mult, along each axis): [5, 53] for the paper's 80 x 848 and 16x.
+    The transformer's tokens (H * W) and its permuter's order follow from it."""
+    factor = int(codebook.downsample_factor)
+    if N_MELS % factor:
+        raise ValueError(f"the codebook downsamples {factor}x, which does not divide the {N_MELS} mel bins: not a "
+                         f"codebook of these mels")
+    if int(crop_len) % factor:
+        raise ValueError(f"data.crop_len={crop_len} is not a multiple of the codebook's downsampling factor {factor}: "
+                         f"set clip.crop_len to a multiple of {factor}")
+    return [int(n) for n in codebook.grid(N_MELS, int(crop_len))]
+
+
+def model_args_from_config(cfg: Mapping[str, Any], vocab_size: int, grid: Sequence[int]) -> dict[str, Any]:
     """The constructor arguments to store in a checkpoint, from a `transformer` node (conf/transformer) and the
-    codebook it is trained over (`vocab_size`: its n_embed; the config never types it)."""
+    codebook it is trained over: `vocab_size` its n_embed, `grid` its latent grid of one clip (`codebook_grid`).
+    The config types neither: block_size = H * W + the condition's positions. A grid the config states
+    (`transformer.grid: [H, W]`) must be this one."""
     cfg = _transformer_node(cfg)
-    args = {key: _plain(cfg.get(key)) for key in GPT_KEYS if key != "vocab_size"}
-    args["vocab_size"] = int(vocab_size)
+    H, W = (int(n) for n in grid)
+    stated = cfg.get("grid")
+    if stated is not None and [int(n) for n in stated] != [H, W]:
+        raise ValueError(f"transformer.grid is {' x '.join(str(n) for n in stated)} but the codebook's latent grid of "
+                         f"one clip is {H} x {W}: drop transformer.grid (the codebook's is used) or use a codebook and "
+                         f"clip.crop_len that give it")
+    derived = {"vocab_size": int(vocab_size),
+               "block_size": H * W + cond_size(cfg["condition"], cfg["feat_sample_size"])}
+    args = {key: derived[key] if key in derived else _plain(cfg.get(key)) for key in GPT_KEYS}
     args["feat_sample_size"] = int(cfg["feat_sample_size"])
-    args["grid"] = [int(cfg["grid"]["H"]), int(cfg["grid"]["W"])]
+    args["grid"] = [H, W]
     return args
+
+
+def model_args_from_stage(cfg: Mapping[str, Any], codebook: nn.Module) -> dict[str, Any]:
+    """`model_args_from_config` of a train_transformer config (its `transformer` node and `data.crop_len`) over
+    the codebook it loads."""
+    return model_args_from_config(cfg["transformer"], int(codebook.n_embed),
+                                  codebook_grid(codebook, cfg["data"]["crop_len"]))
 
 
 def check_compatible(
     model_args: Mapping[str, Any], cfg: Mapping[str, Any], source: str = "the checkpoint",
-    vocab_size: int | None = None,
+    vocab_size: int | None = None, grid: Sequence[int] | None = None,
 ) -> None:
     """Raises ValueError listing every size on which a checkpoint and a config disagree (and, when given, the
-    codebook's `vocab_size`).
+    codebook's `vocab_size` and latent `grid`; else the checkpoint's own).
 
     A transformer only runs with the condition size it was trained with: `pos_emb` and the masks are tied to
-    block_size = 265 + S.
+    block_size = H * W + S (265 + S on the paper's grid).
     """
     cfg = _transformer_node(cfg)
-    wanted = model_args_from_config(cfg, model_args.get("vocab_size") if vocab_size is None else vocab_size)
+    wanted = model_args_from_config(cfg, model_args.get("vocab_size") if vocab_size is None else vocab_size,
+                                    model_args["grid"] if grid is None else grid)
     keys = ["condition", "block_size", "feat_sample_size", "vocab_size", "grid"]
     keys += ["feat_depth"] if model_args.get("condition", "features") != "class" else ["n_classes"]
     if model_args.get("condition") == "class" and wanted["condition"] == "class":
@@ -107,9 +150,10 @@ def check_compatible(
 
 
 def gpt_args_from_state_dict(
-    sd: Mapping[str, torch.Tensor], n_head: int | None = None, grid: tuple[int, int] = (5, 53)
+    sd: Mapping[str, torch.Tensor], grid: Sequence[int], n_head: int | None = None
 ) -> dict[str, Any]:
-    """The GPT's model_args from an original `transformer.*` state dict (prefix stripped or not)."""
+    """The GPT's model_args from an original `transformer.*` state dict (prefix stripped or not) over a codebook
+    of latent `grid` [H, W] (`codebook_grid`; the condition takes the positions of block_size beyond H * W)."""
     sd = strip_prefix(sd, "transformer.") if any(k.startswith("transformer.") for k in sd) else dict(sd)
     for key in ("tok_emb.weight", "pos_emb", "embedder.weight"):
         if key not in sd:
@@ -195,7 +239,7 @@ def args_from_project_config(cfg: Mapping[str, Any], source: str) -> tuple[dict[
 
 def _check_config_against_weights(model_args: dict[str, Any], sd: Mapping[str, torch.Tensor], source: str) -> None:
     """Every size the config states must be what the weights have (fills in n_classes when the config has none)."""
-    shapes = gpt_args_from_state_dict(sd, model_args["n_head"], tuple(model_args["grid"]))
+    shapes = gpt_args_from_state_dict(sd, model_args["grid"], model_args["n_head"])
     if model_args["n_classes"] is None:
         model_args["n_classes"] = shapes["n_classes"]
     keys = ["vocab_size", "block_size", "n_layer", "n_embd", "feat_depth", "n_classes", "feat_sample_size"]
@@ -215,7 +259,7 @@ def build_transformer(
     """The wrapper from model_args (our checkpoint's, or `gpt_args_from_state_dict`'s) and a codebook."""
     args = {k: model_args.get(k) for k in GPT_KEYS if model_args.get(k) is not None}
     condition = args.pop("condition", "features")
-    H, W = model_args.get("grid", (5, 53))
+    H, W = model_args["grid"]
     with torch.device(device) if device is not None else nullcontext():
         return Net2NetTransformer(first_stage_model, build_gpt(condition, **args), ColumnMajor(H, W))
 
@@ -271,11 +315,7 @@ def load_transformer(
             raise ValueError(f"n_head={n_head} was passed but {source} says n_head {model_args['n_head']}")
         _check_config_against_weights(model_args, sd, f"{path}")
     else:
-        if cfg is not None and n_head is None:
-            n_head = int(_transformer_node(cfg)["n_head"])
-        model_args = gpt_args_from_state_dict(sd, n_head)
-    if cfg is not None:
-        check_compatible(model_args, cfg, source=str(path))
+        model_args = None  # a lone original file: read from its shapes once its codebook (and so its grid) is known
 
     # the codebook: from codebook_path, else embedded
     own_first_stage = strip_prefix(sd, "first_stage_model.")
@@ -293,6 +333,12 @@ def load_transformer(
         # DummyLoss in the original: no loss.* inside a transformer
         load_state_strictly(first_stage, {k: v for k, v in codebook_sd.items() if not k.startswith("loss.")},
                             f"{path} (first_stage_model)", "codebook")
+    if model_args is None:
+        if cfg is not None and n_head is None:
+            n_head = int(_transformer_node(cfg)["n_head"])
+        model_args = gpt_args_from_state_dict(sd, codebook_grid(first_stage, CROP_LEN), n_head)  # the paper's clip
+    if cfg is not None:
+        check_compatible(model_args, cfg, source=str(path))
     vocab, n_embed = model_args["vocab_size"], first_stage.quantize.n_e
     if vocab != n_embed:
         raise ValueError(f"{path}: the transformer's vocab_size {vocab} != the codebook's n_embed {n_embed}")

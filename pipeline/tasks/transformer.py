@@ -28,7 +28,8 @@ from pipeline.data import ConditionedDataset, batch_condition
 from pipeline.pretrained.transformer import (
     build_transformer,
     check_compatible,
-    model_args_from_config,
+    codebook_grid,
+    model_args_from_stage,
 )
 from pipeline.tasks.media import log_spectrograms
 from pipeline.train import Task
@@ -58,8 +59,10 @@ def read_model_args(path: str | Path) -> dict[str, Any]:
 def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
     """Checks the config against the files before any work starts; returns the frozen codebook.
 
-    - `codebook.ckpt` must exist (its n_embed is the transformer's vocabulary);
-    - a `checkpoints/last.pt` being resumed must have the configured sizes and that vocabulary (check_compatible);
+    - `codebook.ckpt` must exist (its n_embed is the transformer's vocabulary, its latent grid of a data.crop_len
+      clip the token grid: a grid the config states must be that one);
+    - a `checkpoints/last.pt` being resumed must have the configured sizes, that vocabulary and that grid
+      (check_compatible);
     - a class condition needs `transformer.n_classes` covering the data set's classes.
     """
     tcfg = cfg.transformer
@@ -74,11 +77,12 @@ def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
     from pipeline.pretrained import load_codebook
 
     codebook = load_codebook(path)
+    wanted = model_args_from_stage(cfg, codebook)  # the sizes the model gets (a wrong grid or condition fails here)
     if run_dir is not None:
         last = Path(run_dir) / "checkpoints" / "last.pt"
         if last.exists():
             check_compatible(read_model_args(last), tcfg, source=f"{last} (being resumed)",
-                             vocab_size=int(codebook.n_embed))
+                             vocab_size=wanted["vocab_size"], grid=wanted["grid"])
     if tcfg.condition == "class" and tcfg.get("n_classes") is None:
         raise ValueError("transformer.condition=class needs transformer.n_classes (VAS 8, VGGSound 309)")
     return codebook
@@ -160,7 +164,8 @@ class TransformerTask(Task):
     def train_dataset(self):
         ds = self._dataset(self.cfg.data.train_split, train=True)
         if self.tcfg.get("roll_columns", False) and self.condition != "class":
-            return RolledColumns(ds, int(self.tcfg.grid.W))
+            W = codebook_grid(self.codebook, self.cfg.data.crop_len)[1]  # the codebook's columns of one clip
+            return RolledColumns(ds, W, int(self.codebook.downsample_factor))
         return ds
 
     def val_dataset(self):
@@ -209,7 +214,7 @@ class TransformerTask(Task):
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def model_args(self) -> dict[str, Any]:
-        return model_args_from_config(self.tcfg, int(self.codebook.n_embed))
+        return model_args_from_stage(self.cfg, self.codebook)  # vocabulary, grid and block_size from the codebook
 
     def extra_checkpoint(self) -> dict[str, Any]:
         model = self.trainer.unwrap("model")
