@@ -61,9 +61,10 @@ class Net2NetTransformer(nn.Module):
         logits = logits[:, S - 1 :]  # (B, L, vocab)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Spectrograms (B, 1, F, T) and their condition -> the training loss."""
-        return self.loss_from_tokens(self.encode_to_tokens(x), cond)
+    def forward(self, x: torch.Tensor | None, cond: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Spectrograms (B, 1, F, T) and their condition -> the training loss; with `tokens` (B, L) (the
+        spectrograms' codes, encoded before), x is not read. Through forward, so that DDP sees the call."""
+        return self.loss_from_tokens(self.encode_to_tokens(x) if tokens is None else tokens, cond)
 
     @torch.no_grad()
     def decode_to_spec(self, tokens: torch.Tensor) -> torch.Tensor:
