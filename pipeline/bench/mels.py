@@ -31,7 +31,8 @@ def main() -> None:
     import librosa
     import torch
 
-    from pipeline.mel import extract_mel, mel_spectrogram, original_chain_audio
+    from pipeline.audio import SR
+    from pipeline.mel import FMAX, FMIN, HOP, LENGTH, N_FFT, N_MELS, extract_mel, mel_spectrogram, original_chain_audio
 
     torch.set_num_threads(1)
     clips = _clips()
@@ -47,12 +48,12 @@ def main() -> None:
     print(f"ffmpeg chain, 32-px video re-encode: {small / full:.1f}x the full-size re-encode "
           f"({len(few)} clips)")
 
-    wave = np.random.default_rng(0).standard_normal(220500).astype(np.float32) * 0.1
+    wave = np.random.default_rng(0).standard_normal(LENGTH).astype(np.float32) * 0.1
     ours = _rate(lambda _: mel_spectrogram(wave), range(20))
 
     def reference(_) -> np.ndarray:
-        return librosa.feature.melspectrogram(y=wave, sr=22050, n_fft=1024, hop_length=256, power=1,
-                                              n_mels=80, fmin=125, fmax=7600, pad_mode="reflect")
+        return librosa.feature.melspectrogram(y=wave, sr=SR, n_fft=N_FFT, hop_length=HOP, power=1,
+                                              n_mels=N_MELS, fmin=FMIN, fmax=FMAX, pad_mode="reflect")
 
     ref = _rate(reference, range(20))
     print(f"mel transform: {ours / ref:.2f}x librosa.feature.melspectrogram (cached basis)")

@@ -37,11 +37,24 @@ import torch
 
 from models.gpt import GPTFeats
 from pipeline.bench._common import Clock, Roofline, load_line, peak_rss_gib, roofline
+from pipeline.mel import CROP_LEN, FRAMES_PER_COLUMN, N_MELS
 from pipeline.sampling import inference_copy, sample, sample_uncached
 
-PAPER = {"vocab_size": 128, "block_size": 477, "n_layer": 24, "n_head": 16, "n_embd": 1024, "feat_depth": 2048}
-S, NUM_TOKENS = 212, 265
-TIMED_STEPS = [0, 132, 264]  # positions of the original's loop that are timed
+NUM_TOKENS = (N_MELS // FRAMES_PER_COLUMN) * (CROP_LEN // FRAMES_PER_COLUMN)  # the paper codebook's 5 x 53 grid
+
+
+def _paper_gpt() -> tuple[dict, int]:
+    """(GPTFeats arguments, condition frames S) of the paper's VAS transformer, from the presets the stages compose."""
+    from pipeline.bench.gpu import _preset, paper_sizes
+
+    sizes = paper_sizes()
+    vocab = int(_preset("codebook", sizes["codebook"]).model.n_embed)
+    return {"vocab_size": vocab, "block_size": NUM_TOKENS + sizes["S"], **sizes["gpt"],
+            "feat_depth": sizes["feat_depth"]}, sizes["S"]
+
+
+PAPER, S = _paper_gpt()  # vocab 128, block 477, 24 x 16 heads x 1024, 2048-dim features; S = 212
+TIMED_STEPS = [0, NUM_TOKENS // 2, NUM_TOKENS - 1]  # positions of the original's loop that are timed (0, 132, 264)
 BATCH16_STEPS = 8  # decoding steps timed at batch 16, after its prefill (a full 265 would take minutes)
 TARGET_RATIO, TARGET_SHARE = 30.0, 0.85
 FAST_PATHS = {  # name -> inference_copy arguments
@@ -190,7 +203,7 @@ def main() -> list[str]:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"paper VAS transformer: {n_params / 1e6:.1f} M params, block {PAPER['block_size']}, random weights; "
           f"rows at {threads} thread(s); RSS after build {peak_rss_gib():.2f} GiB; {load_line()}")
-    feats1 = torch.rand(1, 2048, S)
+    feats1 = torch.rand(1, PAPER["feat_depth"], S)
     rows = [bench_row(model, feats1, t) for t in threads]
     summary = [f"exact fp32 cached ({r['best']}), {r['threads']} thread(s): {r['ratio_wall']:.1f}x wall the original, "
                f"{100 * r['share']:.0f}% of the bandwidth bound (cap {r['cap']:.1f}x; target "

@@ -15,8 +15,10 @@ import time
 import numpy as np
 import torch
 
-FRAMES = 848                 # the models' 9.85-s mel
-SECONDS = FRAMES * 256 / 22050
+from pipeline.mel import CROP_LEN, MEL_FPS, N_MELS
+
+FRAMES = CROP_LEN            # the models' 9.85-s mel
+SECONDS = FRAMES / MEL_FPS
 
 
 def _best_of(fn, repeats: int) -> tuple[float, float]:
@@ -38,7 +40,7 @@ def main() -> list[str]:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    mel = np.random.RandomState(0).rand(80, FRAMES).astype(np.float32)
+    mel = np.random.RandomState(0).rand(N_MELS, FRAMES).astype(np.float32)
     print(f"one mel = {FRAMES} frames = {SECONDS:.2f} s of audio; load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs (a shared machine slows every number; CPU times are steadier)")
 
@@ -47,7 +49,7 @@ def main() -> list[str]:
     rtf_gl = SECONDS / t_gl
     print(f"Griffin-Lim 32 it (baseline): {t_gl:.3f} s per clip = {rtf_gl:.1f}x real time")
 
-    generator = Generator(80, ngf=32, n_residual_layers=3).eval()
+    generator = Generator(N_MELS, ngf=32, n_residual_layers=3).eval()
     plain = Vocoder(generator, fast=False)
     fast = Vocoder(generator)
     x1 = torch.from_numpy(mel[None])
