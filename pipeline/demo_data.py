@@ -34,6 +34,10 @@ KINDS = ("chirp", "noise", "harmonic", "clicks")  # the four sound families, cyc
 SHAPES = {"chirp": "circle", "noise": "square", "harmonic": "triangle", "clicks": "ring"}
 TEXTURES = {"chirp": "stripes", "noise": "speckle", "harmonic": "checker", "clicks": "rings"}
 EVENT_COLUMNS = {"chirp": 2, "noise": 1, "harmonic": 3, "clicks": 2}  # sound (and flash) lengths in code columns
+# silent code columns between two events: a codebook code sees its neighbour columns (an event changes the codes
+# of the column before its onset and after its end), so with one silent column two events merge into codes that
+# neither makes alone; three keep every event of a class the same code pattern for the transformer to learn
+SILENT_COLUMNS = 3
 BASE_HUES = {"chirp": 0.0, "noise": 0.62, "harmonic": 0.33, "clicks": 0.15}  # red, blue, green, yellow
 
 
@@ -152,13 +156,13 @@ def event_samples(cls: DemoClass, spec: DemoSpec) -> int:
 
 
 def _event_onsets(rng: np.random.Generator, spec: DemoSpec, cls: DemoClass) -> list[int]:
-    """Random onsets (samples, each a code column's start), at least one silent column apart, inside the clip
-    (spec.events_per_clip of them, fewer if they cannot fit)."""
+    """Random onsets (samples, each a code column's start), at least SILENT_COLUMNS silent columns apart, inside
+    the clip (spec.events_per_clip of them, fewer if they cannot fit)."""
     columns = [c for c in range(1, spec.crop_len // spec.frames_per_column)
                if spec.column_start(c) + event_samples(cls, spec) <= spec.num_samples - spec.hop]
     if not columns:
         raise ValueError(f"seconds={spec.seconds}: too short for a {cls.event_columns}-column event")
-    gap = cls.event_columns + 1
+    gap = cls.event_columns + SILENT_COLUMNS
     wanted = int(rng.integers(spec.events_per_clip[0], spec.events_per_clip[1] + 1))
     for n in range(min(wanted, len(columns)), 0, -1):
         for _ in range(50):
