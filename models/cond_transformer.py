@@ -76,6 +76,20 @@ class Net2NetTransformer(nn.Module):
         raster = self.first_stage_permuter(tokens, reverse=True)  # (B, H * W')
         return self.first_stage_model.decode_code(raster.view(tokens.shape[0], H, -1))  # (B, 1, 16 H, 16 W')
 
+    def position_columns(self, frames: int) -> torch.Tensor:
+        """The clip column of every GPT position (block_size,): condition frame j shows column j * W // frames;
+        the position holding token i predicts token i + 1, so it gets that token's column (the permuter's
+        order); the last position, never an input in training, its own token's."""
+        H, W = self.first_stage_permuter.H, self.first_stage_permuter.W
+        token_columns = self.first_stage_permuter(torch.arange(W).repeat(H)[None])[0]  # raster f * W + t -> t
+        frame_columns = torch.arange(frames) * W // frames
+        return torch.cat([frame_columns, token_columns[1:], token_columns[-1:]])
+
+    def init_time_aligned(self, frames: int) -> None:
+        """Starts the GPT with each token attending to the condition frames of its own column
+        (`GPT.init_time_aligned` over `position_columns`): for a features condition of `frames` positions."""
+        self.transformer.init_time_aligned(self.position_columns(frames), frames)
+
     def transformer_param_groups(self, weight_decay: float = 0.01) -> list[dict]:
         """AdamW groups (spec §4.5): decay for the weights of every nn.Linear in the transformer; none for
         biases, LayerNorm and Embedding weights, the condition embedder and `pos_emb`."""

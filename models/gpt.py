@@ -214,6 +214,45 @@ class GPT(nn.Module):
             module.bias.data.zero_()
             module.weight.data.fill_(1.0)
 
+    @torch.no_grad()
+    def init_time_aligned(
+        self, times: torch.Tensor, condition_length: int, logit: float = 16.0, condition_scale: float = 2.0,
+        token_scale: float = 0.3,
+    ) -> None:
+        """Restarts `pos_emb` and block 0's query and key so that each token position starts attending to the
+        condition positions of its own time.
+
+        `times` (block_size,) int64 is each position's time (e.g. the clip column a condition frame shows or a
+        token position predicts); the first `condition_length` positions are the condition's. Every time gets a
+        random code (N(0, 1) over n_embd / 2 channels): condition positions carry it in the first half of the
+        channels (x condition_scale, against ~0.7 for the embedding of unit-scale features), token positions in
+        the second half (x token_scale, against the token embeddings' 0.02). Block 0's key reads the first half
+        and its query the second half through one random matrix (q.k / sqrt(head size) ~ `logit` for one code
+        in unit-scale activations), so a token's query meets its own frame's key and no token's: at the start a
+        token puts most of block 0's attention on its frame, and its sound can follow what the frame shows.
+
+        The original starts `pos_emb` at zero and a random attention, and learns which frame a token belongs to;
+        a GPT of a few layers and a few hundred steps does not (its frame is 1 of ~300 positions at uniform
+        attention). An initialisation only: the architecture, the forward pass and the state dict are the
+        original's.
+        """
+        times = torch.as_tensor(times, dtype=torch.long, device=self.pos_emb.device)
+        if times.shape != (self.block_size,):
+            raise ValueError(f"times has shape {tuple(times.shape)}, the GPT has {self.block_size} positions")
+        S, half, head = int(condition_length), self.n_embd // 2, self.n_embd // self.n_head
+        codes = torch.randn(int(times.max()) + 1, half, device=self.pos_emb.device)
+        pos = torch.zeros_like(self.pos_emb[0])
+        pos[:S, :half] = condition_scale * codes[times[:S]]
+        pos[S:, half:] = token_scale * codes[times[S:]]
+        self.pos_emb.copy_(pos[None])
+        std = math.sqrt(logit / (math.sqrt(head) * half))
+        shared = torch.randn(self.n_embd, half, device=self.pos_emb.device) * std
+        attn = self.blocks[0].attn
+        attn.key.weight.zero_()
+        attn.key.weight[:, :half] = shared
+        attn.query.weight.zero_()
+        attn.query.weight[:, half:] = shared
+
     # --- condition
     # -------------------------------------------------------------------------------------------
     def embed_condition(self, cond: torch.Tensor | None) -> torch.Tensor | None:

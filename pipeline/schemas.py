@@ -183,6 +183,7 @@ class TransformerSchema:
     resid_pdrop: float = MISSING
     attn_pdrop: float = MISSING
     roll_columns: bool = MISSING
+    init: str = MISSING                   # original | time_aligned (Net2NetTransformer.init_time_aligned)
     optim: TransformerOptim = field(default_factory=TransformerOptim)
     sampling: SamplingSchema = field(default_factory=SamplingSchema)
     schedule: Schedule = field(default_factory=Schedule)

@@ -152,6 +152,8 @@ def tiny_transformer_cfg(feat_sample_size: int = 5, depth: int = DEPTH, conditio
     cfg.transformer.feat_depth = depth
     if condition == "class":
         cfg.transformer.n_classes = len(CLASSES)
+    if condition != "features":
+        cfg.transformer.init = "original"  # the time-aligned start aligns tokens with visual frames only
     return cfg
 
 

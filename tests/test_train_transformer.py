@@ -94,6 +94,13 @@ def test_mismatches_are_reported_before_any_work(demo, tmp_path):
     no_classes.codebook.ckpt, no_classes.transformer.n_classes = str(demo), None
     with pytest.raises(ValueError, match="needs transformer.n_classes"):
         preflight(no_classes, None)
+    aligned_class = tiny_transformer_cfg(5, condition="class")
+    aligned_class.codebook.ckpt, aligned_class.transformer.init = str(demo), "time_aligned"
+    with pytest.raises(ValueError, match="init=time_aligned .* needs transformer.condition=features"):
+        preflight(aligned_class, None)
+    cfg.transformer.init = "aligned"
+    with pytest.raises(ValueError, match="transformer.init must be original or time_aligned, got 'aligned'"):
+        preflight(cfg, None)
 
 
 def test_sampled_tokens_follow_the_condition(demo, outputs):
@@ -106,6 +113,7 @@ def test_sampled_tokens_follow_the_condition(demo, outputs):
 
     cfg = tiny_transformer_cfg(5)
     cfg.codebook.ckpt, cfg.transformer.roll_columns = str(demo), False
+    cfg.transformer.init = "original"  # 5 frames carry the class; the time-aligned start is for a frame per column
     task = TransformerTask(cfg)
     trainer = Trainer(task, {**cfg.trainer, "max_steps": 60, "val_every": 0, "log_every": 100,
                              "early_stop_patience": None}, outputs / "run", logger_cfg={"name": "none"}, seed=0,

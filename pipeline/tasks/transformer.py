@@ -63,9 +63,15 @@ def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
       clip the token grid: a grid the config states must be that one);
     - a `checkpoints/last.pt` being resumed must have the configured sizes, that vocabulary and that grid
       (check_compatible);
-    - a class condition needs `transformer.n_classes` covering the data set's classes.
+    - a class condition needs `transformer.n_classes` covering the data set's classes;
+    - `transformer.init=time_aligned` needs a features condition.
     """
     tcfg = cfg.transformer
+    if tcfg.init not in ("original", "time_aligned"):
+        raise ValueError(f"transformer.init must be original or time_aligned, got {tcfg.init!r}")
+    if tcfg.init == "time_aligned" and tcfg.condition != "features":
+        raise ValueError(f"transformer.init=time_aligned starts each token attending to its column's visual frames: it "
+                         f"needs transformer.condition=features, not {tcfg.condition}; set transformer.init=original")
     from pipeline.zoo import resolve
 
     path = resolve(cfg.codebook.ckpt, cfg=cfg)  # a path (file or log folder) or a released name, fetched if missing
@@ -174,6 +180,8 @@ class TransformerTask(Task):
         codebook.loss = None  # inside the transformer the codebook has no loss (the original's DummyLoss)
         torch.manual_seed(int(self.cfg.seed))
         wrapper = build_transformer(self.model_args(), codebook)
+        if self.tcfg.init == "time_aligned":
+            wrapper.init_time_aligned(int(self.tcfg.feat_sample_size))
         optim = self.tcfg.optim
         lr = self.trainer.scaled_lr(optim.base_learning_rate)
         log.info("%.2f M trainable parameters", sum(p.numel() for p in wrapper.transformer.parameters()) / 1e6)
