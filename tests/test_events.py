@@ -62,3 +62,19 @@ def test_loop_period_follows_the_mel_stage(tmp_path):
     short = loop_period_samples(write_clip(tmp_path / "short.mp4", 2.0))
     assert short is not None and 2.0 * SR <= short <= 2.0 * SR + 3 * 1024  # the clip and its AAC padding
     assert loop_period_samples(write_clip(tmp_path / "long.mp4", 10.2)) is None  # not looped
+
+
+def _mel_of_energies(db: list[float]) -> np.ndarray:
+    """A [0, 1] mel (80, T) whose frames have these energies (dB): one level across the 80 bins."""
+    level = (np.asarray(db, dtype=np.float64) - 10 * np.log10(80) + 80) / 100
+    return np.repeat(level[None], 80, axis=0)
+
+
+def test_a_blurred_onset_counts_once_its_sound_is_loud_and_a_faint_blip_does_not():
+    """A reconstruction's onset rises over several frames: its steepest rise (at -24 dB, like the demo codebook's
+    chirps) comes before the sound is loud (-10 dB), and it is an onset; a rise that never reaches -20 dB is not."""
+    silence = [-60.0] * 100
+    blurred = _mel_of_energies(silence + [-45, -32, -24, -19, -12] + [-10] * 30 + silence)
+    assert onset_frames(blurred).tolist() == [102]  # the steepest rise, 2 frames after the sound starts
+    faint = _mel_of_energies(silence + [-45, -32, -28] + [-30] * 30 + silence)
+    assert onset_frames(faint).size == 0
