@@ -28,6 +28,17 @@ def samples_per_clip() -> int:
     return max(1, math.ceil(wanted / max(len(clips), 1)))
 
 
+def transformer_ckpt() -> str:
+    """The transformer every sample step uses: last.pt, the end of its schedule (conf/transformer/tiny.yaml says
+    why not best.pt)."""
+    return f"{OUT}/train_transformer/demo/default/checkpoints/last.pt"
+
+
+def split_sampling() -> list[str]:
+    """The sample stage's overrides for the validation split: every valid clip, >= 32 samples in all."""
+    return [f"samples_per_clip={samples_per_clip()}", "batch_size=8", f"transformer.ckpt={transformer_ckpt()}"]
+
+
 def sample_dir(overrides: list[str]) -> str:
     """The samples folder of a sample run with these overrides (the run folder the stage derives)."""
     from pipeline.config import run_name
@@ -52,11 +63,12 @@ def steps():
     yield "train_vocoder", [DATA]                          # vocoder=tiny
     yield "train_classifier", [DATA, "classifier=melception_tiny"]
     yield "train_transformer", [DATA]                      # transformer=tiny, 53 frames: one per code column
-    split = [f"samples_per_clip={samples_per_clip()}", "batch_size=8"]  # every valid clip, >= 32 samples in all
+    split = split_sampling()
     shuffled = [*split, "condition_shuffle=true", "write_wav=false"]  # the baseline: other clips' pictures
     yield "sample", [DATA, *split, f"vocoder.ckpt={vocoder}"]  # the valid split, vocoded with the tiny MelGAN
     yield "sample", [DATA, *shuffled]
-    yield "sample", [DATA, f"video={video}", f"vocoder.ckpt={vocoder}"]  # a "user" video -> wav + mp4
+    yield "sample", [DATA, f"video={video}", f"transformer.ckpt={transformer_ckpt()}",  # a "user" video -> wav + mp4
+                     f"vocoder.ckpt={vocoder}"]
     yield "evaluate", [DATA, f"classifier.ckpt={classifier}", f"samples_dir={sample_dir(split)}",
                        f"shuffled_samples_dir={sample_dir(shuffled)}"]  # + codebook, vocoder, events by default
     yield "codec", [DATA, "mode=encode", f"input={video}", f"output={codes}", f"codebook.ckpt={codebook}"]
@@ -73,7 +85,7 @@ def report() -> None:
                     "sample/demo/video*/*.mp4", "codec/*"):
         for path in sorted(OUT.glob(pattern)):
             print(f"  {path}")
-    folder = Path(sample_dir([f"samples_per_clip={samples_per_clip()}", "batch_size=8"]))
+    folder = Path(sample_dir(split_sampling()))
     metrics = folder / "metrics.json"
     if not metrics.exists():
         print(f"[demo] no evaluation at {metrics}")
