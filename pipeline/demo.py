@@ -82,7 +82,7 @@ def report() -> None:
 
     print(f"\n[demo] results under {OUT.resolve()}:")
     for pattern in ("demo_data", "train_*/demo/*/checkpoints", "sample/demo/*/samples/valid",
-                    "sample/demo/video*/*.mp4", "codec/*"):
+                    "sample/demo/*video-*/*.mp4", "codec/*"):
         for path in sorted(OUT.glob(pattern)):
             print(f"  {path}")
     folder = Path(sample_dir(split_sampling()))
