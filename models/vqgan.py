@@ -284,7 +284,7 @@ class VQModel(nn.Module):
         """How many input pixels one code spans along each axis (16 for 5 levels)."""
         return 2 ** (len(self.ddconfig["ch_mult"]) - 1)
 
-    def grid(self, n_mels: int = 80, n_frames: int = 848) -> tuple[int, int]:
+    def grid(self, n_mels: int, n_frames: int) -> tuple[int, int]:
         """The code grid (F', T') of an n_mels x n_frames input: (5, 53) for 80 x 848."""
         return n_mels // self.downsample_factor, n_frames // self.downsample_factor
 

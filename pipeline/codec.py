@@ -34,7 +34,7 @@ import torch
 
 from models.vqgan import VQModel
 from pipeline.audio import SR
-from pipeline.mel import HOP
+from pipeline.mel import CROP_LEN, HOP
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def _device(model: VQModel) -> torch.device:
 
 
 @torch.no_grad()
-def encode_wave(model: VQModel, wave: np.ndarray, window_frames: int = 848, batch_size: int = 4,
+def encode_wave(model: VQModel, wave: np.ndarray, window_frames: int = CROP_LEN, batch_size: int = 4,
                 full_last_window: bool = False, identity: bytes | None = None,
                 overlap_frames: int = DEFAULT_OVERLAP_FRAMES) -> tuple[bytes, Header]:
     """A mono 22050 Hz waveform -> (codec file bytes, header)."""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import SR
-from pipeline.mel import FRAMES_PER_COLUMN, HOP, SPEC_LEN
+from pipeline.mel import CROP_LEN, FRAMES_PER_COLUMN, HOP, SPEC_LEN
 
 ONSET_RISE_DB = 6.0   # a rise of at least 4x the power: far above the frame-to-frame jitter of noise (~1 dB)
 ONSET_LAG = 3         # frames the rise may take (generated mels are blurrier than real ones)
@@ -104,7 +104,7 @@ def loop_period_samples(video: str | Path, sr: int = SR) -> int | None:
 
 
 def clip_events(onsets_s: Sequence[float], period_samples: int | None, stored_frames: int = SPEC_LEN,
-                window: int = 848, sr: int = SR, hop: int = HOP) -> np.ndarray:
+                window: int = CROP_LEN, sr: int = SR, hop: int = HOP) -> np.ndarray:
     """Event frames inside the centre-cropped `window` of a stored mel: the onsets repeated every loop period
     (None: not looped) up to the stored length, shifted by the crop offset; ascending floats."""
     from pipeline.data.features import center_offset
@@ -128,7 +128,7 @@ def event_hits(events: np.ndarray, onsets: np.ndarray, tolerance: float = FRAMES
 
 
 def synchrony(pairs: Sequence[tuple[np.ndarray, np.ndarray]], tolerance: float = FRAMES_PER_COLUMN,
-              window: int = 848) -> dict[str, Any]:
+              window: int = CROP_LEN) -> dict[str, Any]:
     """Share of events with an onset within `tolerance`, over (events, mel) pairs; plus onsets per second.
 
     Returns {"rate", "events", "hits", "onsets_per_second"}; rate is None (with "reason") without events.

@@ -115,12 +115,15 @@ def codebook_checkpoint(model: VQModel, loss: torch.nn.Module | None = None) -> 
             "loss_args": loss_args, "state_dict": state}
 
 
+PAPER_RESOLUTION = 848  # ddconfig.resolution of the paper's codebooks (the levels with attention are counted from it)
+
+
 def _indices(state: Mapping, pattern: str) -> list[int]:
     rx = re.compile(pattern)
     return sorted({int(m.group(1)) for k in state if (m := rx.match(k))})
 
 
-def infer_model_args(state: Mapping[str, torch.Tensor], resolution: int = 848) -> dict:
+def infer_model_args(state: Mapping[str, torch.Tensor], resolution: int = PAPER_RESOLUTION) -> dict:
     """VQModel kwargs from an original state dict's shapes (its config is not in the file).
 
     ch from conv_in, ch_mult from each level's first block, num_res_blocks from the block count, attention

@@ -62,7 +62,6 @@ GPT_KEYS = (
     "feat_depth",
     "n_classes",
 )
-PAPER_RESOLUTION = 848  # spectrogram frames the paper's codebook was built for (places the attention levels)
 
 
 # --- model arguments
