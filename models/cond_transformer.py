@@ -81,8 +81,9 @@ class Net2NetTransformer(nn.Module):
         the position holding token i predicts token i + 1, so it gets that token's column (the permuter's
         order); the last position, never an input in training, its own token's."""
         H, W = self.first_stage_permuter.H, self.first_stage_permuter.W
-        token_columns = self.first_stage_permuter(torch.arange(W).repeat(H)[None])[0]  # raster f * W + t -> t
-        frame_columns = torch.arange(frames) * W // frames
+        device = self.first_stage_permuter.forward_shuffle_idx.device
+        token_columns = self.first_stage_permuter(torch.arange(W, device=device).repeat(H)[None])[0]  # f * W + t -> t
+        frame_columns = torch.arange(frames, device=device) * W // frames
         return torch.cat([frame_columns, token_columns[1:], token_columns[-1:]])
 
     def init_time_aligned(self, frames: int) -> None:
