@@ -86,9 +86,11 @@ class Net2NetTransformer(nn.Module):
         frame_columns = torch.arange(frames, device=device) * W // frames
         return torch.cat([frame_columns, token_columns[1:], token_columns[-1:]])
 
-    def init_time_aligned(self, frames: int) -> None:
+    def init_time_aligned(self) -> None:
         """Starts the GPT with each token attending to the condition frames of its own column
-        (`GPT.init_time_aligned` over `position_columns`): for a features condition of `frames` positions."""
+        (`GPT.init_time_aligned` over `position_columns`); the condition's frames are the GPT's positions before
+        the tokens (block_size - H * W)."""
+        frames = self.transformer.block_size - self.num_tokens
         self.transformer.init_time_aligned(self.position_columns(frames), frames)
 
     def transformer_param_groups(self, weight_decay: float = 0.01) -> list[dict]:

@@ -174,7 +174,7 @@ def test_time_aligned_init_starts_each_token_on_its_own_frame():
     assert columns[:W].tolist() == list(range(W))  # frame j shows column j
     assert columns[W : W + 6].tolist() == [0, 0, 0, 0, 1, 1]  # the position of token i predicts token i + 1
     assert wrapper.position_columns(4 * W)[:8].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # 212 frames: 4 a column
-    wrapper.init_time_aligned(W)
+    wrapper.init_time_aligned()
     tokens, feats = torch.randint(0, 16, (2, H * W - 1)), torch.randn(2, 8, W)
     _, att = gpt(tokens, feats, return_attention=True)  # block 0's attention (the only block)
     on_frames = att.mean(1)[:, W:, :W]  # token positions -> frames
@@ -191,7 +191,7 @@ def test_time_aligned_gpt_learns_when_its_frames_show_events():
     torch.manual_seed(0)
     H, W, depth = 5, 16, 4
     gpt = GPTFeats(vocab_size=2, block_size=W + H * W, feat_depth=depth, n_layer=2, n_head=4, n_embd=64)
-    Net2NetTransformer(torch.nn.Identity(), gpt, ColumnMajor(H, W)).init_time_aligned(W)
+    Net2NetTransformer(torch.nn.Identity(), gpt, ColumnMajor(H, W)).init_time_aligned()
     opt = torch.optim.AdamW(gpt.parameters(), lr=1e-3, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(0)
     for _ in range(150):

@@ -181,7 +181,7 @@ class TransformerTask(Task):
         torch.manual_seed(int(self.cfg.seed))
         wrapper = build_transformer(self.model_args(), codebook)
         if self.tcfg.init == "time_aligned":
-            wrapper.init_time_aligned(int(self.tcfg.feat_sample_size))
+            wrapper.init_time_aligned()
         optim = self.tcfg.optim
         lr = self.trainer.scaled_lr(optim.base_learning_rate)
         log.info("%.2f M trainable parameters", sum(p.numel() for p in wrapper.transformer.parameters()) / 1e6)
