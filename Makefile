@@ -24,7 +24,7 @@ $(VENV)/.installed: setup.cfg
 install: $(VENV)/.installed  ## make a .venv with everything (CPU torch unless TORCH_SPEC says otherwise)
 
 demo: install  ## the whole pipeline on a generated data set, on CPU
-	$(PY) -m pipeline.demo
+	$(PY) -m pipeline.demo.demo
 
 # Debian packages of the real components the tests start (a SLURM cluster with accounting, a headless browser for
 # report.html); one list, extend it

@@ -8,17 +8,14 @@ classes; a second tab runs any audio file through the codebook and back. Needs g
 """
 import hydra
 
-import pipeline.config  # noqa: F401  (registers resolvers)
+from pipeline.app.app import run
+from pipeline.config.check import run_stage
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="app")
 def main(cfg) -> None:
-    from pipeline.stages.app import run
-
     run(cfg)
 
 
 if __name__ == "__main__":
-    from pipeline.config_check import run_stage
-
     run_stage(main, "app")  # an unknown key on the command line: the nearest valid one

@@ -3,21 +3,18 @@
 
 `what=list` prints every name with its setting, the paper's FID / MKL and whether it is here. Files go to
 `paths.models` (models) and `paths.data` (data archives), resumably, md5-checked, unpacked safely; a second run
-downloads nothing. See pipeline/stages/download.py.
+downloads nothing. See pipeline/checkpoints/download.py.
 """
 import hydra
 
-import pipeline.config  # noqa: F401  (registers resolvers)
+from pipeline.checkpoints.download import run
+from pipeline.config.check import run_stage
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="download")
 def main(cfg) -> None:
-    from pipeline.stages.download import run
-
     run(cfg)
 
 
 if __name__ == "__main__":
-    from pipeline.config_check import run_stage
-
     run_stage(main, "download")  # an unknown key on the command line: the nearest valid one

@@ -5,17 +5,14 @@ Several GPUs split the feature extraction: `accelerate launch --num_processes 4 
 """
 import hydra
 
-import pipeline.config  # noqa: F401  (registers resolvers)
+from pipeline.config.check import run_stage
+from pipeline.evaluate.evaluate import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg) -> None:
-    from pipeline.stages.evaluate import run
-
     run(cfg)
 
 
 if __name__ == "__main__":
-    from pipeline.config_check import run_stage
-
     run_stage(main, "evaluate")  # an unknown key on the command line: the nearest valid one

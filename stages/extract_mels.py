@@ -4,17 +4,14 @@
 """
 import hydra
 
-import pipeline.config  # noqa: F401  (registers resolvers)
+from pipeline.config.check import run_stage
+from pipeline.extract.extract_mels import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="extract_mels")
 def main(cfg) -> None:
-    from pipeline.stages.extract_mels import run
-
     run(cfg)
 
 
 if __name__ == "__main__":
-    from pipeline.config_check import run_stage
-
     run_stage(main, "extract_mels")  # an unknown key on the command line: the nearest valid one

@@ -1,4 +1,4 @@
-"""A table of the paper from the released models: (conf/paper_table.yaml, pipeline/stages/paper_table.py):
+"""A table of the paper from the released models: (conf/paper_table.yaml, pipeline/evaluate/paper_table.py):
 
     python -m stages.paper_table table=c rows=[212feats_bn]
     python -m stages.paper_table table=c                      # every row of (c)
@@ -9,17 +9,14 @@ released Melception and writes a markdown table with the paper's FID / MKL and s
 """
 import hydra
 
-import pipeline.config  # noqa: F401  (registers resolvers)
+from pipeline.config.check import run_stage
+from pipeline.evaluate.paper_table import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="paper_table")
 def main(cfg) -> None:
-    from pipeline.stages.paper_table import run
-
     run(cfg)
 
 
 if __name__ == "__main__":
-    from pipeline.config_check import run_stage
-
     run_stage(main, "paper_table")  # an unknown key on the command line: the nearest valid one

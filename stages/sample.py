@@ -7,17 +7,14 @@ Several GPUs: `accelerate launch --num_processes 4 -m stages.sample ...` (clips 
 """
 import hydra
 
-import pipeline.config  # noqa: F401  (registers resolvers)
+from pipeline.config.check import run_stage
+from pipeline.generate.sample import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
 def main(cfg) -> None:
-    from pipeline.stages.sample import run
-
     run(cfg)
 
 
 if __name__ == "__main__":
-    from pipeline.config_check import run_stage
-
     run_stage(main, "sample")  # an unknown key on the command line: the nearest valid one

@@ -6,17 +6,14 @@ original. A rerun with the same overrides resumes from the run folder's checkpoi
 """
 import hydra
 
-import pipeline.config  # noqa: F401  (registers resolvers)
+from pipeline.config.check import run_stage
+from pipeline.train.train_classifier import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_classifier")
 def main(cfg) -> None:
-    from pipeline.stages.train_classifier import run
-
     run(cfg)  # trainer.val_every / ckpt_every null: once per epoch (the loop)
 
 
 if __name__ == "__main__":
-    from pipeline.config_check import run_stage
-
     run_stage(main, "train_classifier")  # an unknown key on the command line: the nearest valid one

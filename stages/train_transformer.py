@@ -7,17 +7,14 @@ A rerun with the same overrides resumes from the run folder's checkpoints/last.p
 """
 import hydra
 
-import pipeline.config  # noqa: F401  (registers resolvers)
+from pipeline.config.check import run_stage
+from pipeline.train.train_transformer import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_transformer")
 def main(cfg) -> None:
-    from pipeline.stages.train_transformer import run
-
     run(cfg)
 
 
 if __name__ == "__main__":
-    from pipeline.config_check import run_stage
-
     run_stage(main, "train_transformer")  # an unknown key on the command line: the nearest valid one

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.io import save_npy, save_pickle
+from pipeline.files.writes import save_npy, save_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -47,7 +47,7 @@ def compose(config_name: str, *overrides: str) -> DictConfig:
 
 def features_preset(name: str) -> dict[str, Any]:
     """conf/features/<name>.yaml merged over its defaults, its sizes from the clip node, as plain containers."""
-    from pipeline.zoo import features_preset as preset
+    from pipeline.checkpoints.zoo import features_preset as preset
 
     return preset(name)
 
@@ -123,8 +123,8 @@ def make_dataset(root: Path, train: int = 3, valid: int = 1, seed: int = 0) -> P
 
 def make_codebook(path: Path) -> Path:
     """A tiny codebook (conf/codebook/tiny.yaml, random weights) saved as our checkpoint."""
-    from pipeline.io import save_torch
-    from pipeline.pretrained.codebook import build_codebook, codebook_checkpoint
+    from pipeline.build.codebook import build_codebook, codebook_checkpoint
+    from pipeline.files.writes import save_torch
 
     torch.manual_seed(0)
     model = build_codebook(OmegaConf.load(CONF / "codebook" / "tiny.yaml").model)
@@ -136,8 +136,8 @@ def built_transformer(transformer_cfg: DictConfig, crop_len: int):
     """The wrapper a `transformer` config gets over a tiny codebook (conf/codebook/tiny.yaml: the paper's 4
     downsamplings) for crop_len-frame clips, built as the training stage builds it, on the meta device (no weights):
     its grid (first_stage_permuter.H, .W) and block_size (.transformer.block_size) are the derived ones."""
-    from pipeline.pretrained.codebook import build_codebook
-    from pipeline.pretrained.transformer import build_transformer, codebook_grid, model_args_from_config
+    from pipeline.build.codebook import build_codebook
+    from pipeline.build.transformer import build_transformer, codebook_grid, model_args_from_config
 
     with torch.device("meta"):
         codebook = build_codebook(OmegaConf.load(CONF / "codebook" / "tiny.yaml").model)
@@ -160,9 +160,9 @@ def tiny_transformer_cfg(feat_sample_size: int = 5, depth: int = DEPTH, conditio
 def make_transformer(path: Path, codebook: Path, features: dict, feat_sample_size: int = 5,
                      condition: str = "features") -> Path:
     """A tiny random transformer over `codebook`, saved in the training stage's checkpoint layout."""
-    from pipeline.pretrained import load_codebook
-    from pipeline.pretrained.transformer import build_transformer, model_args_from_stage
-    from pipeline.train.checkpoint import save_checkpoint
+    from pipeline.build.codebook import load_codebook
+    from pipeline.build.transformer import build_transformer, model_args_from_stage
+    from pipeline.checkpoints.format import save_checkpoint
 
     cfg = tiny_transformer_cfg(feat_sample_size, int(features["depth"]), condition)
     torch.manual_seed(0)

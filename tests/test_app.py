@@ -1,4 +1,4 @@
-"""The interactive sampler (pipeline/app.py) on tiny models made on the spot: the processing function for an
+"""The interactive sampler (pipeline/app/app.py) on tiny models made on the spot: the processing function for an
 uploaded video (samples + mp4s + spectrograms + the codebook reconstruction) and for a data set clip (its stored
 features), its input errors, and the Gradio page (built when gradio is installed, else the error names the extra)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.app import Sampler, build_app, import_gradio
+from pipeline.app.app import Sampler, build_app, import_gradio
 from tests.helpers import compose, features_preset, make_codebook, make_dataset, make_transformer, write_clip
 
 
@@ -43,7 +43,7 @@ def test_an_uploaded_video_gives_sounds_videos_spectrograms_and_a_reconstruction
 
 def test_a_data_set_clip_uses_its_stored_features(sampler, outputs):
     root = make_dataset(outputs / "demo_data", train=1, valid=1)
-    from pipeline.io import save_pickle
+    from pipeline.files.writes import save_pickle
 
     for label in ("chirp", "noise"):  # features of the checkpoint's kind (resnet50_tiny, 256 dims)
         save_pickle(root / "features" / label / "feature_resnet50_tiny_dim256_21.5fps" / "video_00001.pkl",
@@ -73,8 +73,8 @@ def test_the_page_builds_and_without_gradio_the_error_names_the_extra(sampler, m
 
 # --------------------------------------------------------------------- streaming, attention, classes, codec
 def test_streamed_sampling_fills_the_spectrogram_and_ends_as_the_sample_stage(sampler, tmp_path):
-    from pipeline.app import Progress
-    from pipeline.generation import sample_user_clip
+    from pipeline.app.app import Progress
+    from pipeline.generate.user_clip import sample_user_clip
 
     video = write_clip(tmp_path / "clip.mp4", 2.0)
     items = list(sampler.stream(str(video), samples=2, seed=5, top_k=8, preview_columns=10))
@@ -104,7 +104,7 @@ def classifier_ckpt(tmp_path_factory) -> tuple:
     import torch
 
     from models.melception import Melception
-    from pipeline.train.checkpoint import save_checkpoint
+    from pipeline.checkpoints.format import save_checkpoint
 
     torch.manual_seed(0)
     args = {"arch": "melception", "num_classes": 7, "aux_logits": False, "width": 0.0625}
@@ -151,7 +151,7 @@ def test_the_codec_tab_round_trips_any_audio(sampler, tmp_path):
 
 def test_errors_keep_their_reason():
     gr = pytest.importorskip("gradio", reason="gradio is the app extra: make install")
-    from pipeline.app import page_error
+    from pipeline.app.app import page_error
 
     assert page_error(gr, ValueError("upload a video or pick a clip")).message == "upload a video or pick a clip"
     assert page_error(gr, KeyError("model_args")).message == "KeyError: 'model_args'"
@@ -181,7 +181,7 @@ def test_the_page_in_headless_chromium(sampler, classifier_ckpt, tmp_path):
                     f"(launch/apt_install.sh chromium)")
     import soundfile
 
-    from pipeline.app import launch
+    from pipeline.app.app import launch
 
     cfg = OmegaConf.merge(sampler.cfg, {"classifier": {"ckpt": str(classifier_ckpt[0])}, "port": _free_port(),
                                         "preview_columns": 2})

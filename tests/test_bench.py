@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.gpt import GPTFeats
-from pipeline.sampling import StaticDecoder, sample
+from pipeline.generate.sampling import StaticDecoder, sample
 
 GRID = (5, 8)
 
@@ -83,7 +83,7 @@ def test_bench_gpu_is_not_in_the_default_bench_run():
 
 
 def test_column_major_copy_is_exact_and_keeps_the_state_dict():
-    from pipeline.sampling import inference_copy
+    from pipeline.generate.sampling import inference_copy
 
     model = tiny()
     feats = torch.randn(2, 6, 3)

@@ -7,8 +7,8 @@ import torch
 
 from models.melception import FEATURE_NAMES, Melception
 from models.vggishish import VGGishish
-from pipeline.pretrained import load_classifier
-from pipeline.train.checkpoint import save_checkpoint
+from pipeline.build.classifier import load_classifier
+from pipeline.checkpoints.format import save_checkpoint
 from tests.helpers import SMALL_VGG, fast_melception
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.pretrained import load_codebook
-from pipeline.pretrained.transformer import build_transformer
+from pipeline.build.codebook import load_codebook
+from pipeline.build.transformer import build_transformer
 from tests.helpers import make_codebook, make_dataset, tiny_transformer_cfg
 
 
 def _task(outputs):
-    from pipeline.tasks.transformer import CodeCache, RolledColumns, TransformerTask
+    from pipeline.train.train_transformer import CodeCache, RolledColumns, TransformerTask
 
     make_dataset(outputs / "demo_data")
     cfg = tiny_transformer_cfg(53)
@@ -59,7 +59,7 @@ def test_cached_tokens_are_the_codebooks_and_follow_the_roll(outputs):
 
 
 def test_loss_on_cached_tokens_equals_the_loss_from_spectrograms(outputs):
-    from pipeline.data import batch_condition
+    from pipeline.data.datasets import batch_condition
 
     model, base, _, cache = _task(outputs)
     batch = _batch([base[0], base[2]])

@@ -11,8 +11,7 @@ from omegaconf import OmegaConf
 
 from models.lpaps import LPAPS
 from models.vqgan_loss import VQLPAPSWithDiscriminator
-from pipeline.pretrained import load_codebook
-from pipeline.pretrained.codebook import build_codebook, codebook_checkpoint, infer_model_args
+from pipeline.build.codebook import build_codebook, codebook_checkpoint, infer_model_args, load_codebook
 from tests.helpers import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "codebook"

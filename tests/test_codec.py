@@ -10,7 +10,10 @@ import soundfile
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.codec import (
+from pipeline.build.codebook import build_codebook, codebook_checkpoint, load_codebook
+from pipeline.build.vocoder import Vocoder
+from pipeline.codec.codec import run
+from pipeline.codec.transcode import (
     DEFAULT_OVERLAP_FRAMES,
     CodecError,
     Header,
@@ -30,10 +33,7 @@ from pipeline.codec import (
     unpack_codes,
     window_layout,
 )
-from pipeline.mel import mel_spectrogram
-from pipeline.pretrained.codebook import build_codebook, codebook_checkpoint, load_codebook
-from pipeline.stages.codec import run
-from pipeline.vocoder import Vocoder
+from pipeline.media.mel import mel_spectrogram
 from tests.helpers import CONF
 
 CLIPS = ["noisy_speech2", "music1"]  # speech and music; the other clips go through the other tests
@@ -257,7 +257,7 @@ def trained(shared_dir) -> tuple:
 
     A random decoder's output is wild for ~40 frames from every edge of its input, inside each window as much as
     at the joins, so only a codebook that has learnt to reconstruct tells a join from the sound."""
-    from pipeline.pretrained.codebook import build_codebook
+    from pipeline.build.codebook import build_codebook
 
     clips = sorted((shared_dir / "data" / "neural_audio_codec").glob("*/original.wav"))
     wave = np.concatenate([read_audio(c)[0] for c in clips] * 2)

@@ -53,7 +53,7 @@ def test_block_size_follows_feat_sample_size(sizes, compose):
 
 
 def test_run_folder_names_ignore_where_and_how():
-    from pipeline.config import run_name
+    from pipeline.runs.folders import run_name
 
     assert run_name([]) == "default"
     assert run_name(["dataset=vas", "trainer=gpu", "trainer.max_steps=5", "logger.mode=offline"]) == "default"
@@ -64,7 +64,7 @@ def test_run_folder_names_ignore_where_and_how():
 def test_run_folders_can_be_passed_unquoted_as_overrides():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from pipeline.config import run_name
+    from pipeline.runs.folders import run_name
 
     name = run_name(["classifier=melception_tiny", "codebook.optim.betas=[0.5,0.8]", "x.ckpt=/a/b=c/best.pt"])
     path = f"outputs/train_classifier/demo/{name}/checkpoints/best.pt"
@@ -96,7 +96,7 @@ def test_sampling_values_are_typed_in_every_place_they_are_set(compose):
 
 
 def test_an_unknown_key_is_pointed_at_the_nearest_valid_one(outputs):
-    from pipeline.config_check import unknown_key_hints
+    from pipeline.config.check import unknown_key_hints
 
     [hint] = unknown_key_hints("train_codebook", ["dataset=demo", "trainer.max_step=3", "seed=1"])
     assert "`trainer.max_step` is not a key" in hint and "did you mean `trainer.max_steps`?" in hint
@@ -112,7 +112,7 @@ def test_an_unknown_key_is_pointed_at_the_nearest_valid_one(outputs):
 
 
 def test_sampling_settings_are_checked_and_auto_takes_the_recorded_top_k():
-    from pipeline.sampling_settings import SamplingSettings
+    from pipeline.generate.settings import SamplingSettings
 
     node = {"mode": "nopix", "temperature": 1.0, "top_k": "auto", "top_p": None}
     assert SamplingSettings.from_config(node, {"top_k": 64}, vocab=128).top_k == 64
@@ -126,8 +126,8 @@ def test_sampling_settings_are_checked_and_auto_takes_the_recorded_top_k():
 
 
 def test_the_clip_sizes_are_one_node_and_the_code_constants_agree(compose):
-    from pipeline.audio import SR
-    from pipeline.mel import CROP_LEN, HOP, LENGTH, SPEC_LEN
+    from pipeline.media.audio import SR
+    from pipeline.media.mel import CROP_LEN, HOP, LENGTH, SPEC_LEN
 
     cfg = compose("train_transformer", "dataset=demo", "clip.crop_len=832")  # one override moves every stage's crop
     assert cfg.data.crop_len == 832
@@ -141,10 +141,10 @@ def test_the_clip_sizes_are_one_node_and_the_code_constants_agree(compose):
 
 
 def test_the_visual_frame_sizes_are_the_clip_node_and_every_features_preset_follows_it(compose):
-    from pipeline.data.features import FEAT_CROP_LEN, FEAT_LEN
-    from pipeline.features import Preprocessing
-    from pipeline.video import FPS
-    from pipeline.zoo import features_preset
+    from pipeline.checkpoints.zoo import features_preset
+    from pipeline.data.conditions import FEAT_CROP_LEN, FEAT_LEN
+    from pipeline.extract.visual import Preprocessing
+    from pipeline.media.video import FPS
 
     clip = compose("base").clip
     assert (clip.feat_len, clip.feat_crop_len) == (FEAT_LEN, FEAT_CROP_LEN) == (215, 212)

@@ -10,18 +10,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.data import (
-    ConditionedDataset,
-    FeatureSampler,
-    Labels,
-    SpectrogramDataset,
-    WaveformDataset,
-    load_features,
-    load_streams,
-    mel_path,
-    resample_frames,
-)
-from pipeline.safe_pickle import UnsafePickleError, load_pickle_array
+from pipeline.data.conditions import FeatureSampler, load_features, load_streams, resample_frames
+from pipeline.data.datasets import ConditionedDataset, SpectrogramDataset, WaveformDataset
+from pipeline.data.layout import Labels, mel_path
+from pipeline.files.safe_pickle import UnsafePickleError, load_pickle_array
 from tests.helpers import features_preset
 
 VAS_CLIPS = ["baby/video_01951", "cough/video_00331", "dog/video_02677", "dog/video_02754",

@@ -8,9 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.data import Labels
-from pipeline.extraction import list_clips
-from pipeline.stages.make_demo_data import run
+from pipeline.data.layout import Labels
+from pipeline.demo.make_demo_data import run
+from pipeline.extract.clips import list_clips
 from tests.helpers import compose
 
 TINY = ["num_classes=2", "clips_per_class=2", "seconds=2", "size=64"]
@@ -77,8 +77,8 @@ def test_audio_and_video_tracks_decode(demo):
 def test_events_coincide_in_sound_and_picture(demo):
     """Each sound starts on the sample events.json gives, on a code column of the models' window; the object is
     bright on exactly the frames whose middle lies inside a sound."""
-    from pipeline.data.features import center_offset
-    from pipeline.mel import FRAMES_PER_COLUMN, HOP
+    from pipeline.data.conditions import center_offset
+    from pipeline.media.mel import FRAMES_PER_COLUMN, HOP
 
     cfg, _, out = demo
     events = json.loads((out / "demo_data" / "events.json").read_text())
@@ -132,8 +132,8 @@ def test_refuses_a_real_dataset(tmp_path):
 def test_the_idle_object_is_silent_and_clips_have_their_events():
     """The hiss between events sits at the mel floor (no random texture for a codebook to copy), and a 10-s clip
     has events_per_clip events."""
-    from pipeline.demo_data import DemoSpec, clip_audio, plan
-    from pipeline.mel import mel_spectrogram
+    from pipeline.demo.make_demo_data import DemoSpec, clip_audio, plan
+    from pipeline.media.mel import mel_spectrogram
 
     spec = DemoSpec(num_classes=4, clips_per_class=2)
     p = plan(spec)[0]

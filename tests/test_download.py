@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.download import ChecksumError, DownloadError, UnsafeArchiveError, fetch
-from pipeline.zoo import Zoo, ZooError
+from pipeline.checkpoints.fetch import ChecksumError, DownloadError, UnsafeArchiveError, fetch
+from pipeline.checkpoints.zoo import Zoo, ZooError
 from tests.helpers import ROOT
 from tests.zoo_server import SHARED_RELEASED, FileServer, tar_gz, tar_with
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.stages.evaluate import clip_id_of, find_samples, run
+from pipeline.evaluate.evaluate import clip_id_of, find_samples, run
 
 VAS_CLASSES = ["baby", "cough", "dog", "drum", "fireworks", "gun", "hammer", "sneeze"]
 
@@ -19,9 +19,9 @@ VAS_CLASSES = ["baby", "cough", "dog", "drum", "fireworks", "gun", "hammer", "sn
 @pytest.fixture(scope="module")
 def setup(vas_dir, shared_dir, tmp_path_factory) -> dict:
     from models.melception import Melception
-    from pipeline.data import mel_path
+    from pipeline.checkpoints.format import save_checkpoint
+    from pipeline.data.layout import mel_path
     from pipeline.data.normalization import read_stats
-    from pipeline.train.checkpoint import save_checkpoint
 
     tmp = tmp_path_factory.mktemp("evaluate")
     ids = sorted(f"{p.parents[1].name}/{p.name[:-len('_mel.npy')]}"
@@ -136,7 +136,7 @@ def test_perturbed_fakes_give_finite_metrics_and_larger_distances(setup):
 
 def test_classifier_of_other_classes_gives_no_class_match(setup, tmp_path):
     from models.melception import Melception
-    from pipeline.train.checkpoint import save_checkpoint
+    from pipeline.checkpoints.format import save_checkpoint
 
     model = Melception(num_classes=5, width=0.0625)
     ckpt = tmp_path / "other.pt"
@@ -167,13 +167,11 @@ def demo(tmp_path_factory, original_fixtures) -> dict:
     """A small generated demo data set (real mp4s, events.json, mels by the mel stage's function), a random tiny
     Melception of its classes, a random tiny codebook and the original's small MelGAN."""
     from models.melception import Melception
-    from pipeline.data import mel_path
-    from pipeline.data.layout import audio_path
-    from pipeline.demo_data import DemoSpec, generate
-    from pipeline.extraction import video_path
-    from pipeline.io import save_npy
-    from pipeline.mel import extract_mel_and_audio
-    from pipeline.train.checkpoint import save_checkpoint
+    from pipeline.checkpoints.format import save_checkpoint
+    from pipeline.data.layout import audio_path, mel_path, video_path
+    from pipeline.demo.make_demo_data import DemoSpec, generate
+    from pipeline.files.writes import save_npy
+    from pipeline.media.mel import extract_mel_and_audio
     from tests.helpers import make_codebook
 
     tmp = tmp_path_factory.mktemp("evaluate_demo")
@@ -203,9 +201,9 @@ def demo(tmp_path_factory, original_fixtures) -> dict:
 
 def demo_samples(demo: dict, name: str, shift: int = 0, samples_per_clip: int = 2) -> Path:
     """Copies of the valid clips' real mels as samples; shift=1 files each clip's samples under the next clip."""
-    from pipeline.audio import save_wav
-    from pipeline.data import mel_path
-    from pipeline.mel import inverse_mel
+    from pipeline.data.layout import mel_path
+    from pipeline.media.audio import save_wav
+    from pipeline.media.mel import inverse_mel
 
     out = demo["tmp"] / name
     clips = demo["valid"]
@@ -223,8 +221,8 @@ def demo_samples(demo: dict, name: str, shift: int = 0, samples_per_clip: int = 
 
 
 def test_model_checks_synchrony_and_report_on_the_demo_data(demo):
-    from pipeline.model_checks import format_targets
-    from pipeline.report import local_links
+    from pipeline.evaluate.model_checks import format_targets
+    from pipeline.evaluate.report import local_links
 
     samples, shuffled = demo_samples(demo, "copies"), demo_samples(demo, "shuffled", shift=1)
     cfg = OmegaConf.create({
@@ -261,7 +259,7 @@ def test_model_checks_synchrony_and_report_on_the_demo_data(demo):
 
 
 def test_gan_steps_come_from_the_checkpoint(tmp_path):
-    from pipeline.model_checks import gan_steps
+    from pipeline.evaluate.model_checks import gan_steps
 
     for disc_start, factor, expected in ((10, 1.0, 15), (600, 1.0, 0), (10, 0.0, 0)):
         torch.save({"loss_args": {"disc_start": disc_start, "disc_factor": factor}, "train_state": {"step": 25}},

@@ -1,12 +1,12 @@
-"""Onset detection and synchrony (pipeline.events) on mels of real waveforms with known events, and the
+"""Onset detection and synchrony (pipeline.evaluate.events) on mels of real waveforms with known events, and the
 expansion of a short clip's events as the mel stage loops it."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.events import clip_events, event_hits, onset_frames, read_events, synchrony
-from pipeline.mel import mel_spectrogram
+from pipeline.evaluate.events import clip_events, event_hits, onset_frames, read_events, synchrony
+from pipeline.media.mel import mel_spectrogram
 from tests.helpers import bursts, write_clip
 
 SR, HOP = 22050, 256
@@ -57,7 +57,7 @@ def test_read_events_errors_name_the_file(tmp_path):
 
 
 def test_loop_period_follows_the_mel_stage(tmp_path):
-    from pipeline.events import loop_period_samples
+    from pipeline.evaluate.events import loop_period_samples
 
     short = loop_period_samples(write_clip(tmp_path / "short.mp4", 2.0))
     assert short is not None and 2.0 * SR <= short <= 2.0 * SR + 3 * 1024  # the clip and its AAC padding

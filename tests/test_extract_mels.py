@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.stages.extract_mels import run
+from pipeline.extract.extract_mels import run
 from tests.helpers import ROOT, SR, compose, write_clip
 
 
@@ -34,7 +34,7 @@ def _cfg(*overrides: str):
 
 def test_stage_layout_failures_looping_and_skip(demo_set, tmp_path, caplog):
     run_dir = tmp_path / "run"
-    caplog.set_level(logging.WARNING, logger="pipeline.stages.extract_mels")
+    caplog.set_level(logging.WARNING, logger="pipeline.extract.extract_mels")
     with pytest.raises(SystemExit, match="2 processed, 0 skipped.*3 failed"):
         run(_cfg("chain=direct"), run_dir=run_dir)
 
@@ -73,7 +73,7 @@ def test_stage_original_chain_split_and_shards(demo_set, tmp_path):
     run(_cfg("chain=original", "split=train", "shard=1", "num_shards=2"), run_dir=tmp_path)  # dog/good only
     mels = demo_set / "features" / "dog" / "melspec_10s_22050hz"
     assert sorted(p.name for p in mels.iterdir()) == ["good_audio.npy", "good_mel.npy"]
-    from pipeline.mel import extract_mel
+    from pipeline.media.mel import extract_mel
 
     assert _cfg().features_dir == str(demo_set / "features")  # the mels live beside the demo's features
     direct = extract_mel(demo_set / "videos/dog/good.mp4", chain="direct")

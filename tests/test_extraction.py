@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.extraction import ClipError, check_source
-from pipeline.stages.extract_mels import run
+from pipeline.extract.extract_mels import run
+from pipeline.media.source import ClipError, check_source
 from tests.helpers import compose, write_clip
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.features import (
+from pipeline.extract.visual import (
     RANDOM_MARKER,
     Preprocessing,
     extract_clip_features,
@@ -20,9 +20,9 @@ from pipeline.features import (
     streams_to_condition,
     tile_to,
 )
-from pipeline.flow import consecutive_flows, flow_to_uint8
-from pipeline.safe_pickle import load_pickle_array
-from pipeline.video import frame_times, sample_indices
+from pipeline.files.safe_pickle import load_pickle_array
+from pipeline.media.flow import consecutive_flows, flow_to_uint8
+from pipeline.media.video import frame_times, sample_indices
 from tests.helpers import compose
 
 CLIPS = ["baby/video_01951", "cough/video_00331", "dog/video_02677", "dog/video_02754", "drum/video_02480",
@@ -191,7 +191,7 @@ def _dataset(tmp_path: Path, vas_dir: Path, clips: list[str], corrupt: str | Non
 
 
 def _run_stage(tmp_path: Path, data: Path, features: str, *extra: str) -> Path:
-    from pipeline.stages.extract_features import run
+    from pipeline.extract.extract_features import run
 
     cfg = compose("extract_features", f"features={features}", "dataset=vas", f"paths.data={data}",
                   f"features_dir={tmp_path / 'feats'}", "logger=none", "device=cpu", *extra)
@@ -221,13 +221,13 @@ def test_stage_resnet50_real_clip_resume_and_failures(tmp_path, vas_dir):
 
 def test_stage_bninception_rows_and_streams(tmp_path, vas_dir, monkeypatch):
     """216 rows per stream as the shipped pickles; TV-L1 is replaced by a fast stand-in (tested above)."""
-    import pipeline.flow
+    import pipeline.media.flow
 
     class StillFlow:
         def calc(self, prev, curr, _):
             return np.zeros((*prev.shape, 2), np.float32)
 
-    monkeypatch.setattr(pipeline.flow, "tvl1", StillFlow)
+    monkeypatch.setattr(pipeline.media.flow, "tvl1", StillFlow)
     data = _dataset(tmp_path, vas_dir, ["dog/video_02677"])
     feats = _run_stage(tmp_path, data, "bninception_tiny", "features.preprocessing.input_size=64")
     shipped = load_pickle_array(vas_dir / "features/dog/feature_rgb_bninception_dim1024_21.5fps/video_02677.pkl")

@@ -1,4 +1,4 @@
-"""Sound for a whole video (pipeline/long_video.py) with tiny models made here: frames decoded only as needed,
+"""Sound for a whole video (pipeline/generate/long_video.py) with tiny models made here: frames decoded only as needed,
 the condition following the picture window by window, 25 s of sound for a 25 s video in its mp4."""
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ from omegaconf import OmegaConf
 from models.cond_transformer import Net2NetTransformer
 from models.gpt import GPTFeats
 from models.permuter import ColumnMajor
-from pipeline.features import Preprocessing, extract_streams
-from pipeline.features import load_model as load_feature_model
-from pipeline.generation import UserModels
-from pipeline.long_video import decode_long, frame_features, long_condition, sample_long_video
-from pipeline.pretrained.codebook import build_codebook
-from pipeline.sampling import _window_cond
-from pipeline.video import frame_times, write_video
-from pipeline.vocoder import Vocoder
+from pipeline.build.codebook import build_codebook
+from pipeline.build.vocoder import Vocoder
+from pipeline.extract.visual import Preprocessing, extract_streams
+from pipeline.extract.visual import load_model as load_feature_model
+from pipeline.generate import long_video
+from pipeline.generate.loading import UserModels
+from pipeline.generate.long_video import decode_long, frame_features, long_condition, sample_long_video
+from pipeline.generate.sampling import _window_cond
+from pipeline.media.video import frame_times, write_video
 from tests.helpers import ROOT, features_preset
 
 S = 212  # condition frames per window: the paper's 212-feature models, 4 frames per code column
@@ -51,7 +52,7 @@ def models() -> UserModels:
     return UserModels(model, {"model_args": args}, fcfg, Vocoder(None, n_iter=2), torch.device("cpu"), "tiny")
 
 
-def test_frame_features_are_the_extractions_frames_without_holding_the_video(models, tmp_path):
+def test_frame_features_are_the_extractions_frames_without_holding_the_video(models, tmp_path, monkeypatch):
     fcfg, prep = models.fcfg, Preprocessing.from_cfg(models.fcfg)
     net = load_feature_model("resnet50", "random", width=8)
     short = _video(tmp_path / "short.mp4", 6.0)
@@ -60,9 +61,14 @@ def test_frame_features_are_the_extractions_frames_without_holding_the_video(mod
     assert feats.shape == (129, int(fcfg["depth"])) and np.allclose(feats, expected[:129], atol=1e-5)
     # a 25 s video, its first 5 s: only the frames on screen at 21.5 fps up to 5 s are decoded and kept
     long = _video(tmp_path / "long.mp4", 25.0, fps=30.0)
-    kept: list[int] = []
-    feats = frame_features(long, "resnet50", net, prep, seconds=5.0, batch_size=16, on_frame=kept.append)
-    assert feats.shape[0] == round(5 * 21.5) and len(kept) == len(set(kept)) == 108 and max(kept) < 150
+    asked, converted = [], []
+    stream, resize = long_video.stream_frames, long_video.resize_short_side
+    monkeypatch.setattr(long_video, "stream_frames", lambda path, indices, *a: (asked.append(indices), stream(
+        path, indices, *a))[1])
+    monkeypatch.setattr(long_video, "resize_short_side", lambda *a: (converted.append(1), resize(*a))[1])
+    feats = frame_features(long, "resnet50", net, prep, seconds=5.0, batch_size=16)
+    assert feats.shape[0] == round(5 * 21.5) and len(asked) == 1 and asked[0].size == feats.shape[0]
+    assert len(set(asked[0].tolist())) == len(converted) == 108 and asked[0].max() < 150  # each frame once
     assert len(frame_times(long)) == 750
     with pytest.raises(ValueError, match="bninception loops every clip"):
         frame_features(long, "bninception", net, prep)
@@ -111,7 +117,7 @@ def test_a_25_s_video_gets_25_s_of_sound(models, tmp_path, capsys):
 
 
 def test_the_sample_stage_gives_a_long_video_its_whole_length_by_default(models, tmp_path):
-    from pipeline.generation import sample_user_clip
+    from pipeline.generate.user_clip import sample_user_clip
 
     video = _video(tmp_path / "long.mp4", 12.0)
     settings = {"mode": "nopix", "temperature": 1.0, "top_k": 8, "top_p": None}

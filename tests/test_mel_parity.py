@@ -6,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.audio import fit_to_length, load_audio, loop_to_length, save_wav
-from pipeline.extraction import ClipError
-from pipeline.mel import (
+from pipeline.media.audio import fit_to_length, load_audio, loop_to_length, save_wav
+from pipeline.media.mel import (
     extract_mel,
     inverse_mel,
     mel_basis,
     mel_spectrogram,
     original_chain_audio,
 )
+from pipeline.media.source import ClipError
 
 CLIPS = ["baby/video_01951", "cough/video_00331", "dog/video_02677", "dog/video_02754", "drum/video_02480",
          "drum/video_02542", "fireworks/video_02997", "fireworks/video_03051", "gun/video_00819",

@@ -16,9 +16,8 @@ from models.melgan import (
     generator_loss,
     to_legacy_weight_norm,
 )
-from pipeline.pretrained import load_vocoder
-from pipeline.train.checkpoint import save_checkpoint
-from pipeline.vocoder import load_vocoder_or_griffinlim
+from pipeline.build.vocoder import load_vocoder, load_vocoder_or_griffinlim
+from pipeline.checkpoints.format import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""pipeline.metrics against closed forms and direct (slow, obvious) implementations."""
+"""pipeline.evaluate.metrics against closed forms and direct (slow, obvious) implementations."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 import torch
 
-from pipeline import metrics
+from pipeline.evaluate import metrics
 
 
 # ----------------------------------------------------------------------------------------------- FID

@@ -18,9 +18,13 @@ import torch
 import yaml
 
 from models.vggishish import VGGishish
-from pipeline.checkpoints import UnsafeCheckpointError, locate, read_checkpoint
-from pipeline.pretrained import load_classifier, load_codebook, load_transformer, load_vocoder
-from pipeline.sampling import sample
+from pipeline.build.classifier import load_classifier
+from pipeline.build.codebook import load_codebook
+from pipeline.build.transformer import load_transformer
+from pipeline.build.vocoder import load_vocoder
+from pipeline.checkpoints.reading import UnsafeCheckpointError, read_checkpoint
+from pipeline.checkpoints.zoo import locate
+from pipeline.generate.sampling import sample
 from tests.helpers import SMALL_VGG, fast_melception
 
 CODEBOOK = "2021-01-01T00-00-00_vas_codebook"
@@ -125,7 +129,7 @@ def test_a_yaml_that_contradicts_the_weights_is_refused(released, tmp_path):
 
 
 def test_no_feats_and_class_conditioned_folders(released, original_fixtures, tmp_path):
-    from pipeline.pretrained.transformer import build_transformer
+    from pipeline.build.transformer import build_transformer
 
     folder = _copy_tree(released / TRANSFORMER, tmp_path / "no_feats")
     yml = folder / "configs" / "2021-01-01T00-00-01-project.yaml"
@@ -351,8 +355,8 @@ def test_released_classifiers_load_with_their_normalisation(shared_dir, tmp_path
 
 # ------------------------------------------------------------------------------------------- our own files
 def test_our_run_folders_load_and_resume_reads_safely(original_fixtures, tmp_path):
-    from pipeline.pretrained.codebook import codebook_checkpoint
-    from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
+    from pipeline.build.codebook import codebook_checkpoint
+    from pipeline.checkpoints.format import load_checkpoint, save_checkpoint
 
     codebook = load_codebook(original_fixtures / "codebook_small.ckpt")
     run = tmp_path / "run"

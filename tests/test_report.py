@@ -1,4 +1,5 @@
-"""report.html (pipeline.report) rendered by a real headless Chromium (Debian's `chromium`, driven by Playwright
+"""report.html (pipeline.evaluate.report) rendered by a real headless Chromium (Debian's `chromium`, driven by
+Playwright
 without a browser download of its own): the page renders, its spectrograms load, its audio and video elements
 are there and their files decode, and every src/href is a relative link to a file that exists."""
 from __future__ import annotations
@@ -10,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.audio import save_wav
-from pipeline.events import onset_frames
-from pipeline.mel import mel_spectrogram
-from pipeline.report import ASSETS, ClipView, local_links, write_report
+from pipeline.evaluate.events import onset_frames
+from pipeline.evaluate.report import ASSETS, ClipView, local_links, write_report
+from pipeline.media.audio import save_wav
+from pipeline.media.mel import mel_spectrogram
 from tests.helpers import bursts, write_clip
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

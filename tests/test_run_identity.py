@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import run_name
-from pipeline.io import save_torch
-from pipeline.run_identity import RunFolderMismatch, check_run_folder, record_start
+from pipeline.files.writes import save_torch
+from pipeline.runs.folders import run_name
+from pipeline.runs.identity import RunFolderMismatch, check_run_folder, record_start
 from tests.helpers import ROOT, make_codebook, make_dataset
 
 

@@ -14,9 +14,9 @@ import pytest
 import soundfile as sf
 from omegaconf import OmegaConf
 
-from pipeline.extraction import ClipError
-from pipeline.io import save_pickle
-from pipeline.stages.sample import run
+from pipeline.files.writes import save_pickle
+from pipeline.generate.sample import run
+from pipeline.media.source import ClipError
 from tests.helpers import ROOT, features_preset, make_codebook, make_dataset, make_transformer, write_clip
 
 SAMPLE = ("sample", "dataset=demo", "logger=none", "device=cpu")  # the stage's config, on CPU, no logger
@@ -101,7 +101,7 @@ def test_user_input_errors(models, tmp_path, compose):
 
 
 def test_condition_derangement_gives_no_clip_its_own_condition():
-    from pipeline.stages.sample import condition_derangement
+    from pipeline.generate.sample import condition_derangement
 
     for n in (2, 3, 8, 25):
         cond_of = condition_derangement(n, seed=1337)
@@ -117,7 +117,7 @@ def test_condition_derangement_gives_no_clip_its_own_condition():
 
 
 def test_condition_shuffle_and_the_av_benchmark_layout(models, melgan, outputs, tmp_path, compose):
-    from pipeline.io import save_npy
+    from pipeline.files.writes import save_npy
 
     root = outputs / "demo_data"
     write_clip(root / "videos" / "chirp" / "video_00001.mp4", 2.0)  # one clip with its video ...

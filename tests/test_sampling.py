@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.gpt import GPTClass, GPTFeats
-from pipeline.sampling import (
+from pipeline.generate.sampling import (
     filter_logits,
     inference_copy,
     pick_token,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.gpt import GPTFeats
-from pipeline.sampling import last_step_attention, sample, sample_steps
+from pipeline.generate.sampling import last_step_attention, sample, sample_steps
 
 GRID = (5, 8)  # a short grid; the window slides past 8 columns as on the paper's 5 x 53
 

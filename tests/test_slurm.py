@@ -173,7 +173,7 @@ def test_a_two_task_job_trains_as_two_ranks_into_one_folder(slurm_cluster, demo,
 
 
 def test_an_array_job_fills_in_a_half_done_extraction(slurm_cluster, outputs, compose):
-    from pipeline.stages.extract_mels import run
+    from pipeline.extract.extract_mels import run
 
     data = outputs / "demo_data"
     for k in range(4):

@@ -12,18 +12,18 @@ import torch
 from omegaconf import OmegaConf
 
 from pipeline.data.normalization import STATS_NAME, Normalize, compute_stats, read_stats, resolve_stats, save_stats
-from pipeline.tasks.classifier import ClassifierTask, recalibrate_bn
-from pipeline.train import Trainer
+from pipeline.train.loop import Trainer
+from pipeline.train.train_classifier import ClassifierTask, recalibrate_bn
 from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")
 def demo_mels(tmp_path_factory) -> dict:
     """A generated demo data set (4 classes x 5 clips of 2 s, tiny frames) with its mels, in the VAS layout."""
-    from pipeline.data import mel_path
-    from pipeline.demo_data import DemoSpec, generate
-    from pipeline.io import save_npy
-    from pipeline.mel import extract_mel
+    from pipeline.data.layout import mel_path
+    from pipeline.demo.make_demo_data import DemoSpec, generate
+    from pipeline.files.writes import save_npy
+    from pipeline.media.mel import extract_mel
 
     root = tmp_path_factory.mktemp("demo")
     spec = DemoSpec(num_classes=4, clips_per_class=5, seconds=2.0, size=32, fps=10)
@@ -73,7 +73,7 @@ def test_shipped_statistics_read(shared_dir):
 
 
 def test_statistics_follow_the_original_recipe(demo_mels, tmp_path):
-    from pipeline.data import SpectrogramDataset
+    from pipeline.data.datasets import SpectrogramDataset
 
     mean, std = compute_stats(demo_mels, "train", spec_len=860)
     ds = SpectrogramDataset(demo_mels, "train", crop_len=860)
@@ -95,7 +95,7 @@ def test_statistics_follow_the_original_recipe(demo_mels, tmp_path):
 @pytest.mark.parametrize("preset", ["vggishish_tiny", "melception_tiny"])
 def test_tiny_classifier_beats_chance_and_checkpoint_loads(demo_mels, tmp_path, one_thread, preset):
     """Validation runs in eval mode: for Melception this needs the preset's BatchNorm re-estimation."""
-    from pipeline.pretrained import load_classifier
+    from pipeline.build.classifier import load_classifier
 
     torch.manual_seed(0)
     cfg = OmegaConf.create({

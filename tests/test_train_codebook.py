@@ -8,10 +8,9 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from pipeline.pretrained import load_codebook
-from pipeline.tasks.codebook import CodebookTask
-from pipeline.train import Trainer
-from pipeline.train.loop import scaled_lr
+from pipeline.build.codebook import load_codebook
+from pipeline.train.loop import Trainer, scaled_lr
+from pipeline.train.train_codebook import CodebookTask
 from tests.helpers import compose
 
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipeline.train import NonFiniteLossError, Task, Trainer
-from pipeline.train.checkpoint import load_checkpoint
+from pipeline.checkpoints.format import load_checkpoint
+from pipeline.train.loop import NonFiniteLossError, Task, Trainer
 
 
 class Regression(Task):

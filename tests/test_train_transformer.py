@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.io import save_torch
+from pipeline.files.writes import save_torch
 from tests.helpers import DEPTH, FEATURES, ROOT, make_codebook, make_dataset, tiny_transformer_cfg
 
 NO_ROLL = "transformer.roll_columns=false"
@@ -58,7 +58,7 @@ def test_sweep_through_submitit_local_trains_and_a_rerun_resumes(demo, outputs):
     assert {"first_stage_permuter.forward_shuffle_idx", "transformer.embedder.weight",
             "first_stage_model.quantize.embedding.weight"} <= keys
     assert not any(k.startswith("first_stage_model.loss.") for k in keys)
-    from pipeline.pretrained import load_transformer
+    from pipeline.build.transformer import load_transformer
 
     model = load_transformer(run / "checkpoints" / "best.pt")  # self-contained: no codebook path needed
     assert model.transformer.embedder.weight.shape == (64, DEPTH, 1)
@@ -71,8 +71,8 @@ def test_sweep_through_submitit_local_trains_and_a_rerun_resumes(demo, outputs):
 
 
 def test_mismatches_are_reported_before_any_work(demo, tmp_path):
-    from pipeline.pretrained.transformer import model_args_from_config
-    from pipeline.tasks.transformer import preflight
+    from pipeline.build.transformer import model_args_from_config
+    from pipeline.train.train_transformer import preflight
 
     cfg = tiny_transformer_cfg(5)
     cfg.codebook.ckpt = str(demo)
@@ -106,10 +106,10 @@ def test_mismatches_are_reported_before_any_work(demo, tmp_path):
 def test_sampled_tokens_follow_the_condition(demo, outputs):
     """After a short in-process run, a clip's condition gives (greedy) tokens that agree with its own class's real
     tokens far more than with the other class's: the GPT reads its condition, not only the token statistics."""
-    from pipeline.data import batch_condition
-    from pipeline.sampling import sample
-    from pipeline.tasks.transformer import TransformerTask
-    from pipeline.train import Trainer
+    from pipeline.data.datasets import batch_condition
+    from pipeline.generate.sampling import sample
+    from pipeline.train.loop import Trainer
+    from pipeline.train.train_transformer import TransformerTask
 
     cfg = tiny_transformer_cfg(5)
     cfg.codebook.ckpt, cfg.transformer.roll_columns = str(demo), False
@@ -136,8 +136,8 @@ def test_sampled_tokens_follow_the_condition(demo, outputs):
 
 
 def test_rolled_columns_shift_mel_and_condition_together(demo, outputs):
-    from pipeline.data import ConditionedDataset
-    from pipeline.tasks.transformer import RolledColumns, TransformerTask
+    from pipeline.data.datasets import ConditionedDataset
+    from pipeline.train.train_transformer import RolledColumns, TransformerTask
 
     cfg = tiny_transformer_cfg(53)
     cfg.codebook.ckpt = str(demo)

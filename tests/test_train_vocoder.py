@@ -11,16 +11,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.mel import MelTransform
-from pipeline.tasks.vocoder import VocoderTask
-from pipeline.train import Trainer
+from pipeline.media.mel import MelTransform
+from pipeline.train.loop import Trainer
+from pipeline.train.train_vocoder import VocoderTask
 from tests.helpers import ROOT
 
 
 def demo_like(root: Path, clips_per_class: int = 3, num_classes: int = 2) -> dict:
     """Demo-data waveforms (looped to 10 s, as extract_mels) in the VAS layout, without encoding videos."""
-    from pipeline.audio import loop_to_length
-    from pipeline.demo_data import DemoSpec, clip_audio, plan
+    from pipeline.demo.make_demo_data import DemoSpec, clip_audio, plan
+    from pipeline.media.audio import loop_to_length
 
     spec = DemoSpec(num_classes=num_classes, clips_per_class=clips_per_class, seconds=2.0)
     rows = {"train": [], "valid": []}
@@ -45,8 +45,8 @@ def tiny_cfg(dataset: dict) -> OmegaConf:
 
 
 def test_torch_mel_equals_original_chain_on_real_audio(vas_dir):
-    from pipeline.audio import load_audio, loop_to_length
-    from pipeline.mel import mel_spectrogram
+    from pipeline.media.audio import load_audio, loop_to_length
+    from pipeline.media.mel import mel_spectrogram
 
     video = sorted((vas_dir / "videos").rglob("*.mp4"))[0]
     wave = loop_to_length(load_audio(video), 220500)
@@ -72,7 +72,7 @@ def test_config_composes_with_paper_and_tiny_presets(compose):
 
 
 def test_short_run_lowers_mel_l1_and_checkpoint_loads(tmp_path, one_thread):
-    from pipeline.pretrained import load_vocoder
+    from pipeline.build.vocoder import load_vocoder
 
     torch.manual_seed(0)
     cfg = tiny_cfg(demo_like(tmp_path / "data"))
@@ -113,8 +113,8 @@ def test_short_run_lowers_mel_l1_and_checkpoint_loads(tmp_path, one_thread):
 @pytest.mark.parametrize("bad", ["netD.model.disc_0.model.layer_0.1.bias"])
 def test_loader_ignores_only_discriminator_keys(tmp_path, bad):
     from models.melgan import Generator, to_legacy_weight_norm
-    from pipeline.pretrained import load_vocoder
-    from pipeline.train.checkpoint import save_checkpoint
+    from pipeline.build.vocoder import load_vocoder
+    from pipeline.checkpoints.format import save_checkpoint
 
     g = Generator(ngf=4, n_residual_layers=1)
     state = to_legacy_weight_norm(dict(g.state_dict()))

@@ -8,12 +8,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.pretrained import load_transformer
-from pipeline.pretrained.transformer import (
+from pipeline.build.transformer import (
     build_transformer,
     build_vqmodel,
     check_compatible,
     codebook_grid,
+    load_transformer,
     model_args_from_config,
 )
 from tests.helpers import built_transformer, compose

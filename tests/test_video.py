@@ -1,12 +1,12 @@
-"""pipeline.video: frame times, 21.5 fps sampling by time, looping, geometry, writing and muxing mp4s."""
+"""pipeline.media.video: frame times, 21.5 fps sampling by time, looping, geometry, writing and muxing mp4s."""
 from __future__ import annotations
 
 import av
 import numpy as np
 import pytest
 
-from pipeline.extraction import ClipError
-from pipeline.video import (
+from pipeline.media.source import ClipError
+from pipeline.media.video import (
     FPS,
     center_crop,
     clip_duration,

@@ -12,7 +12,7 @@ from models.lpaps import LPAPS
 from models.vggishish import VGGishish
 from models.vqgan import VectorQuantizer, VQModel
 from models.vqgan_loss import VQLPAPSWithDiscriminator, hinge_d_loss, vanilla_d_loss
-from pipeline.pretrained.codebook import build_codebook
+from pipeline.build.codebook import build_codebook
 from tests.helpers import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "codebook"

@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from pipeline.zoo import REGISTRY, Zoo
+from pipeline.checkpoints.zoo import REGISTRY, Zoo
 from tests.helpers import ROOT, SHARED, compose, hydra_conf, write_clip
 from tests.zoo_server import SHARED_RELEASED, FileServer, tar_gz
 
@@ -71,7 +71,7 @@ def test_registry_has_every_release_with_the_published_md5_and_numbers():
 
 
 def test_paper_settings_of_a_row():
-    from pipeline.stages.paper_table import pick_rows, row_settings
+    from pipeline.evaluate.paper_table import pick_rows, row_settings
 
     zoo = Zoo()
     (row,) = pick_rows(zoo, "c", ["212feats_bn"])
@@ -175,7 +175,7 @@ def _sample_cfg(served, tmp_path, *overrides):
 
 
 def test_without_backbone_weights_the_error_names_the_key_and_the_source(served, tmp_path):
-    from pipeline.stages.sample import run
+    from pipeline.generate.sample import run
 
     cfg = _sample_cfg(served, tmp_path, f"video={VIDEO}", f"model={ENTRY}")
     with pytest.raises(ValueError, match=r"trained on resnet50 features .*pass feature_weights=PATH.*"
@@ -184,8 +184,8 @@ def test_without_backbone_weights_the_error_names_the_key_and_the_source(served,
 
 
 def test_offline_the_error_names_the_download_command(served, tmp_path):
-    from pipeline.stages.sample import run
-    from pipeline.zoo import ZooError
+    from pipeline.checkpoints.zoo import ZooError
+    from pipeline.generate.sample import run
 
     cfg = _sample_cfg(served, tmp_path, f"video={VIDEO}", f"model={ENTRY}", "zoo.fetch=false")
     with pytest.raises(ZooError, match=rf"{ENTRY} is not downloaded .*`python -m stages.download what={ENTRY}`"):
@@ -193,7 +193,7 @@ def test_offline_the_error_names_the_download_command(served, tmp_path):
 
 
 def test_codec_by_released_name(served, tmp_path):
-    from pipeline.stages.codec import run
+    from pipeline.codec.codec import run
 
     cfg = compose("codec", "mode=encode", f"input={VIDEO}", f"output={tmp_path / 'clip.svqc'}",
                   "codebook.ckpt=fixture_vas_codebook", f"paths.models={tmp_path / 'models'}",
@@ -217,7 +217,7 @@ def vas_valid(tmp_path, vas_dir) -> Path:
 
 
 def test_one_row_of_table_c_from_the_released_fixtures(served, tmp_path, vas_valid):
-    from pipeline.stages.paper_table import run
+    from pipeline.evaluate.paper_table import run
 
     cfg = compose(
         "paper_table", "table=c", f"rows=[{ENTRY}]", "samples_per_video=2", "device=cpu", "logger=none",
@@ -237,7 +237,7 @@ def test_one_row_of_table_c_from_the_released_fixtures(served, tmp_path, vas_val
 
 
 def test_train_transformer_takes_a_released_codebook_by_name(served, tmp_path):
-    from pipeline.tasks.transformer import preflight
+    from pipeline.train.train_transformer import preflight
 
     cfg = compose(
         "train_transformer", "dataset=vas", "codebook.ckpt=fixture_vas_codebook",
@@ -248,7 +248,7 @@ def test_train_transformer_takes_a_released_codebook_by_name(served, tmp_path):
 
 
 def test_an_original_log_folder_by_path_brings_its_backbone(original_fixtures):
-    from pipeline.zoo import released_meta
+    from pipeline.checkpoints.zoo import released_meta
 
     folder = SHARED_RELEASED / TRANSFORMER_RUN
     meta = released_meta(folder)                       # its project yaml names BN-Inception RGB + flow folders

@@ -1,5 +1,5 @@
 """Hydra launchers `specvqgan_slurm` and `specvqgan_local`: hydra-submitit-launcher's, plus what
-pipeline/cluster.py adds (required keys, dry run, never-starting jobs, one-line sbatch errors, a sweep summary,
+pipeline/cluster/launcher.py adds (required keys, dry run, never-starting jobs, one-line sbatch errors, a sweep summary,
 torch.distributed in multi-task jobs). Hydra only loads launcher plugins from the `hydra_plugins` package."""
 
 import logging
@@ -12,6 +12,9 @@ from hydra.core.utils import JobReturn, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import MISSING
+
+from pipeline.cluster import launcher as cluster
+from pipeline.cluster.launcher import export_torch_distributed
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,6 @@ class _Launcher(BaseSubmititLauncher):
         from hydra.core.utils import run_job, setup_globals
         from omegaconf import open_dict
 
-        from pipeline.cluster import export_torch_distributed
 
         rank = export_torch_distributed()
         Singleton.set_state(singleton_state)
@@ -47,7 +49,6 @@ class _Launcher(BaseSubmititLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
 
-        from pipeline import cluster
 
         params = dict(self.params)
         dry_run = bool(params.pop("dry_run", False))
@@ -107,7 +108,7 @@ class LocalLauncher(_Launcher):
 @dataclass
 class SpecvqganSlurmConf(SlurmQueueConf):
     _target_: str = "hydra_plugins.specvqgan_launcher.SlurmLauncher"
-    # required (checked by pipeline.cluster.RequiredLauncherKeys): a YAML `???` merged onto None stays None
+    # required (checked by pipeline.cluster.launcher.RequiredLauncherKeys): a YAML `???` merged onto None stays None
     partition: Optional[str] = MISSING
     dry_run: bool = False     # print the sbatch script and the jobs, submit nothing
 

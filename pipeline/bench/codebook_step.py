@@ -21,6 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.build.codebook import build_codebook
+from pipeline.config.presets import compose_stage
+from pipeline.media.mel import CROP_LEN, N_MELS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -62,13 +66,10 @@ def measure(variant: str, steps: int, batch: int = 2) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from pipeline.bench._common import stage_config
-    from pipeline.mel import CROP_LEN, N_MELS
-    from pipeline.pretrained.codebook import build_codebook
 
     torch.set_num_threads(int(os.environ.get("CODEBOOK_BENCH_THREADS", "1")))
     torch.manual_seed(0)
-    node = stage_config("train_codebook", "codebook=vggsound", "dataset=vggsound").codebook  # inherits vas.yaml
+    node = compose_stage("train_codebook", ["codebook=vggsound", "dataset=vggsound"]).codebook  # inherits vas.yaml
     cfg = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
     cfg.loss.lpaps_trunk, cfg.loss.lpaps_stats = "random", None  # random LPAPS, placeholder stats: same cost
     model = build_codebook(cfg.model, cfg.loss)

@@ -1,7 +1,7 @@
 """The evaluation workload: the sample stage's clips per second at the paper's samples per video, against the
 original's `generate_samples` procedure, measured in the same run on the paper's VAS models (random weights).
 
-Ours: what `stages.sample` does per batch (`pipeline.stages.sample.run_split`): `generate` (the KV-cached sampler,
+Ours: what `stages.sample` does per batch (`pipeline.generate.sample.run_split`): `generate` (the KV-cached sampler,
 top-k 64 seeded, then the codebook's decoder) and the stage's vocoder (MelGAN, the paper's size, its CPU fast
 path) on a batch of SAMPLES_PER_VIDEO = 10, the README's VAS recipe (10 samples per video), each row its own
 212-frame condition as the stage batches clips; at the machine's full thread count.
@@ -22,7 +22,14 @@ import os
 
 import torch
 
-from pipeline.bench._common import Clock, load_line, peak_rss_gib, roofline
+from pipeline.bench.measure import Clock, load_line, peak_rss_gib, roofline
+from pipeline.bench.paper_models import build_models, paper_sizes
+from pipeline.bench.transformer_sampling import forward_flops
+from pipeline.build.vocoder import Vocoder
+from pipeline.generate.sampling import sample_uncached
+from pipeline.generate.settings import SamplingSettings
+from pipeline.generate.user_clip import generate
+from pipeline.media.audio import SR
 
 SAMPLES_PER_VIDEO = 10    # README: VAS 10 samples per video (the tables' 100 for some rows)
 ORIGINAL_BATCH = 4        # README: the VAS sampler batch
@@ -33,19 +40,12 @@ TARGET = 30.0
 def _models():
     """(wrapper, MelGAN generator, sizes): bench-gpu's paper models (`pipeline.bench.gpu.paper_sizes`: the VAS
     presets' GPT, 212 condition frames and top-k 64, the README's VAS recipe) on the CPU."""
-    from pipeline.bench.gpu import build_models, paper_sizes
 
     sizes = paper_sizes()
     return (*build_models(sizes, torch.device("cpu")), sizes)
 
 
 def main() -> list[str]:
-    from pipeline.audio import SR
-    from pipeline.bench.transformer_sampling import forward_flops
-    from pipeline.generation import generate
-    from pipeline.sampling import sample_uncached
-    from pipeline.sampling_settings import SamplingSettings
-    from pipeline.vocoder import Vocoder
 
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
     threads = torch.get_num_threads()

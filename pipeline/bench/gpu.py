@@ -1,7 +1,8 @@
 """`make bench-gpu`: the paper-size models on a CUDA device (random weights; speed does not depend on them).
 
 1. A 10-s clip end to end in bf16: 265 tokens from the paper's VAS transformer (212 feats, a bf16 copy from
-   `inference_copy`) through `pipeline.sampling.StaticDecoder` (a static KV cache, one CUDA graph per batch size
+   `inference_copy`) through `pipeline.generate.sampling.StaticDecoder` (a static KV cache, one CUDA graph per batch
+   size
    replayed per token), the VAS codebook's decoder and the paper's MelGAN under bf16 autocast; seconds per clip
    and clips/s at batch 1 and 16 (top-k 64, seeded, the README's VAS recipe), the fp32 dynamic-cache sampler at
    the same batch as the baseline, and the peak memory of each.
@@ -22,33 +23,20 @@ from __future__ import annotations
 import os
 import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.audio import SR
-from pipeline.bench._common import load_line, roofline, stage_config
-from pipeline.mel import FRAMES_PER_COLUMN, HOP, N_MELS
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
-# the paper run: the VAS presets (`paper_sizes` reads the GPT, its condition frames, top-k, batch sizes and the
-# clip's crop from them), the VGGSound MelGAN; the token grid is the codebook's over the crop
-PAPER = {"dataset": "vas", "codebook": "vas", "vocoder": "vggsound", "batches": (1, 16), "train_steps": 3}
-SMOKE = {"codebook": "tiny", "vocoder": "tiny", "gpt": {"n_layer": 2, "n_head": 2, "n_embd": 32}, "S": 4,
-         "feat_depth": 2048, "crop_len": 8 * FRAMES_PER_COLUMN, "batches": (1, 2), "top_k": 16, "codebook_batch": 2,
-         "transformer_batch": 2, "train_steps": 1, "num_tokens": 40}  # a 5 x 8 grid: 8 code columns
-
-
-def paper_sizes() -> dict[str, Any]:
-    """PAPER with the sizes of its presets, as the stages compose them (train_transformer dataset=vas)."""
-    cfg = stage_config("train_transformer", f"dataset={PAPER['dataset']}")
-    t = cfg.transformer
-    return {**PAPER, "gpt": {key: int(t[key]) for key in ("n_layer", "n_head", "n_embd")},
-            "S": int(t.feat_sample_size), "feat_depth": int(t.feat_depth), "top_k": int(t.sampling.top_k),
-            "crop_len": int(cfg.data.crop_len), "transformer_batch": int(t.optim.batch_size),
-            "codebook_batch": int(_preset("codebook", PAPER["codebook"]).optim.batch_size)}
+from pipeline.bench.codebook_step import training_step
+from pipeline.bench.measure import load_line, roofline
+from pipeline.bench.paper_models import SMOKE, build_models, linear_bytes, paper_sizes
+from pipeline.build.codebook import build_codebook
+from pipeline.build.vocoder import Vocoder
+from pipeline.config.presets import preset
+from pipeline.generate.sampling import StaticDecoder, inference_copy, sample
+from pipeline.media.audio import SR
+from pipeline.media.mel import FRAMES_PER_COLUMN, HOP, N_MELS
 
 
 def _sync(device: torch.device) -> None:
@@ -81,34 +69,8 @@ def _grid(model) -> tuple[int, int]:
     return model.first_stage_permuter.H, model.first_stage_permuter.W
 
 
-def _preset(group: str, name: str):
-    cfg = OmegaConf.load(CONF / group / f"{name}.yaml")
-    cfg.pop("defaults", None)
-    return cfg
-
-
-def build_models(sizes: dict, device: torch.device):
-    """(wrapper: codebook + GPT + permuter, MelGAN generator) of `sizes` on `device`, random weights, eval mode; the
-    grid is the codebook's latent grid of a crop_len clip."""
-    from models.cond_transformer import Net2NetTransformer
-    from models.gpt import GPTFeats
-    from models.melgan import Generator
-    from models.permuter import ColumnMajor
-    from pipeline.pretrained.codebook import build_codebook
-    from pipeline.pretrained.transformer import codebook_grid
-
-    torch.manual_seed(0)
-    codebook = build_codebook(_preset("codebook", sizes["codebook"]).model)
-    H, W = codebook_grid(codebook, sizes["crop_len"])
-    gpt = GPTFeats(vocab_size=codebook.n_embed, block_size=sizes["S"] + H * W, feat_depth=sizes["feat_depth"],
-                   **sizes["gpt"])
-    model = Net2NetTransformer(codebook, gpt, ColumnMajor(H, W)).to(device).eval()
-    generator = Generator(**OmegaConf.to_container(_preset("vocoder", sizes["vocoder"]).model.netG)).to(device).eval()
-    return model, generator
-
-
 def _clip(model, decoder, vocoder, feats, sizes, seed: int, amp) -> torch.Tensor:
-    """Tokens -> mel in [0, 1] -> waveform, as the sample stage does (`pipeline.generation.generate`)."""
+    """Tokens -> mel in [0, 1] -> waveform, as the sample stage does (`pipeline.generate.user_clip.generate`)."""
     gen = torch.Generator(device=feats.device).manual_seed(seed)
     tokens = decoder(feats, gen)
     with torch.autocast(feats.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -121,8 +83,6 @@ def _clip(model, decoder, vocoder, feats, sizes, seed: int, amp) -> torch.Tensor
 
 def clips(model, generator, sizes: dict, device: torch.device) -> dict[int, dict]:
     """Seconds per clip, end to end, bf16 + static cache (+ CUDA graphs) against fp32 `sample`, per batch."""
-    from pipeline.sampling import StaticDecoder, inference_copy, sample
-    from pipeline.vocoder import Vocoder
 
     H, W = _grid(model)
     num_tokens = sizes.get("num_tokens", H * W)
@@ -166,7 +126,6 @@ def static_equals_cached(model, sizes: dict, device: torch.device, forced_steps:
     and the largest logit difference (relative to the logits' std) over `forced_steps` steps fed the same tokens.
     On CPU the kernels are the same and the tokens equal; on a GPU the masked fixed-length attention may take
     another SDPA kernel, so random weights' near-flat logits can break a tie differently: the logits decide."""
-    from pipeline.sampling import StaticDecoder, sample
 
     H, W = _grid(model)
     num_tokens = sizes.get("num_tokens", H * W)
@@ -192,10 +151,8 @@ def static_equals_cached(model, sizes: dict, device: torch.device, forced_steps:
 
 
 def _train_codebook(sizes: dict, device: torch.device, amp_dtype) -> dict:
-    from pipeline.bench.codebook_step import training_step
-    from pipeline.pretrained.codebook import build_codebook
 
-    cfg = _preset("codebook", sizes["codebook"])
+    cfg = preset("codebook", sizes["codebook"])
     if OmegaConf.is_missing(cfg.loss, "lpaps_trunk"):  # the paper preset: a random trunk, no stats (same cost)
         cfg.loss.lpaps_trunk, cfg.loss.lpaps_stats = "random", None
     torch.manual_seed(0)
@@ -263,8 +220,6 @@ def training(model, sizes: dict, device: torch.device) -> dict[str, dict]:
 
 def decode_share(model, sizes: dict, device: torch.device) -> float:
     """The bf16 static decoding step at batch 1 as a share of the card's bf16 bandwidth bound."""
-    from pipeline.bench.transformer_sampling import linear_bytes
-    from pipeline.sampling import StaticDecoder, inference_copy
 
     big = device.type == "cuda"
     probe = roofline(device, torch.bfloat16, gemv_mib=1024 if big else 64, gemm_n=8192 if big else 512)

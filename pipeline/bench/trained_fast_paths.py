@@ -3,7 +3,7 @@
 Random weights give nearly flat logits, where agreement between precisions means nothing; this reads the demo's
 trained transformer (with its codebook) and classifier from the outputs folder (`SPECVQGAN_OUTPUTS`, default
 `outputs/`; only read, never written) and the demo's validation split, and for each opt-in copy of
-`pipeline.sampling.inference_copy` (bf16 weights; per-row int8 dynamic quantisation; both with fused qkv)
+`pipeline.generate.sampling.inference_copy` (bf16 weights; per-row int8 dynamic quantisation; both with fused qkv)
 reports, against the exact fp32 sampler:
 - greedy agreement: the share of greedy tokens equal to fp32's (free running, so one early difference changes
   the rest; and the mean position of the first difference), and the teacher-forced argmax agreement (both read
@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.bench._common import load_line
+from pipeline.bench.measure import load_line
+from pipeline.build.classifier import FEATURES, load_melception
+from pipeline.config.presets import compose_stage
+from pipeline.data.datasets import ConditionedDataset, batch_condition
+from pipeline.evaluate.metrics import fid
+from pipeline.evaluate.model_checks import load_real_mels
+from pipeline.generate.loading import features_config, load_model, sampling_settings
+from pipeline.generate.sampling import inference_copy, sample
 
 SAMPLES_PER_CLIP = 2 if os.environ.get("BENCH_QUICK", "") not in ("", "0") else 4  # BENCH_QUICK: 2
 VARIANTS = {"fp32 (exact)": None, "bf16, fused qkv": {"dtype": torch.bfloat16, "fuse_qkv": True},
@@ -30,13 +37,7 @@ VARIANTS = {"fp32 (exact)": None, "bf16, fused qkv": {"dtype": torch.bfloat16, "
 
 
 def _config():
-    from hydra import compose, initialize_config_dir
-
-    import pipeline.config  # noqa: F401  (registers the resolvers)
-
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose("sample", overrides=["dataset=demo"])
+    return compose_stage("sample", ["dataset=demo"])
 
 
 def _classifier_path(outputs: Path) -> Path:
@@ -44,12 +45,6 @@ def _classifier_path(outputs: Path) -> Path:
 
 
 def main() -> list[str]:
-    from pipeline.data import ConditionedDataset, batch_condition
-    from pipeline.generation import features_config, load_model, sampling_settings
-    from pipeline.metrics import fid
-    from pipeline.model_checks import load_real_mels
-    from pipeline.pretrained.classifier import FEATURES, load_melception
-    from pipeline.sampling import inference_copy, sample
 
     torch.set_num_threads(1)  # agreement, not speed: tiny models run fastest on one thread of a shared machine
     cfg = _config()

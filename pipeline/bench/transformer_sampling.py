@@ -22,7 +22,7 @@ The target (issue #14): the exact fp32 cached sampler at full threads is >= 30x 
 machine's FLOP/byte balance caps the ratio below 30x (the cap is the ratio of the two bounds, printed), its
 decoding steps reach >= 85% of the bandwidth bound. The output says which applies and whether it is met.
 
-Opt-in fast paths (`pipeline.sampling.inference_copy`: bf16 weights, per-row int8 dynamic quantisation) are
+Opt-in fast paths (`pipeline.generate.sampling.inference_copy`: bf16 weights, per-row int8 dynamic quantisation) are
 timed at full threads on the same 265 greedy tokens; they are NOT exact, and what they trade is judged on the
 demo's trained models in `trained_fast_paths` (random weights give flat logits, where agreement means nothing).
 `BENCH_QUICK=1` (`make bench QUICK=1`) skips them.
@@ -36,19 +36,20 @@ import numpy as np
 import torch
 
 from models.gpt import GPTFeats
-from pipeline.bench._common import Clock, Roofline, load_line, peak_rss_gib, roofline
-from pipeline.mel import CROP_LEN, FRAMES_PER_COLUMN, N_MELS
-from pipeline.sampling import inference_copy, sample, sample_uncached
+from pipeline.bench.measure import Clock, Roofline, load_line, peak_rss_gib, roofline
+from pipeline.bench.paper_models import linear_bytes, paper_sizes
+from pipeline.config.presets import preset
+from pipeline.generate.sampling import inference_copy, sample, sample_uncached
+from pipeline.media.mel import CROP_LEN, FRAMES_PER_COLUMN, N_MELS
 
 NUM_TOKENS = (N_MELS // FRAMES_PER_COLUMN) * (CROP_LEN // FRAMES_PER_COLUMN)  # the paper codebook's 5 x 53 grid
 
 
 def _paper_gpt() -> tuple[dict, int]:
     """(GPTFeats arguments, condition frames S) of the paper's VAS transformer, from the presets the stages compose."""
-    from pipeline.bench.gpu import _preset, paper_sizes
 
     sizes = paper_sizes()
-    vocab = int(_preset("codebook", sizes["codebook"]).model.n_embed)
+    vocab = int(preset("codebook", sizes["codebook"]).model.n_embed)
     return {"vocab_size": vocab, "block_size": NUM_TOKENS + sizes["S"], **sizes["gpt"],
             "feat_depth": sizes["feat_depth"]}, sizes["S"]
 
@@ -61,12 +62,6 @@ FAST_PATHS = {  # name -> inference_copy arguments
     "bf16, fused qkv": {"dtype": torch.bfloat16, "fuse_qkv": True},
     "int8 dynamic (per row), fused qkv": {"int8": True, "fuse_qkv": True},
 }
-
-
-def linear_bytes(model: torch.nn.Module) -> int:
-    """Bytes of every nn.Linear weight and bias: what one cached step must read."""
-    return sum(p.numel() * p.element_size() for m in model.modules() if isinstance(m, torch.nn.Linear)
-               for p in m.parameters())
 
 
 def forward_flops(model: GPTFeats, new: int, context: int, batch: int = 1) -> float:

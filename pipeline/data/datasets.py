@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.data.features import FeatureSampler, center_offset, condition_rows, load_streams
+from pipeline.data.conditions import FeatureSampler, center_offset, condition_rows, load_streams
 from pipeline.data.layout import (
     Labels,
     audio_path,
@@ -22,7 +22,7 @@ from pipeline.data.layout import (
     require_files,
     split_ids,
 )
-from pipeline.mel import CROP_LEN, N_MELS, SPEC_LEN
+from pipeline.media.mel import CROP_LEN, N_MELS, SPEC_LEN
 
 CONDITIONS = ("features", "class", "none")
 

@@ -12,8 +12,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.extraction import read_split
-
 MEL_FOLDER = "melspec_10s_22050hz"  # the only mel folder name the original accepts
 LAYOUTS = ("vas", "vggsound")
 
@@ -150,3 +148,18 @@ def require_files(paths: Iterable[Path], what: str, fix: str) -> None:
         shown = "\n  ".join(str(p) for p in missing[:5])
         more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise FileNotFoundError(f"{len(missing)} {what} missing:\n  {shown}{more}\n{fix}")
+
+
+def read_split(path: str | os.PathLike) -> list[str]:
+    """Clip ids of a split file, one per line (blank lines ignored)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"split file {path} does not exist: check dataset.splits in the config")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def video_path(videos_dir: str | os.PathLike, clip_id: str, layout: str) -> Path:
+    """Where a clip's video lies: `<videos>/<class>/<id>.mp4` (VAS layout) or `<videos>/<id>.mp4` (VGGSound)."""
+    if layout not in ("vas", "vggsound"):
+        raise ValueError(f"unknown dataset layout {layout!r}: use 'vas' or 'vggsound'")
+    return Path(videos_dir) / f"{clip_id}.mp4"

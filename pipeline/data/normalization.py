@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.data.datasets import SpectrogramDataset
-from pipeline.io import atomic_write
+from pipeline.files.writes import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,2 @@
-"""The one training loop (Accelerate), its checkpoints and the logger facade, shared by every training stage."""
-from pipeline.train.loop import NonFiniteLossError, Task, Trainer
-
-__all__ = ["NonFiniteLossError", "Task", "Trainer"]
+"""Training: the one loop (Accelerate) every training stage shares, and one module per training stage
+(`train_NAME.py`: its task and its `run`)."""

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.io import atomic_write, save_bytes
+from pipeline.files.writes import atomic_write, save_bytes
 
 log = logging.getLogger(__name__)
 

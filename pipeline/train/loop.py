@@ -7,8 +7,7 @@ and what media to log; a one-module task inherits its checkpoint hooks. The trai
 accumulation, validation (every `val_every` steps; null: once per epoch) and early stopping, checkpoints (every
 `ckpt_every` steps, null: at each validation; best and last; atomic; main process only), automatic resume from
 `<run>/checkpoints/last.pt`, the non-finite-loss guard, logging and progress (`step N of TOTAL (P%, R steps/s,
-H:MM:SS left)` every `log_every` steps; a tqdm bar as well on an interactive terminal). `run_folder` is the
-one place a stage finds its run folder.
+H:MM:SS left)` every `log_every` steps; a tqdm bar as well on an interactive terminal).
 
 Preemption: on SIGTERM (SLURM's preemption, requeue and time limit), SIGUSR2 (submitit's early warning, asked
 for with `--signal`) or SIGINT the trainer finishes the optimiser step it is in, saves `last.pt` and exits
@@ -31,28 +30,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pipeline.checkpoints.format import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.train.logger import Logger
 
 log = logging.getLogger(__name__)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
-
-
-def run_folder(given: str | Path | None = None, required: bool = True) -> Path | None:
-    """A stage's run folder: `given`, else the one Hydra made for this run (`hydra.run.dir`, or a sweep job's
-    subdir). Outside `@hydra.main` with none given: an error (None when not `required`)."""
-    if given is not None:
-        return Path(given)
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # HydraConfig was not set: not under @hydra.main
-        if required:
-            raise ValueError("no run folder: outside `python -m stages.NAME`, pass run_dir=PATH") from None
-        return None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,7 +51,7 @@ class Task:
     the step hooks `self.modules[name]` may be a DDP wrapper and `self.trainer.unwrap(name)` the bare module.
     """
 
-    kind: str = "model"           # written into checkpoints; `pipeline.pretrained` dispatches on it
+    kind: str = "model"           # written into checkpoints; `pipeline.build` dispatches on it
     monitor: str = "val/loss"     # validation metric for best.pt and early stopping
     monitor_mode: str = "min"
     batch_size: int = 1           # items per process and micro-batch (a task sets it from its preset's optim)
@@ -119,7 +103,7 @@ class Task:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The trained modules in the original's key layout (what `pipeline.pretrained` loads); by default the
+        """The trained modules in the original's key layout (what `pipeline.build` loads); by default the
         one module's own state dict (a task of several modules says how they share the file)."""
         return dict(self.trainer.unwrap(self._only_module()).state_dict())
 
@@ -454,7 +438,8 @@ class Trainer:
         raise SystemExit(128 + int(self.stop_signal))
 
     def _remove_stale_temp_files(self) -> None:
-        """Temporary files of a checkpoint write that was killed (pipeline.io.atomic_write's `.<name>.*.tmp`)."""
+        """Temporary files of a checkpoint write that was killed (`pipeline.files.writes.atomic_write`'s
+        `.<name>.*.tmp`)."""
         if self.accelerator.is_main_process and self.ckpt_dir.is_dir():
             for tmp in self.ckpt_dir.glob(".*.tmp"):
                 log.info("removing %s, left by an interrupted checkpoint write", tmp)

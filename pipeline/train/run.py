@@ -7,10 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.cluster import RESULT_FILE
-from pipeline.io import save_json
-from pipeline.run_identity import check_run_folder, record_start
-from pipeline.train.loop import Task, Trainer, run_folder
+from pipeline.files.writes import save_json
+from pipeline.runs.folders import RESULT_FILE, run_folder
+from pipeline.runs.identity import check_run_folder, record_start
+from pipeline.train.loop import Task, Trainer
 
 log = logging.getLogger(__name__)
 

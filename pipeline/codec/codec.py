@@ -1,0 +1,80 @@
+"""`python -m stages.codec`: files or folders through the codec (`pipeline.codec.transcode`: encode, decode,
+roundtrip)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.build.codebook import load_codebook
+from pipeline.build.vocoder import load_vocoder_or_griffinlim
+from pipeline.checkpoints.zoo import resolve
+from pipeline.codec.transcode import (
+    AUDIO_SUFFIXES,
+    DEFAULT_OVERLAP_FRAMES,
+    Report,
+    codebook_identity,
+    decode_file,
+    encode_file,
+    round_trip_file,
+)
+from pipeline.files.writes import save_json
+from pipeline.runs.folders import run_folder
+
+log = logging.getLogger(__name__)
+
+
+def _pairs(inp: Path, out: Path, mode: str) -> list[tuple[Path, Path]]:
+    """(input, output) files: one file, or every matching file of a folder into an output folder."""
+    if not inp.exists():
+        raise FileNotFoundError(f"codec input {inp} does not exist")
+    if inp.is_file():
+        return [(inp, out)]
+    if mode in ("encode", "roundtrip"):
+        files = sorted(p for p in inp.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        suffix = ".svqc" if mode == "encode" else ""
+        return [(p, out / p.relative_to(inp).with_suffix(suffix)) for p in files]
+    return [(p, out / p.relative_to(inp).with_suffix(".wav")) for p in sorted(inp.rglob("*.svqc"))]
+
+
+MODES = ("encode", "decode", "roundtrip")
+
+
+def run(cfg, run_dir: str | os.PathLike | None = None) -> list[Report]:
+    """The codec stage: `mode` encode, decode or roundtrip, `input` a file or folder, `output` a file or folder
+    (roundtrip: `<output>.svqc` and `<output>.wav`, or a folder of both)."""
+
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {cfg.mode!r}")
+    overlap = DEFAULT_OVERLAP_FRAMES if cfg.get("overlap_frames") is None else int(cfg.overlap_frames)
+
+    run_dir = run_folder(run_dir, required=False)  # none outside @hydra.main: no report file
+    torch.set_num_threads(max(1, int(cfg.get("num_threads") or torch.get_num_threads())))
+    device = cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    model = load_codebook(resolve(cfg.codebook.ckpt, cfg=cfg), map_location=device)  # a path or a released name
+    identity = codebook_identity(model)
+    vocoder = None
+    if cfg.mode in ("decode", "roundtrip"):
+
+        vocoder = load_vocoder_or_griffinlim(cfg.vocoder.ckpt, device=device, zoo_cfg=cfg)
+    reports = []
+    for inp, out in _pairs(Path(cfg.input), Path(cfg.output), cfg.mode):
+        kwargs = {"window_frames": int(cfg.window_frames), "full_last_window": bool(cfg.full_last_window),
+                  "overlap_frames": overlap}
+        if cfg.mode == "encode":
+            r = encode_file(model, inp, out, batch_size=int(cfg.batch_size), identity=identity, **kwargs)
+        elif cfg.mode == "roundtrip":
+            r = round_trip_file(model, inp, out, vocoder, batch_size=int(cfg.batch_size), identity=identity, **kwargs)
+        else:
+            r = decode_file(model, inp, out, vocoder, batch_size=int(cfg.batch_size), identity=identity)
+        log.info("%s %s -> %s: %s", cfg.mode, inp, out, r.summary())
+        print(f"{cfg.mode}: {inp} -> {out}  {r.summary()}", flush=True)
+        reports.append(r)
+    if not reports:
+        raise FileNotFoundError(f"no {'.svqc' if cfg.mode == 'decode' else 'audio'} files under {cfg.input}")
+    if run_dir is not None:
+        save_json(Path(run_dir) / "codec_report.json", [r.as_dict() for r in reports])
+    return reports

@@ -1,0 +1,244 @@
+"""Does each trained model follow its input? Measures of the codebook, the vocoder and the generated samples'
+timing, each beside a baseline computed in the same run (the evaluate stage calls them; spec-free additions).
+
+    codebook_check   validation L1 of the reconstructions vs predicting the training mean mel for every clip,
+                     and the share of the codebook's codes used on validation
+    vocoder_check    the mel of the vocoded audio of every clip is nearer (L1) to that clip's mel than to any
+                     other clip's; mel L1 of MelGAN beside Griffin-Lim's on the same mels
+    synchrony_check  share of the video's events with a generated sound onset within one codebook column
+                     (`pipeline.evaluate.events`), for the samples, the shuffled-condition samples and the real mels
+    targets          the demo's targets, each measure beside its baseline, met or not
+
+Every check returns a dict; when an input is absent it returns {"skipped": reason} instead.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.build.codebook import load_codebook
+from pipeline.build.vocoder import load_vocoder_or_griffinlim
+from pipeline.checkpoints.reading import read_checkpoint
+from pipeline.data.conditions import center_offset
+from pipeline.data.layout import layout_of, mel_path, require_files, video_path
+from pipeline.evaluate.events import clip_events, loop_period_samples, read_events, synchrony
+from pipeline.media.mel import mel_spectrogram
+
+log = logging.getLogger(__name__)
+
+CROP = 848  # mel frames the models see (centre crop of the stored 860)
+
+
+def load_real_mels(dataset_cfg: Mapping[str, Any], ids: Sequence[str], crop: int = CROP) -> np.ndarray:
+    """(N, 80, crop) float32 centre crops of the stored [0, 1] mels of `ids`."""
+
+    paths = [mel_path(dataset_cfg, i) for i in ids]
+    require_files(paths, "real mels", "Fix: run `python -m stages.extract_mels`.")
+    out = np.empty((len(paths), 80, crop), dtype=np.float32)
+    for j, path in enumerate(paths):
+        mel = np.load(path)
+        if mel.ndim != 2 or mel.shape[0] != 80 or mel.shape[1] < crop:
+            raise ValueError(f"{path}: expected a mel (80, >= {crop}), got {mel.shape}; re-extract it")
+        start = center_offset(mel.shape[1], crop)
+        out[j] = mel[:, start:start + crop]
+    return out
+
+
+def _missing(path: str | None, what: str, fix: str) -> str | None:
+    if not path:
+        return f"no {what} given: {fix}"
+    if not Path(str(path)).is_file():
+        return f"{what} {path} does not exist: {fix}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ codebook
+def gan_steps(ckpt: str) -> dict[str, Any]:
+    """{"trained_steps", "gan_steps"}: how many of the checkpoint's training steps had the GAN loss on
+    (step - disc_start, with disc_factor > 0); None for files that do not record it (the original's)."""
+
+    obj = read_checkpoint(ckpt, mmap=True)
+    obj = obj if isinstance(obj, dict) else {}
+    loss, state = obj.get("loss_args") or {}, obj.get("train_state") or {}
+    if "disc_start" not in loss or "step" not in state:
+        return {"trained_steps": None, "gan_steps": None}
+    step = int(state["step"])
+    on = float(loss.get("disc_factor", 1.0)) > 0
+    return {"trained_steps": step, "gan_steps": max(0, step - int(loss["disc_start"])) if on else 0}
+
+
+@torch.no_grad()
+def codebook_check(ckpt: str | None, dataset_cfg: Mapping[str, Any], train_ids: Sequence[str],
+                   valid_ids: Sequence[str], device: torch.device, batch_size: int = 8) -> dict[str, Any]:
+    """Validation L1 (in the [0, 1] mel) of the codebook's reconstructions vs the training-mean baseline; codes used."""
+    reason = _missing(ckpt, "codebook checkpoint", "train one with `python -m stages.train_codebook` or pass "
+                                                     "codebook.ckpt=PATH")
+    if reason:
+        return {"skipped": reason}
+    if not train_ids:
+        return {"skipped": "no training clips for the training-mean baseline: the data set needs the split "
+                           "named by train_split"}
+
+    model = load_codebook(ckpt, map_location="cpu").to(device).eval()
+    mean = np.zeros((80, CROP), dtype=np.float64)
+    for start in range(0, len(train_ids), 64):  # streamed: VAS has thousands of training clips
+        mean += load_real_mels(dataset_cfg, train_ids[start:start + 64]).sum(0)
+    mean /= max(len(train_ids), 1)
+    valid = load_real_mels(dataset_cfg, valid_ids)
+    l1, used = [], torch.zeros(model.n_embed, dtype=torch.bool)
+    for start in range(0, len(valid), batch_size):
+        x = torch.from_numpy(valid[start:start + batch_size]).to(device)[:, None] * 2 - 1  # (b, 1, 80, 848)
+        indices = model.encode_indices(x)
+        rec = (model.decode_code(indices)[:, 0].float().cpu().numpy() + 1) / 2
+        l1.extend(np.abs(rec - valid[start:start + batch_size]).mean(axis=(1, 2)))
+        used[indices.flatten().unique().cpu()] = True
+    baseline = np.abs(valid - mean[None]).mean(axis=(1, 2))
+    return {**gan_steps(ckpt), "l1": float(np.mean(l1)), "mean_spectrogram_l1": float(baseline.mean()),
+            "l1_ratio": float(np.mean(l1) / baseline.mean()), "codes_used": int(used.sum()),
+            "n_embed": int(model.n_embed), "codes_used_share": float(used.float().mean()),
+            "clips": len(valid_ids), "train_clips": len(train_ids), "ckpt": str(ckpt)}
+
+
+# ------------------------------------------------------------------------------------------------- vocoder
+def vocoder_check(ckpt: str | None, dataset_cfg: Mapping[str, Any], valid_ids: Sequence[str],
+                  device: torch.device, max_clips: int = 64) -> dict[str, Any]:
+    """For every clip (the first `max_clips`): is the mel of its vocoded audio nearest (L1) to its own mel?"""
+    reason = _missing(ckpt, "vocoder checkpoint", "train one with `python -m stages.train_vocoder` or pass "
+                                                   "vocoder.ckpt=PATH")
+    if reason:
+        return {"skipped": reason}
+    if len(valid_ids) < 2:
+        return {"skipped": f"{len(valid_ids)} validation clip(s): telling clips apart needs at least 2"}
+
+    ids = list(valid_ids)[:max_clips]
+    mels = load_real_mels(dataset_cfg, ids)
+
+    def remelled(vocode) -> np.ndarray:
+        waves = vocode(torch.from_numpy(mels).to(vocode.device)).cpu().numpy()  # (N, 256 * 848)
+        return np.stack([mel_spectrogram(w)[:, :CROP] for w in waves])
+
+    melgan = remelled(load_vocoder_or_griffinlim(ckpt, device=device))
+    griffinlim = remelled(load_vocoder_or_griffinlim(None))
+    distances = np.abs(melgan[:, None] - mels[None]).mean(axis=(2, 3))  # (vocoded i, real j)
+    nearest = distances.argmin(axis=1)
+    own = np.diag(distances)
+    others = np.where(np.eye(len(ids), dtype=bool), np.inf, distances).min(axis=1)
+    return {"identified_share": float((nearest == np.arange(len(ids))).mean()), "chance": 1 / len(ids),
+            "clips": len(ids), "mel_l1": float(own.mean()),
+            "griffinlim_mel_l1": float(np.abs(griffinlim - mels).mean(axis=(1, 2)).mean()),
+            "nearest_other_mel_l1": float(others.mean()),
+            "misidentified": [ids[i] for i in np.flatnonzero(nearest != np.arange(len(ids)))], "ckpt": str(ckpt)}
+
+
+# ----------------------------------------------------------------------------------------------- synchrony
+def clip_event_frames(events_file: str | None, dataset_cfg: Mapping[str, Any], clip_ids: Sequence[str]
+                      ) -> dict[str, np.ndarray] | str:
+    """clip id -> event frames in the 848-frame window (loops expanded), or the reason there are none."""
+
+    if not events_file or not Path(str(events_file)).is_file():
+        return (f"no events file ({events_file}): synchrony needs each clip's event onsets, as the demo data "
+                f"set's events.json (dataset.events)")
+    onsets = read_events(events_file)
+    absent = [c for c in clip_ids if c not in onsets]
+    if absent:
+        return f"{len(absent)} clip(s) have no events in {events_file}, e.g. {absent[0]}"
+    frames = {}
+    for clip in clip_ids:
+        video = video_path(dataset_cfg["videos"], clip, layout_of(dataset_cfg))
+        if not video.is_file():
+            return f"{video} does not exist: the loop period of a short clip is read from its video"
+        frames[clip] = clip_events(onsets[clip], loop_period_samples(video))
+    return frames
+
+
+def synchrony_check(events: Mapping[str, np.ndarray] | str, fakes: Sequence[tuple[str, np.ndarray]],
+                    shuffled: Sequence[tuple[str, np.ndarray]] | None, reals: Mapping[str, np.ndarray]
+                    ) -> dict[str, Any]:
+    """Synchrony of (clip id, mel) fakes, of shuffled-condition fakes (judged against the events of the clip
+    they are filed under, whose video did not condition them) and of the real mels (the ceiling)."""
+
+    if isinstance(events, str):
+        return {"skipped": events}
+    out: dict[str, Any] = {"samples": synchrony([(events[c], m) for c, m in fakes]),
+                           "real": synchrony([(events[c], reals[c]) for c in sorted(reals)])}
+    out["shuffled"] = (synchrony([(events[c], m) for c, m in shuffled]) if shuffled is not None
+                       else {"rate": None, "reason": "no shuffled-condition samples"})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- targets
+def _row(measure: str, value, baseline, baseline_is: str, target: str, met: bool | None, note: str = ""):
+    return {"measure": measure, "value": value, "baseline": baseline, "baseline_is": baseline_is,
+            "target": target, "met": met, "note": note}
+
+
+def targets(m: Mapping[str, Any], min_samples: int = 32) -> list[dict[str, Any]]:
+    """The demo's targets (issue 11) from the evaluate stage's metrics; `met` None where a measure is absent."""
+    chance = m.get("chance")
+    rows = []
+    top1 = m.get("real_class_match_rate")
+    rows.append(_row("classifier top-1 on the real validation clips", top1, chance, "chance", ">= 0.95",
+                     None if top1 is None else top1 >= 0.95))
+    match, n = m.get("class_match_rate"), m.get("num_fakes", 0)
+    rows.append(_row(f"class match of generated samples ({n} samples)", match, chance, "chance",
+                     f">= 0.9 over >= {min_samples} samples",
+                     None if match is None else bool(match >= 0.9 and n >= min_samples)))
+    shuffled = m.get("shuffled_class_match_rate")
+    # "falls toward chance": at least half-way from the conditioned rate, which must itself be above chance
+    fall = None if shuffled is None or match is None else bool(match > chance and shuffled <= (match + chance) / 2)
+    rows.append(_row("class match, visual condition shuffled across clips", shuffled, chance, "chance",
+                     "<= (conditioned + chance) / 2", fall, m.get("shuffled_note", "")))
+    sync = m.get("synchrony") or {}
+    if "skipped" in sync or not sync:
+        rows.append(_row("synchrony (events with a sound onset within 16 frames)", None, None, "shuffled condition",
+                         ">= 0.7 and >= 2x baseline", None, sync.get("skipped", "not computed")))
+    else:
+        value, base = sync["samples"]["rate"], sync["shuffled"]["rate"]
+        met = None if value is None or base is None else bool(value >= 0.7 and value >= 2 * base)
+        rows.append(_row("synchrony (events with a sound onset within 16 frames)", value, base,
+                         "shuffled condition", ">= 0.7 and >= 2x baseline", met))
+        rows.append(_row("synchrony of the real mels (ceiling)", sync["real"]["rate"], None, "", "reference", None))
+    cb = m.get("codebook") or {}
+    if "skipped" in cb or not cb:
+        rows.append(_row("codebook validation L1", None, None, "mean spectrogram", "<= 0.5 x baseline", None,
+                         cb.get("skipped", "not computed")))
+    else:
+        rows.append(_row("codebook validation L1", cb["l1"], cb["mean_spectrogram_l1"], "mean spectrogram",
+                         "<= 0.5 x baseline", bool(cb["l1"] <= 0.5 * cb["mean_spectrogram_l1"])))
+        if cb.get("gan_steps") is not None:
+            rows.append(_row(f"codebook steps trained with its GAN on (of {cb['trained_steps']})", cb["gan_steps"],
+                             None, "", "> 0, as the paper", bool(cb["gan_steps"] > 0)))
+        rows.append(_row(f"codebook codes used on validation ({cb['codes_used']} of {cb['n_embed']})",
+                         cb["codes_used_share"], 1 / cb["n_embed"], "one code", ">= 0.5",
+                         bool(cb["codes_used_share"] >= 0.5)))
+    voc = m.get("vocoder") or {}
+    if "skipped" in voc or not voc:
+        rows.append(_row("vocoder: clips whose vocoded mel is nearest their own", None, None, "chance", "all", None,
+                         voc.get("skipped", "not computed")))
+    else:
+        rows.append(_row(f"vocoder: clips whose vocoded mel is nearest their own ({voc['clips']} clips)",
+                         voc["identified_share"], voc["chance"], "chance", "all (1.0)",
+                         bool(voc["identified_share"] == 1.0)))
+        rows.append(_row("vocoder mel L1 (MelGAN)", voc["mel_l1"], voc["griffinlim_mel_l1"], "Griffin-Lim",
+                         "reference", None))
+    return rows
+
+
+def format_targets(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The targets as a plain-text table: measure, value, baseline, target, met."""
+    def fmt(v) -> str:
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    table = [("measure", "value", "baseline", "target", "met")]
+    for r in rows:
+        base = fmt(r["baseline"]) + (f" ({r['baseline_is']})" if r["baseline"] is not None and r["baseline_is"]
+                                     else "")
+        met = "-" if r["met"] is None else "yes" if r["met"] else "NO"
+        table.append((r["measure"], fmt(r["value"]), base, r["target"], met + (f"  {r['note']}" if r["note"] else "")))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in table)

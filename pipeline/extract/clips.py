@@ -1,0 +1,181 @@
+"""Data-set scale extraction: list clips, shard, skip finished ones, run in parallel, record failures.
+
+Shared by `extract_mels` and `extract_features`. A stage gives a list of `Clip`s (where each clip's outputs
+go) and a function that processes one clip and writes its outputs atomically. A clip whose outputs all exist
+is skipped, so an interrupted or requeued job (or an array task of a rerun) does only what is missing.
+
+Before a clip is processed its source is checked: absent ("missing"), unreadable or truncated ("corrupt": an
+mp4 whose header declares 10 s but whose data ends at 4.9 s is not looped as if it were a short clip). A clip
+that fails with `ClipError` or any other exception goes into the run's `failures.jsonl` with its reason, its
+kind and the attempt (time, host, SLURM job) and the run goes on: every shard and every rerun of a run appends
+to that one file, one record per clip and attempt. An output folder that cannot be written fails at start.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import tempfile
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from tqdm import tqdm
+
+from pipeline.data.layout import read_split, video_path
+from pipeline.files.writes import FailureManifest
+from pipeline.media.source import ClipError, check_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One clip: `id` as in split files (`dog/video_02677` for VAS, the clip id for VGGSound)."""
+
+    id: str
+    source: Path
+    outputs: tuple[Path, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.id.rsplit("/", 1)[-1]
+
+    @property
+    def label(self) -> str | None:
+        return self.id.split("/", 1)[0] if "/" in self.id else None
+
+    def done(self) -> bool:
+        return bool(self.outputs) and all(p.exists() for p in self.outputs)
+
+
+@dataclass
+class Summary:
+    processed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures_path: Path | None = None
+    kinds: dict[str, int] = field(default_factory=dict)  # failures by kind (missing, corrupt, ...)
+
+    def __str__(self) -> str:
+        text = f"{self.processed} processed, {self.skipped} skipped (already done), {self.failed} failed"
+        if self.failed:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.kinds.items()))
+            text += f" ({kinds}); reasons in {self.failures_path}"
+        return text
+
+
+def check_writable(clips: Iterable[Clip]) -> None:
+    """Fail before any work when an output folder cannot be written (probed at its nearest existing parent)."""
+    folders = {p.parent for clip in clips for p in clip.outputs}
+    probed: set[Path] = set()
+    for folder in sorted(folders):
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing in probed:
+            continue
+        probed.add(existing)
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is a file")
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as error:
+            raise PermissionError(f"output folder {folder} cannot be written ({error}): fix its permissions or "
+                                  f"point the stage's output (features_dir / dataset.features) elsewhere") from None
+
+
+def attempt() -> dict[str, Any]:
+    """Who is trying now: recorded with each failure, so reruns and array tasks stay apart."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID")
+    return {"id": uuid.uuid4().hex[:12], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": socket.gethostname(), "pid": os.getpid(), "slurm_job": job}
+
+
+def _checked(process: Callable[[Clip], None], clip: Clip) -> None:
+    check_source(clip.source)
+    process(clip)
+
+
+def list_clips(
+    videos_dir: str | os.PathLike,
+    layout: str,
+    split_file: str | os.PathLike | None = None,
+    outputs: Callable[[str], Sequence[Path]] = lambda clip_id: (),
+) -> list[Clip]:
+    """Clips named by a split file, or every video under `videos_dir` when no split file is given."""
+    videos_dir = Path(videos_dir)
+    if split_file:
+        ids = read_split(split_file)
+    else:
+        if not videos_dir.is_dir():
+            raise FileNotFoundError(f"videos folder {videos_dir} does not exist: check dataset.videos")
+        pattern = "*/*.mp4" if layout == "vas" else "*.mp4"
+        ids = sorted(str(p.relative_to(videos_dir).with_suffix("")) for p in videos_dir.glob(pattern))
+    return [Clip(i, video_path(videos_dir, i, layout), tuple(outputs(i))) for i in ids]
+
+
+def shard(items: Sequence, index: int, count: int) -> list:
+    """Every `count`-th item starting at `index`, so an array job of `count` tasks covers a data set once."""
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard={index} num_shards={count}: need 0 <= shard < num_shards")
+    return list(items[index::count])
+
+
+def run_clips(
+    clips: Iterable[Clip],
+    process: Callable[[Clip], None],
+    failures_path: str | os.PathLike,
+    num_workers: int = 0,
+    desc: str = "clips",
+) -> Summary:
+    """Run `process` on every unfinished clip (after `check_source`); `num_workers` > 0 uses that many processes."""
+    manifest = FailureManifest(failures_path)
+    summary = Summary(failures_path=manifest.path)
+    todo = []
+    for clip in clips:
+        if clip.done():
+            summary.skipped += 1
+        else:
+            todo.append(clip)
+    check_writable(todo)
+    this_attempt = attempt()
+    process = functools.partial(_checked, process)
+
+    def record(clip: Clip, error: BaseException | None) -> None:
+        if error is None:
+            summary.processed += 1
+            return
+        summary.failed += 1
+        reason = str(error) if isinstance(error, ClipError) else f"{type(error).__name__}: {error}"
+        kind = error.kind if isinstance(error, ClipError) else "error"
+        summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
+        log.warning("failed %s (%s): %s", clip.id, clip.source, reason)
+        manifest.add(clip.id, reason, kind=kind, source=str(clip.source), attempt=this_attempt)
+
+    bar = tqdm(total=len(todo), desc=desc, unit="clip", dynamic_ncols=True)
+    if num_workers <= 0:
+        for clip in todo:
+            try:
+                process(clip)
+                record(clip, None)
+            except Exception as error:  # noqa: BLE001 - every failure is recorded, the run goes on
+                record(clip, error)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(num_workers) as pool:
+            pending = {pool.submit(process, clip): clip for clip in todo}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    clip = pending.pop(future)
+                    record(clip, future.exception())
+                    bar.update()
+    bar.close()
+    return summary

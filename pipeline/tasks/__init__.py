@@ -1,1 +1,0 @@
-"""One `Task` per training stage, handed to the shared `pipeline.train.Trainer`."""
