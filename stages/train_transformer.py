@@ -2,7 +2,7 @@
 
 Paper settings: `experiment=vas_212feats_bn` (conf/experiment/). Condition size sweep:
 `python -m stages.train_transformer --multirun transformer.feat_sample_size=1,5,212 [hydra/launcher=slurm]`.
-Several GPUs: `accelerate launch --multi_gpu --num_processes 4 -m stages.train_transformer ... trainer=multi_gpu`.
+Several GPUs: `accelerate launch --multi_gpu --num_processes 4 -m stages.train_transformer ... trainer=gpu`.
 A rerun with the same overrides resumes from the run folder's checkpoints/last.pt.
 """
 import hydra

@@ -1,7 +1,7 @@
 """Train the MelGAN vocoder: `python -m stages.train_vocoder dataset=vggsound [trainer=gpu]`.
 
 Needs `<id>_audio.npy` beside the mels (`python -m stages.extract_mels`). Several GPUs:
-`accelerate launch --multi_gpu --num_processes 4 -m stages.train_vocoder dataset=vggsound trainer=multi_gpu`.
+`accelerate launch --multi_gpu --num_processes 4 -m stages.train_vocoder dataset=vggsound trainer=gpu`.
 A rerun with the same overrides resumes from the run folder's checkpoints/last.pt.
 """
 import hydra

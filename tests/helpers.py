@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from pipeline.config.presets import preset
 from pipeline.files.writes import save_npy, save_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +128,7 @@ def make_codebook(path: Path) -> Path:
     from pipeline.files.writes import save_torch
 
     torch.manual_seed(0)
-    model = build_codebook(OmegaConf.load(CONF / "codebook" / "tiny.yaml").model)
+    model = build_codebook(preset("codebook", "tiny").model)
     save_torch(path, codebook_checkpoint(model))
     return path
 
@@ -140,7 +141,7 @@ def built_transformer(transformer_cfg: DictConfig, crop_len: int):
     from pipeline.build.transformer import build_transformer, codebook_grid, model_args_from_config
 
     with torch.device("meta"):
-        codebook = build_codebook(OmegaConf.load(CONF / "codebook" / "tiny.yaml").model)
+        codebook = build_codebook(preset("codebook", "tiny").model)
     args = model_args_from_config(transformer_cfg, codebook.n_embed, codebook_grid(codebook, crop_len))
     return build_transformer(args, codebook, device="meta")
 

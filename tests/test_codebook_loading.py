@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from models.lpaps import LPAPS
 from models.vqgan_loss import VQLPAPSWithDiscriminator
 from pipeline.build.codebook import build_codebook, codebook_checkpoint, infer_model_args, load_codebook
+from pipeline.config.presets import preset
 from tests.helpers import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "codebook"
@@ -107,7 +108,7 @@ def test_unexpected_and_missing_keys_are_listed(original_fixtures, tmp_path):
 
 
 def test_our_checkpoint_round_trip(tmp_path):
-    cfg = OmegaConf.load(CONF / "tiny.yaml")
+    cfg = preset("codebook", "tiny")
     torch.manual_seed(0)
     model = build_codebook(cfg.model)
     loss = VQLPAPSWithDiscriminator(**{k: v for k, v in OmegaConf.to_container(cfg.loss).items()

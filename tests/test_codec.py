@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from omegaconf import OmegaConf
 
 from pipeline.build.codebook import build_codebook, codebook_checkpoint, load_codebook
 from pipeline.build.vocoder import Vocoder
@@ -33,15 +32,15 @@ from pipeline.codec.transcode import (
     unpack_codes,
     window_layout,
 )
+from pipeline.config.presets import preset
 from pipeline.media.mel import mel_spectrogram
-from tests.helpers import CONF
 
 CLIPS = ["noisy_speech2", "music1"]  # speech and music; the other clips go through the other tests
 
 
 def _save_tiny(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
-    model = build_codebook(OmegaConf.load(CONF / "codebook" / "tiny.yaml").model)
+    model = build_codebook(preset("codebook", "tiny").model)
     torch.save(codebook_checkpoint(model), path)
     return path
 
@@ -263,7 +262,7 @@ def trained(shared_dir) -> tuple:
     wave = np.concatenate([read_audio(c)[0] for c in clips] * 2)
     mel = torch.from_numpy(mel_spectrogram(wave) * 2 - 1)
     torch.manual_seed(0)
-    model = build_codebook(OmegaConf.load(CONF / "codebook" / "tiny.yaml").model)
+    model = build_codebook(preset("codebook", "tiny").model)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     crops = torch.Generator().manual_seed(0)
     for _ in range(200):  # reconstruction + codebook loss on random 128-frame crops

@@ -87,7 +87,7 @@ def test_sample_names_map_to_clips(tmp_path):
 
 def test_reals_against_themselves_give_zero_fid_and_mkl(setup):
     samples = write_fakes(setup, "copies", noise=0.0)
-    metrics = run(eval_cfg(setup, samples, degenerate_metrics="compute"), folder=setup["tmp"] / "run_copies")
+    metrics = run(eval_cfg(setup, samples, degenerate_metrics="compute"), run_dir=setup["tmp"] / "run_copies")
     assert abs(metrics["frechet_inception_distance"]) < 1e-3  # computed on request, as the original did
     assert "covariance rank" in metrics["notes"]["frechet_inception_distance"]
     assert abs(metrics["kullback_leibler_divergence"]) < 1e-4
@@ -101,7 +101,7 @@ def test_reals_against_themselves_give_zero_fid_and_mkl(setup):
 
 def test_too_few_samples_give_null_metrics_with_reasons_not_degenerate_figures(setup):
     samples = write_fakes(setup, "few", noise=0.1, samples_per_clip=1)
-    metrics = run(eval_cfg(setup, samples), folder=setup["tmp"] / "run_few")
+    metrics = run(eval_cfg(setup, samples), run_dir=setup["tmp"] / "run_few")
     n = len(setup["ids"])
     assert metrics["num_fakes"] == metrics["num_reals"] == n < 20
     for key in ("frechet_inception_distance", "inception_score_mean", "inception_score_std",
@@ -124,7 +124,7 @@ def test_too_few_samples_give_null_metrics_with_reasons_not_degenerate_figures(s
 
 def test_perturbed_fakes_give_finite_metrics_and_larger_distances(setup):
     samples = write_fakes(setup, "noisy", noise=0.1, samples_per_clip=2)
-    metrics = run(eval_cfg(setup, samples, degenerate_metrics="compute"), folder=setup["tmp"] / "run_noisy")
+    metrics = run(eval_cfg(setup, samples, degenerate_metrics="compute"), run_dir=setup["tmp"] / "run_noisy")
     for key in ("frechet_inception_distance", "inception_score_mean", "inception_score_std",
                 "kernel_inception_distance_mean", "kernel_inception_distance_std", "kullback_leibler_divergence",
                 "class_match_rate", "chance"):
@@ -146,7 +146,7 @@ def test_classifier_of_other_classes_gives_no_class_match(setup, tmp_path):
     samples = write_fakes(setup, "copies_other", noise=0.0)
     cfg = eval_cfg(setup, samples, reals="sampled")
     cfg.classifier.ckpt = str(ckpt)
-    metrics = run(cfg, folder=tmp_path / "run")
+    metrics = run(cfg, run_dir=tmp_path / "run")
     assert metrics["class_match_rate"] is None and metrics["chance"] == 1 / 5
 
 
@@ -232,7 +232,7 @@ def test_model_checks_synchrony_and_report_on_the_demo_data(demo):
         "logger": {"name": "none"}, "codebook": {"ckpt": str(demo["codebook"])},
         "vocoder": {"ckpt": str(demo["vocoder"])}, "events_file": demo["dataset"]["events"], "train_split": "train",
         "report_clips": 16})
-    metrics = run(cfg, folder=demo["tmp"] / "run")
+    metrics = run(cfg, run_dir=demo["tmp"] / "run")
 
     sync = metrics["synchrony"]
     assert sync["real"]["rate"] >= 0.9 and sync["real"]["events"] >= 4  # the events, looped, are found on the mels

@@ -195,7 +195,7 @@ def _run_stage(tmp_path: Path, data: Path, features: str, *extra: str) -> Path:
 
     cfg = compose("extract_features", f"features={features}", "dataset=vas", f"paths.data={data}",
                   f"features_dir={tmp_path / 'feats'}", "logger=none", "device=cpu", *extra)
-    run(cfg, out_dir=tmp_path / "run")
+    run(cfg, run_dir=tmp_path / "run")
     return tmp_path / "feats"
 
 

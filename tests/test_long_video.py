@@ -8,13 +8,13 @@ import av
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from models.cond_transformer import Net2NetTransformer
 from models.gpt import GPTFeats
 from models.permuter import ColumnMajor
 from pipeline.build.codebook import build_codebook
 from pipeline.build.vocoder import Vocoder
+from pipeline.config.presets import preset
 from pipeline.extract.visual import Preprocessing, extract_streams
 from pipeline.extract.visual import load_model as load_feature_model
 from pipeline.generate import long_video
@@ -22,7 +22,7 @@ from pipeline.generate.loading import UserModels
 from pipeline.generate.long_video import decode_long, frame_features, long_condition, sample_long_video
 from pipeline.generate.sampling import _window_cond
 from pipeline.media.video import frame_times, write_video
-from tests.helpers import ROOT, features_preset
+from tests.helpers import features_preset
 
 S = 212  # condition frames per window: the paper's 212-feature models, 4 frames per code column
 
@@ -45,7 +45,7 @@ def _video(path: Path, seconds: float, fps: float = 10.0) -> Path:
 def models() -> UserModels:
     fcfg = _fcfg()
     torch.manual_seed(0)
-    codebook = build_codebook(OmegaConf.load(ROOT / "conf" / "codebook" / "tiny.yaml").model)
+    codebook = build_codebook(preset("codebook", "tiny").model)
     gpt = GPTFeats(vocab_size=codebook.n_embed, block_size=S + 265, feat_depth=256, n_layer=1, n_head=2, n_embd=32)
     model = Net2NetTransformer(codebook, gpt, ColumnMajor()).eval()
     args = {"feat_depth": 256, "feat_sample_size": S, "vocab_size": codebook.n_embed, "condition": "features"}

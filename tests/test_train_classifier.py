@@ -11,10 +11,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from pipeline.config.presets import preset, preset_dict
 from pipeline.data.normalization import STATS_NAME, Normalize, compute_stats, read_stats, resolve_stats, save_stats
 from pipeline.train.loop import Trainer
 from pipeline.train.train_classifier import ClassifierTask, recalibrate_bn
-from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -92,23 +92,25 @@ def test_statistics_follow_the_original_recipe(demo_mels, tmp_path):
     assert torch.allclose(norm[:, 3], ((image[:, 3] + 1) / 2 - mean[3]) / std[3], atol=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["vggishish_tiny", "melception_tiny"])
-def test_tiny_classifier_beats_chance_and_checkpoint_loads(demo_mels, tmp_path, one_thread, preset):
+@pytest.mark.parametrize("name", ["vggishish_tiny", "melception_tiny"])
+def test_tiny_classifier_beats_chance_and_checkpoint_loads(demo_mels, tmp_path, one_thread, name):
     """Validation runs in eval mode: for Melception this needs the preset's BatchNorm re-estimation."""
     from pipeline.build.classifier import load_classifier
 
     torch.manual_seed(0)
     cfg = OmegaConf.create({
         "dataset": demo_mels,
-        "classifier": OmegaConf.load(ROOT / f"conf/classifier/{preset}.yaml"),
+        "classifier": preset("classifier", name),
         "data": {"train_split": "train", "val_split": "valid", "spec_len": 860, "crop_len": 256},
     })
     task = ClassifierTask(cfg)
-    trainer = Trainer(task, {"device": "cpu", "max_steps": 30, "val_every": 15, "log_every": 100},
-                      tmp_path / "run", batch_size=4)
+    task = task
+    task.batch_size = 4
+    trainer = Trainer(task, {**preset_dict("trainer", "cpu"), "max_steps": 30, "val_every": 15, "log_every": 100},
+                      tmp_path / "run")
     metrics = trainer.fit()
     chance = 1 / 4
-    print(f"{preset} after 30 steps: {metrics}")
+    print(f"{name} after 30 steps: {metrics}")
     assert metrics["val/accuracy_1"] >= 2 * chance, metrics
     assert np.isfinite([metrics["val/mAP"], metrics["val/mROCAUC"], metrics["val/loss"]]).all()
 

@@ -43,11 +43,13 @@ def pearson_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def test_tiny_codebook_learns_and_its_checkpoint_loads(vas_dir, tmp_path):
     # 208 frames (13 code columns) instead of 848 keep the test fast; the model is fully convolutional.
     # The GAN stays off here (a 0.2 M-parameter model is knocked back by it); the two-process test runs it.
-    cfg = tiny_codebook_cfg(vas_dir, tmp_path, "codebook.optim.base_learning_rate=5e-4",
+    cfg = tiny_codebook_cfg(vas_dir, tmp_path, "codebook.optim.lr=5e-4",
                             "codebook.loss.disc_start=1000", "data.crop_len=208")
-    trainer = Trainer(CodebookTask(cfg), {**cfg.trainer, "max_steps": 60, "val_every": 30, "ckpt_every": 30,
+    task = CodebookTask(cfg)
+    task.batch_size = 2
+    trainer = Trainer(task, {**cfg.trainer, "max_steps": 60, "val_every": 30, "ckpt_every": 30,
                                            "log_every": 1}, tmp_path / "run", logger_cfg={"name": "none"},
-                      seed=0, batch_size=2)
+                      seed=0)
     first = {}
 
     original_step = trainer.task.train_step
@@ -87,8 +89,10 @@ def test_discriminator_judges_the_reconstruction_its_step_order_says(vas_dir, tm
     the paper's presets; fast: the reconstruction from before that update."""
     cfg = tiny_codebook_cfg(vas_dir, tmp_path, f"codebook.optim.disc_step={disc_step}", "codebook.loss.disc_start=0",
                             "data.crop_len=64")
-    trainer = Trainer(CodebookTask(cfg), {**cfg.trainer, "max_steps": 1}, tmp_path / "run",
-                      logger_cfg={"name": "none"}, seed=0, batch_size=2)
+    task = CodebookTask(cfg)
+    task.batch_size = 2
+    trainer = Trainer(task, {**cfg.trainer, "max_steps": 1}, tmp_path / "run",
+                      logger_cfg={"name": "none"}, seed=0)
     train_loader, _ = trainer._prepare()
     model, loss = trainer.unwrap("model"), trainer.unwrap("loss")
     batch = next(iter(train_loader))
@@ -127,8 +131,10 @@ def _two_process_codebook(vas_dir: str, tmp_path: str) -> None:
     from accelerate import PartialState
 
     cfg = tiny_codebook_cfg(Path(vas_dir), Path(tmp_path), "codebook.loss.disc_start=0", "data.crop_len=64")
-    trainer = Trainer(CodebookTask(cfg), {**cfg.trainer, "max_steps": 3, "val_every": 3, "ckpt_every": 3},
-                      Path(tmp_path) / "run", logger_cfg={"name": "none"}, seed=0, batch_size=1)
+    task = CodebookTask(cfg)
+    task.batch_size = 1
+    trainer = Trainer(task, {**cfg.trainer, "max_steps": 3, "val_every": 3, "ckpt_every": 3},
+                      Path(tmp_path) / "run", logger_cfg={"name": "none"}, seed=0)
     metrics = trainer.fit()
     assert PartialState().num_processes == 2
     # DDP kept both replicas identical through the generator (frozen D) and discriminator steps

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from pipeline.checkpoints.format import load_checkpoint
+from pipeline.config.presets import preset_dict
 from pipeline.train.loop import NonFiniteLossError, Task, Trainer
 
 
@@ -59,12 +60,13 @@ class Regression(Task):
         self.trainer.unwrap("net").load_state_dict(sd)
 
 
-CFG = {"device": "cpu", "max_steps": 12, "val_every": 4, "ckpt_every": 4, "log_every": 100}
+CFG = {**preset_dict("trainer", "cpu"), "max_steps": 12, "val_every": 4, "ckpt_every": 4, "log_every": 100}
 
 
 def _train(run_dir, task=None, **overrides):
     task = task or Regression()
-    trainer = Trainer(task, {**CFG, **overrides}, run_dir, logger_cfg={"name": "none"}, seed=7, batch_size=4)
+    task.batch_size = 4
+    trainer = Trainer(task, {**CFG, **overrides}, run_dir, logger_cfg={"name": "none"}, seed=7)
     metrics = trainer.fit()
     return trainer, metrics
 

@@ -115,9 +115,9 @@ def test_sampled_tokens_follow_the_condition(demo, outputs):
     cfg.codebook.ckpt, cfg.transformer.roll_columns = str(demo), False
     cfg.transformer.init = "original"  # 5 frames carry the class; the time-aligned start is for a frame per column
     task = TransformerTask(cfg)
+    task.batch_size = 2
     trainer = Trainer(task, {**cfg.trainer, "max_steps": 60, "val_every": 0, "log_every": 100,
-                             "early_stop_patience": None}, outputs / "run", logger_cfg={"name": "none"}, seed=0,
-                      batch_size=2)
+                             "early_stop_patience": None}, outputs / "run", logger_cfg={"name": "none"}, seed=0)
     trainer.fit()
     model = trainer.unwrap("model").eval()
     val = task.val_dataset()  # one clip per class

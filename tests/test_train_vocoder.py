@@ -11,10 +11,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from pipeline.config.presets import preset, preset_dict
 from pipeline.media.mel import MelTransform
 from pipeline.train.loop import Trainer
 from pipeline.train.train_vocoder import VocoderTask
-from tests.helpers import ROOT
 
 
 def demo_like(root: Path, clips_per_class: int = 3, num_classes: int = 2) -> dict:
@@ -40,7 +40,7 @@ def demo_like(root: Path, clips_per_class: int = 3, num_classes: int = 2) -> dic
 
 
 def tiny_cfg(dataset: dict) -> OmegaConf:
-    return OmegaConf.create({"dataset": dataset, "vocoder": OmegaConf.load(ROOT / "conf/vocoder/tiny.yaml"),
+    return OmegaConf.create({"dataset": dataset, "vocoder": preset("vocoder", "tiny"),
                              "data": {"train_split": "train", "val_split": "valid", "val_max_clips": 2}})
 
 
@@ -77,8 +77,10 @@ def test_short_run_lowers_mel_l1_and_checkpoint_loads(tmp_path, one_thread):
     torch.manual_seed(0)
     cfg = tiny_cfg(demo_like(tmp_path / "data"))
     task = VocoderTask(cfg)
-    trainer = Trainer(task, {"device": "cpu", "max_steps": 32, "val_every": 0, "log_every": 100},
-                      tmp_path / "run", batch_size=2)
+    task = task
+    task.batch_size = 2
+    trainer = Trainer(task, {**preset_dict("trainer", "cpu"), "max_steps": 32, "val_every": 0, "log_every": 100},
+                      tmp_path / "run")
     train_loader, val_loader = trainer._prepare()
     before = trainer.validate(val_loader)["val/mel_l1"]
     trainer.best = None

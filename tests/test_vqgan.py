@@ -13,6 +13,7 @@ from models.vggishish import VGGishish
 from models.vqgan import VectorQuantizer, VQModel
 from models.vqgan_loss import VQLPAPSWithDiscriminator, hinge_d_loss, vanilla_d_loss
 from pipeline.build.codebook import build_codebook
+from pipeline.config.presets import preset
 from tests.helpers import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "codebook"
@@ -20,7 +21,7 @@ TINY_LPAPS = [4, "MP", 4, "MP", 8, "MP", 8, "MP", 8]
 
 
 def tiny_model(loss: bool = True, **loss_overrides) -> VQModel:
-    cfg = OmegaConf.load(CONF / "tiny.yaml")
+    cfg = preset("codebook", "tiny")
     torch.manual_seed(0)
     return build_codebook(cfg.model, {**OmegaConf.to_container(cfg.loss), **loss_overrides} if loss else None)
 

@@ -46,7 +46,7 @@ def test_registry_has_every_release_with_the_published_md5_and_numbers():
             assert (paper["fid"], paper["mkl"]) == (float(cells[-3]), float(cells[-2]))
         else:
             assert [paper["fid"], paper["mkl"], paper["time"]] == [float(c.rstrip("*")) for c in cells[-4:-1]]
-            assert ("samples_per_video" in paper) == cells[-4].endswith("*")   # the starred rows
+            assert ("samples_per_clip" in paper) == cells[-4].endswith("*")   # the starred rows
     kinds = [e.kind for e in zoo.entries.values()]
     assert kinds.count("transformer") == 24 and kinds.count("codebook") == 2
     assert sum(e.info.get("condition") == "class" for e in zoo.entries.values()) == 3
@@ -76,10 +76,10 @@ def test_paper_settings_of_a_row():
     zoo = Zoo()
     (row,) = pick_rows(zoo, "c", ["212feats_bn"])
     assert row.name == "vas_transformer_212feats_bn"
-    assert row_settings(zoo, row) == {"dataset": "vas", "split": "valid", "samples_per_video": 100, "top_k": 64,
+    assert row_settings(zoo, row) == {"dataset": "vas", "split": "valid", "samples_per_clip": 100, "top_k": 64,
                                       "batch_size": 4}
     (starred,) = pick_rows(zoo, "a", ["1feat_rn50"])
-    assert row_settings(zoo, starred)["samples_per_video"] == 1 and row_settings(zoo, starred)["top_k"] == 512
+    assert row_settings(zoo, starred)["samples_per_clip"] == 1 and row_settings(zoo, starred)["top_k"] == 512
     assert [e.name for e in pick_rows(zoo, "b", ["nofeats"])] == ["vas_transformer_nofeats_vggsound_codebook"]
     assert len(pick_rows(zoo, "class", "all")) == 3 and len(pick_rows(zoo, "a", "all")) == 7
     with pytest.raises(ValueError, match="names more than one row of table c"):
@@ -123,7 +123,7 @@ def served(tmp_path_factory):
                 "file": f"models/{TRANSFORMER_RUN}.tar.gz",
                 "md5": server.add(f"models/{TRANSFORMER_RUN}.tar.gz", tar_gz(SHARED_RELEASED / TRANSFORMER_RUN)),
                 "setting": "c", "condition": "features", "frames": 5, "features": "resnet50",
-                "paper": {"fid": 20.9, "mkl": 6.1, "time": 7.8, "samples_per_video": 10}},
+                "paper": {"fid": 20.9, "mkl": 6.1, "time": 7.8, "samples_per_clip": 10}},
         "fixture_vas_codebook": {"kind": "codebook", "file": f"models/{CODEBOOK_RUN}.tar.gz",
                                  "md5": server.add(f"models/{CODEBOOK_RUN}.tar.gz",
                                                    tar_gz(SHARED_RELEASED / CODEBOOK_RUN))},
@@ -220,7 +220,7 @@ def test_one_row_of_table_c_from_the_released_fixtures(served, tmp_path, vas_val
     from pipeline.evaluate.paper_table import run
 
     cfg = compose(
-        "paper_table", "table=c", f"rows=[{ENTRY}]", "samples_per_video=2", "device=cpu", "logger=none",
+        "paper_table", "table=c", f"rows=[{ENTRY}]", "samples_per_clip=2", "device=cpu", "logger=none",
         f"paths.models={tmp_path / 'models'}", f"paths.data={vas_valid}", f"paths.outputs={tmp_path / 'out'}",
         f"zoo.registry={served['registry']}", "eval_batch_size=8", "degenerate_metrics=compute")
     with hydra_conf():  # the table composes each row's sample and evaluate configs

@@ -22,7 +22,7 @@ from pipeline.build.codebook import build_codebook
 from pipeline.build.transformer import build_transformer, codebook_grid, model_args_from_config
 from pipeline.build.vocoder import Vocoder
 from pipeline.checkpoints.zoo import features_preset
-from pipeline.config.presets import compose_stage
+from pipeline.config.presets import compose_stage, preset
 from pipeline.generate.user_clip import UserModels, sample_user_clip
 from pipeline.media.audio import SR
 
@@ -31,7 +31,6 @@ LENGTHS = (10.0, 30.0, 60.0)
 
 def _models():
     import torch
-    from omegaconf import OmegaConf
 
 
     fcfg = features_preset("resnet50_tiny")  # resnet50's pipeline, its sizes from conf/base.yaml's clip node
@@ -39,7 +38,7 @@ def _models():
     tcfg = paper.transformer
     tcfg.n_layer, tcfg.n_head, tcfg.n_embd, tcfg.feat_depth = 1, 2, 32, int(fcfg["depth"])  # a tiny GPT
     torch.manual_seed(0)
-    codebook = build_codebook(OmegaConf.load(Path(__file__).resolve().parents[2] / "conf/codebook/tiny.yaml").model)
+    codebook = build_codebook(preset("codebook", "tiny").model)
     args = model_args_from_config(tcfg, codebook.n_embed, codebook_grid(codebook, paper.data.crop_len))
     model = build_transformer(args, codebook).eval()
     return UserModels(model, {"model_args": args}, fcfg, Vocoder(None, n_iter=8), torch.device("cpu"), "bench")

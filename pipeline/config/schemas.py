@@ -80,21 +80,23 @@ class VocoderData(SplitsData):
 
 # -------------------------------------------------------------------------------------- the model presets
 @dataclass
-class CodebookSchedule:
+class Schedule:
+    """How long a model trains (`trainer.*` of its stage takes these): every model group spells it the same way."""
+
     max_steps: Optional[int] = MISSING
-    val_every: Optional[int] = MISSING
-
-
-@dataclass
-class Schedule(CodebookSchedule):
-    """The transformer's and the vocoder's training length (the codebook's has no epoch limit)."""
-
     max_epochs: Optional[int] = MISSING
+    val_every: Optional[int] = MISSING
+    early_stop_patience: Optional[int] = MISSING
 
 
 @dataclass
-class ClassifierSchedule(Schedule):
-    early_stop_patience: Optional[int] = MISSING
+class Optim:
+    """The optimiser every model group spells the same way: `lr`, scaled as the original when `scale_lr`."""
+
+    lr: float = MISSING                   # the rate; with scale_lr the base rate of the original's train.py
+    scale_lr: bool = MISSING              # true: lr x batch x accumulation x processes (codebook, transformer)
+    betas: List[float] = MISSING
+    batch_size: int = MISSING
 
 
 @dataclass
@@ -139,11 +141,8 @@ class CodebookLoss:
 
 
 @dataclass
-class CodebookOptim:
-    base_learning_rate: float = MISSING
-    betas: List[float] = MISSING
+class CodebookOptim(Optim):
     disc_step: str = MISSING
-    batch_size: int = MISSING
 
 
 @dataclass
@@ -154,16 +153,12 @@ class CodebookSchema:
     model: CodebookModel = field(default_factory=CodebookModel)
     loss: CodebookLoss = field(default_factory=CodebookLoss)
     optim: CodebookOptim = field(default_factory=CodebookOptim)
-    schedule: CodebookSchedule = field(default_factory=CodebookSchedule)
+    schedule: Schedule = field(default_factory=Schedule)
 
 
 @dataclass
-class TransformerOptim:
-    base_learning_rate: float = MISSING
-    betas: List[float] = MISSING
+class TransformerOptim(Optim):
     weight_decay: float = MISSING
-    early_stop_patience: Optional[int] = MISSING
-    batch_size: int = MISSING
 
 
 @dataclass
@@ -190,13 +185,6 @@ class TransformerSchema:
 
 
 @dataclass
-class VocoderOptim:
-    lr: float = MISSING
-    betas: List[float] = MISSING
-    batch_size: int = MISSING
-
-
-@dataclass
 class VocoderSchema:
     """conf/vocoder/*.yaml: MelGAN (models/melgan.py); `model` and `loss` are its constructors' keyword arguments."""
 
@@ -204,16 +192,13 @@ class VocoderSchema:
     seq_len: int = MISSING
     model: Dict[str, Any] = MISSING
     loss: Dict[str, Any] = MISSING
-    optim: VocoderOptim = field(default_factory=VocoderOptim)
+    optim: Optim = field(default_factory=Optim)
     schedule: Schedule = field(default_factory=Schedule)
 
 
 @dataclass
-class ClassifierOptim:
-    lr: float = MISSING
-    betas: List[float] = MISSING
+class ClassifierOptim(Optim):
     weight_decay: float = MISSING
-    batch_size: int = MISSING
 
 
 @dataclass
@@ -225,7 +210,7 @@ class ClassifierSchema:
     stats: Optional[str] = MISSING
     bn_recalibration_batches: int = 0
     optim: ClassifierOptim = field(default_factory=ClassifierOptim)
-    schedule: ClassifierSchedule = field(default_factory=ClassifierSchedule)
+    schedule: Schedule = field(default_factory=Schedule)
 
 
 GROUP_SCHEMAS = {"trainer": TrainerSchema, "sampling": SamplingSchema, "codebook": CodebookSchema,

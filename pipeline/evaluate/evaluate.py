@@ -284,13 +284,12 @@ def _flat_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, flo
     return out
 
 
-def run(cfg: DictConfig, folder: str | Path | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate `cfg.samples_dir` against the reals of `cfg.split`; returns (and writes) the metrics.
 
-    `folder` (the logger's run folder) defaults to Hydra's.
+    `run_dir` (the run folder: the logger's, the report's) defaults to Hydra's.
     """
     from accelerate import Accelerator
-
 
     if cfg.reals not in ("all", "sampled"):
         raise ValueError(f"reals={cfg.reals!r}: use `all` (the split's clips, as the original) or `sampled`")
@@ -355,7 +354,7 @@ def run(cfg: DictConfig, folder: str | Path | None = None) -> dict[str, Any]:
             clips = report_clips(Path(cfg.samples_dir), dataset, samples, fake_keys, predicted, events, labels,
                                  int(cfg.get("report_clips", 16)))
             page = write_report(cfg.samples_dir, metrics, clips, name=str(cfg.get("report_file", "report.html")))
-        logger = Logger(OmegaConf.to_container(cfg.logger, resolve=True), run_folder(folder),
+        logger = Logger(OmegaConf.to_container(cfg.logger, resolve=True), run_folder(run_dir),
                         OmegaConf.to_container(cfg, resolve=True))
         try:
             numbers = _flat_numbers({k: v for k, v in metrics.items() if k != "targets"})

@@ -4,7 +4,7 @@ released Melception, and write a markdown table with the paper's FID / MKL besid
 For each row (a released transformer of the table, pipeline/checkpoints/zoo.yaml): `stages.sample` on the table's
 data set
 split (`model=<row>`, the table's top-k and batch, the row's samples per video: the paper's unless
-`samples_per_video` is given), timed, then `stages.evaluate` (`classifier.ckpt=melception`,
+`samples_per_clip` is given), timed, then `stages.evaluate` (`classifier.ckpt=melception`,
 `classifier.stats=vggsound_mel_stats`). Rows work in `<work_dir>/<row>_<N>spv/` (samples, metrics.json,
 result.json), so a rerun, or a sweep with one row per job followed by one `rows=all` run, redoes nothing.
 Several GPUs: `accelerate launch --num_processes 4 -m stages.paper_table ...` splits each row's clips between
@@ -61,12 +61,12 @@ def pick_rows(zoo: Zoo, table: str, rows: str | Sequence[str]) -> list[Artefact]
     return chosen
 
 
-def row_settings(zoo: Zoo, entry: Artefact, samples_per_video: int | None = None) -> dict[str, Any]:
+def row_settings(zoo: Zoo, entry: Artefact, samples_per_clip: int | None = None) -> dict[str, Any]:
     """The paper's evaluation settings of a row: data set, split, samples per video, top-k, batch."""
     setting = zoo.tables[entry.settings[0]]
     paper = entry.info.get("paper") or {}
-    n = samples_per_video or paper.get("samples_per_video") or setting["samples_per_video"]
-    return {"dataset": setting["dataset"], "split": setting["split"], "samples_per_video": int(n),
+    n = samples_per_clip or paper.get("samples_per_clip") or setting["samples_per_clip"]
+    return {"dataset": setting["dataset"], "split": setting["split"], "samples_per_clip": int(n),
             "top_k": int(setting["top_k"]), "batch_size": int(setting["batch_size"])}
 
 
@@ -88,12 +88,12 @@ def _is_main() -> bool:
 def run_row(cfg: DictConfig, zoo: Zoo, entry: Artefact, work_dir: Path) -> dict[str, Any]:
     """Sample and evaluate one row (or reuse its result.json); returns the row's result."""
 
-    settings = row_settings(zoo, entry, cfg.get("samples_per_video"))
-    folder = work_dir / f"{entry.name}_{settings['samples_per_video']}spv"
+    settings = row_settings(zoo, entry, cfg.get("samples_per_clip"))
+    folder = work_dir / f"{entry.name}_{settings['samples_per_clip']}spv"
     result_file = folder / "result.json"
     device = str(cfg.device)
     sample_cfg = _child("sample", [f"dataset={settings['dataset']}", f"model={entry.name}",
-                                   f"split={settings['split']}", f"samples_per_clip={settings['samples_per_video']}",
+                                   f"split={settings['split']}", f"samples_per_clip={settings['samples_per_clip']}",
                                    f"sampling.top_k={settings['top_k']}", f"batch_size={settings['batch_size']}",
                                    "write_wav=false", f"device={device}"], cfg)
     start = time.perf_counter()
@@ -111,7 +111,7 @@ def run_row(cfg: DictConfig, zoo: Zoo, entry: Artefact, work_dir: Path) -> dict[
                                    f"classifier.stats={cfg.stats}", f"device={device}", "report=false",
                                    f"batch_size={cfg.eval_batch_size}",
                                    f"degenerate_metrics={cfg.degenerate_metrics}"], cfg)
-    metrics = evaluate.run(eval_cfg, folder=folder)
+    metrics = evaluate.run(eval_cfg, run_dir=folder)
     if not metrics:  # not the main process of `accelerate launch`: it has done its share
         return {}
     result = {"name": entry.name, **settings, "fid": metrics["frechet_inception_distance"],
@@ -147,9 +147,9 @@ def markdown(zoo: Zoo, table: str, entries: Sequence[Artefact], results: Mapping
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for entry in entries:
         r, paper = results[entry.name], entry.info.get("paper") or {}
-        star = "*" if "samples_per_video" in paper else ""
+        star = "*" if "samples_per_clip" in paper else ""
         lines.append(f"| {entry.name} | {_condition(entry)} | {features.get(entry.info.get('features'), '–')} "
-                     f"| {r['samples_per_video']} | {_fmt(paper.get('fid'))}{star} | {_fmt(r['fid'], 2)} "
+                     f"| {r['samples_per_clip']} | {_fmt(paper.get('fid'))}{star} | {_fmt(r['fid'], 2)} "
                      f"| {_fmt(paper.get('mkl'))}{star} | {_fmt(r['mkl'], 2)} | {_fmt(paper.get('time'))} "
                      f"| {_fmt(r['seconds_per_sample'], 3)} | {r['num_fakes']} / {r['num_reals']} |")
     lines += ["", f"Ours: sampled on {device} with each row's top-k and batch from pipeline/checkpoints/zoo.yaml "

@@ -71,13 +71,13 @@ def mark_random(folder: Path) -> None:
                     "visual information. Re-extract with real weights before training.\n")
 
 
-def run(cfg, out_dir: str | os.PathLike | None = None) -> None:
+def run(cfg, run_dir: str | os.PathLike | None = None) -> None:
     """`stages.extract_features`: every (unfinished) clip of the data set -> its feature pickles.
 
-    The run folder (failures.jsonl, summary.json) is Hydra's output dir unless `out_dir` is given (tests).
+    The run folder (failures.jsonl, summary.json) is Hydra's output dir unless `run_dir` is given (tests).
     """
 
-    out_dir = run_folder(out_dir)
+    run_dir = run_folder(run_dir)
     fcfg = cfg.features
     kind = str(fcfg.name)
     check_kind(kind)
@@ -100,8 +100,8 @@ def run(cfg, out_dir: str | os.PathLike | None = None) -> None:
                   threads=max(1, (os.cpu_count() or 1) // int(cfg.num_workers)) if int(cfg.num_workers) > 0 else 0)
     job.model()  # fail on bad weights before any clip is touched
     log.info("extracting %s features of %d clips on %s into %s", kind, len(clips), device, cfg.features_dir)
-    summary = run_clips(clips, job, out_dir / "failures.jsonl", int(cfg.num_workers), desc=f"{kind} features")
-    save_json(out_dir / "summary.json", {**dataclasses.asdict(summary), "kind": kind, "weights": job.weights,
+    summary = run_clips(clips, job, run_dir / "failures.jsonl", int(cfg.num_workers), desc=f"{kind} features")
+    save_json(run_dir / "summary.json", {**dataclasses.asdict(summary), "kind": kind, "weights": job.weights,
                                           "folders": folders, "device": str(device)})
     message = f"{kind} features: {summary}"
     if job.weights == "random":

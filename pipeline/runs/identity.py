@@ -28,6 +28,15 @@ RESUMABLE = ("trainer.max_steps", "trainer.max_epochs", "*.schedule.max_steps", 
              "media_samples", "vocoder.ckpt", "zoo.*", FORCE_KEY)
 
 
+# Keys renamed since a run could have recorded them (old spelling -> new): compared under their new names.
+RENAMED = {"codebook.optim.base_learning_rate": "codebook.optim.lr",
+           "transformer.optim.base_learning_rate": "transformer.optim.lr",
+           "transformer.optim.early_stop_patience": "transformer.schedule.early_stop_patience"}
+# Keys added since: a record made before they existed lacks them, and its run computed what their values say.
+ADDED = ("*.optim.scale_lr", "*.schedule.max_epochs", "*.schedule.early_stop_patience", "trainer.max_epochs",
+         "trainer.early_stop_patience")
+
+
 class RunFolderMismatch(ValueError):
     """The run folder holds another run: its recorded config differs in keys that change what is computed."""
 
@@ -44,13 +53,16 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def differing_keys(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{key: (recorded, current)} for keys that differ and are not `RESUMABLE`."""
-    old, new = flatten(recorded), flatten(current)
+    old = {RENAMED.get(key, key): value for key, value in flatten(recorded).items()}
+    new = flatten(current)
     missing = object()
     diff = {}
     for key in sorted(set(old) | set(new)):
         if any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE):
             continue
         a, b = old.get(key, missing), new.get(key, missing)
+        if a is missing and any(fnmatch.fnmatchcase(key, pattern) for pattern in ADDED):
+            continue
         if a != b:
             diff[key] = ("<absent>" if a is missing else a, "<absent>" if b is missing else b)
     return diff

@@ -27,16 +27,25 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.checkpoints.format import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pipeline.config.schemas import TrainerSchema
 from pipeline.train.logger import Logger
 
 log = logging.getLogger(__name__)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+
+
+def trainer_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`trainer.*` checked against its schema (conf/trainer/, `pipeline.config.schemas.TrainerSchema`): every key
+    present and typed, none unknown; the defaults are the YAML's, never repeated here."""
+    node = OmegaConf.merge(OmegaConf.structured(TrainerSchema), dict(cfg))
+    return OmegaConf.to_container(node, throw_on_missing=True)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -208,28 +217,26 @@ class Trainer:
     """Runs a `Task` to `max_steps` optimiser steps, resuming from `<run_dir>/checkpoints/last.pt`."""
 
     def __init__(self, task: Task, cfg: Mapping[str, Any], run_dir: str | Path,
-                 logger_cfg: Mapping[str, Any] | None = None, config: dict | None = None, seed: int = 0,
-                 batch_size: int | None = None):
+                 logger_cfg: Mapping[str, Any] | None = None, config: dict | None = None, seed: int = 0):
         from accelerate import Accelerator, DataLoaderConfiguration
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-        self.task, self.cfg = task, dict(cfg)
+        self.task, self.cfg = task, trainer_settings(cfg)
         self.run_dir = Path(run_dir)
         task.preflight(self.run_dir)  # before any work: a wrong file or size fails here
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.config = config
-        self.batch_size = int(task.batch_size if batch_size is None else batch_size)
-        precision = str(self.cfg.get("mixed_precision", "no"))
-        device = str(self.cfg.get("device", "auto"))
+        self.batch_size = int(task.batch_size)
+        precision, device = str(self.cfg["mixed_precision"]), str(self.cfg["device"])
         if precision == "fp16" and (device == "cpu" or not torch.cuda.is_available()):
             raise ValueError("trainer.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
         self.accelerator = Accelerator(
             cpu=device == "cpu",
             mixed_precision=precision,
-            gradient_accumulation_steps=int(self.cfg.get("grad_accum", 1)),
+            gradient_accumulation_steps=int(self.cfg["grad_accum"]),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
             kwargs_handlers=[DistributedDataParallelKwargs(
-                find_unused_parameters=bool(self.cfg.get("find_unused_parameters", False)))],
+                find_unused_parameters=bool(self.cfg["find_unused_parameters"]))],
         )
         self.seed = seed
         set_seed(seed)
@@ -252,10 +259,14 @@ class Trainer:
     def num_processes(self) -> int:
         return self.accelerator.num_processes
 
-    def scaled_lr(self, base_lr: float) -> float:
-        """`base_lr` scaled by this run's batch, accumulation and processes, as the original does; logged."""
-        lr = scaled_lr(base_lr, self.batch_size, int(self.cfg.get("grad_accum", 1)), self.num_processes)
-        log.info("learning rate %.3g (base %.3g x batch x accumulation x processes)", lr, base_lr)
+    def learning_rate(self, optim: Mapping[str, Any]) -> float:
+        """A preset's `optim.lr`, scaled by this run's batch, accumulation and processes when `optim.scale_lr` (the
+        original's rule for the codebook and the transformer); logged."""
+        if not optim["scale_lr"]:
+            log.info("learning rate %.3g", float(optim["lr"]))
+            return float(optim["lr"])
+        lr = scaled_lr(optim["lr"], self.batch_size, int(self.cfg["grad_accum"]), self.num_processes)
+        log.info("learning rate %.3g (base %.3g x batch x accumulation x processes)", lr, float(optim["lr"]))
         return lr
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -273,7 +284,7 @@ class Trainer:
 
     def clip_grad(self, name: str) -> None:
         """Clip a module's gradients to `trainer.grad_clip` (off when null)."""
-        limit = self.cfg.get("grad_clip")
+        limit = self.cfg["grad_clip"]
         if limit and self.accelerator.sync_gradients:
             self.accelerator.clip_grad_norm_(self.task.modules[name].parameters(), float(limit))
 
@@ -281,7 +292,7 @@ class Trainer:
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, drop_last=train,
-                          num_workers=int(self.cfg.get("num_workers", 0)), generator=generator,
+                          num_workers=int(self.cfg["num_workers"]), generator=generator,
                           collate_fn=self.task.collate_fn(), persistent_workers=False)
 
     def _prepare(self) -> tuple[DataLoader, DataLoader | None]:
@@ -336,19 +347,19 @@ class Trainer:
         return metrics
 
     def _limits(self, train_loader) -> Limits:
-        max_steps = int(self.cfg.get("max_steps") or 0)
-        max_epochs = self.cfg.get("max_epochs")
+        max_steps = int(self.cfg["max_steps"] or 0)
+        max_epochs = self.cfg["max_epochs"]
         if not max_steps and not max_epochs:
             raise ValueError("set trainer.max_steps or trainer.max_epochs")
-        steps_per_epoch = math.ceil(len(train_loader) / int(self.cfg.get("grad_accum", 1)))
+        steps_per_epoch = math.ceil(len(train_loader) / int(self.cfg["grad_accum"]))
         total = min(max_steps or math.inf, int(max_epochs) * steps_per_epoch if max_epochs is not None else math.inf)
-        val_every = self.cfg.get("val_every", 0)  # 0: only at the end; null: once per epoch
+        val_every = self.cfg["val_every"]  # 0: only at the end; null: once per epoch
         if val_every is None:
             val_every = steps_per_epoch
             log.info("validating every epoch (%d steps)", steps_per_epoch)
-        ckpt_every = self.cfg.get("ckpt_every", 0)  # 0: only at the end; null: at every validation
+        ckpt_every = self.cfg["ckpt_every"]  # 0: only at the end; null: at every validation
         return Limits(max_steps or math.inf, None if max_epochs is None else int(max_epochs), total, int(val_every),
-                      int(val_every if ckpt_every is None else ckpt_every), max(1, int(self.cfg.get("log_every", 10))))
+                      int(val_every if ckpt_every is None else ckpt_every), max(1, int(self.cfg["log_every"])))
 
     def _finished(self, limits: Limits) -> bool:
         return (self.step >= limits.max_steps or self.stopped_early
@@ -496,7 +507,7 @@ class Trainer:
             self.save("best.pt")
             return
         self.bad_evals += 1
-        patience = self.cfg.get("early_stop_patience")
+        patience = self.cfg["early_stop_patience"]
         if patience is not None and self.bad_evals > int(patience):
             log.info("early stopping: %s has not improved for %d validations", key, self.bad_evals)
             self.stopped_early = True

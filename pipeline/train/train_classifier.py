@@ -117,8 +117,8 @@ class ClassifierTask(Task):
         self.normalize = Normalize(mean, std).to(self.trainer.device)
         optim = self.ccfg.optim
         self.modules = {"model": model}
-        self.optimizers = {"model": torch.optim.Adam(model.parameters(), lr=float(optim.lr), betas=tuple(optim.betas),
-                                                     weight_decay=float(optim.weight_decay))}
+        self.optimizers = {"model": torch.optim.Adam(model.parameters(), lr=self.trainer.learning_rate(optim),
+                                                     betas=tuple(optim.betas), weight_decay=float(optim.weight_decay))}
         log.info("%s: %.2f M parameters, %d classes", self.args["arch"],
                  sum(p.numel() for p in model.parameters()) / 1e6, len(self.classes))
 

@@ -51,7 +51,7 @@ class CodebookTask(Task):
         model = build_codebook(self.codebook_cfg.model)
         loss = build_loss(self.codebook_cfg.loss)
         optim = self.codebook_cfg.optim
-        lr = self.trainer.scaled_lr(optim.base_learning_rate)
+        lr = self.trainer.learning_rate(optim)
         betas = tuple(optim.betas)
         self.modules = {"model": model, "loss": loss}
         self.optimizers = {

@@ -187,7 +187,7 @@ class TransformerTask(Task):
         if self.tcfg.init == "time_aligned":
             wrapper.init_time_aligned()
         optim = self.tcfg.optim
-        lr = self.trainer.scaled_lr(optim.base_learning_rate)
+        lr = self.trainer.learning_rate(optim)
         log.info("%.2f M trainable parameters", sum(p.numel() for p in wrapper.transformer.parameters()) / 1e6)
         self.modules = {"model": wrapper}
         groups = wrapper.transformer_param_groups(float(optim.weight_decay))

@@ -70,8 +70,9 @@ class VocoderTask(Task):
         optim = self.vcfg.optim
         betas = tuple(optim.betas)
         self.modules = {"netG": netG, "netD": netD}
-        self.optimizers = {"netG": torch.optim.Adam(netG.parameters(), lr=float(optim.lr), betas=betas),
-                           "netD": torch.optim.Adam(netD.parameters(), lr=float(optim.lr), betas=betas)}
+        lr = self.trainer.learning_rate(optim)
+        self.optimizers = {"netG": torch.optim.Adam(netG.parameters(), lr=lr, betas=betas),
+                           "netD": torch.optim.Adam(netD.parameters(), lr=lr, betas=betas)}
         self.mel = MelTransform().to(self.trainer.device)
         self.hop = netG.hop_length
         log.info("vocoder: generator %.2f M, discriminator %.2f M parameters",
