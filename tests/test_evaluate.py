@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from pipeline.config.presets import compose_stage
 from pipeline.evaluate.evaluate import clip_id_of, find_samples, run
 
 VAS_CLASSES = ["baby", "cough", "dog", "drum", "fireworks", "gun", "hammer", "sneeze"]
@@ -66,11 +67,19 @@ def write_fakes(setup: dict, name: str, noise: float, samples_per_clip: int = 1)
     return out
 
 
+def stage_cfg(values: dict) -> OmegaConf:
+    """The evaluate stage's composed config (every key and default as the stage has them) with `values` set."""
+    cfg = compose_stage("evaluate", ["classifier.ckpt=none", "logger=none"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.dataset = values.pop("dataset")  # a generated data set: replaces the demo's node
+    return OmegaConf.merge(cfg, {"shuffled_samples_dir": None, "codebook": {"ckpt": None}, "vocoder": {"ckpt": None},
+                                 "events_file": None, **values})
+
+
 def eval_cfg(setup: dict, samples_dir: Path, **extra) -> OmegaConf:
-    return OmegaConf.create({
-        "dataset": setup["dataset"], "samples_dir": str(samples_dir), "split": "valid", "reals": "all",
-        "classifier": {"ckpt": str(setup["ckpt"]), "stats": None}, "batch_size": 4, "crop_len": 848,
-        "num_workers": 0, "device": "cpu", "metrics_file": "metrics.json", "logger": {"name": "none"}, **extra})
+    return stage_cfg({"dataset": setup["dataset"], "samples_dir": str(samples_dir), "split": "valid",
+                      "classifier": {"ckpt": str(setup["ckpt"]), "stats": None}, "batch_size": 4, "device": "cpu",
+                      **extra})
 
 
 def test_sample_names_map_to_clips(tmp_path):
@@ -225,13 +234,11 @@ def test_model_checks_synchrony_and_report_on_the_demo_data(demo):
     from pipeline.evaluate.report import local_links
 
     samples, shuffled = demo_samples(demo, "copies"), demo_samples(demo, "shuffled", shift=1)
-    cfg = OmegaConf.create({
+    cfg = stage_cfg({
         "dataset": demo["dataset"], "samples_dir": str(samples), "shuffled_samples_dir": str(shuffled),
-        "split": "valid", "reals": "all", "classifier": {"ckpt": str(demo["classifier"]), "stats": None},
-        "batch_size": 4, "crop_len": 848, "num_workers": 0, "device": "cpu", "metrics_file": "metrics.json",
-        "logger": {"name": "none"}, "codebook": {"ckpt": str(demo["codebook"])},
-        "vocoder": {"ckpt": str(demo["vocoder"])}, "events_file": demo["dataset"]["events"], "train_split": "train",
-        "report_clips": 16})
+        "split": "valid", "classifier": {"ckpt": str(demo["classifier"]), "stats": None}, "batch_size": 4,
+        "device": "cpu", "codebook": {"ckpt": str(demo["codebook"])}, "vocoder": {"ckpt": str(demo["vocoder"])},
+        "events_file": demo["dataset"]["events"]})
     metrics = run(cfg, run_dir=demo["tmp"] / "run")
 
     sync = metrics["synchrony"]

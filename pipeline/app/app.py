@@ -43,9 +43,9 @@ from pipeline.generate.user_clip import (
     video_seconds,
     write_user_sample,
 )
-from pipeline.media.mel import FRAMES_PER_COLUMN
+from pipeline.media.images import spectrogram_image
+from pipeline.media.mel import FRAMES_PER_COLUMN, unit_mel
 from pipeline.runs.folders import run_folder
-from pipeline.train.logger import spectrogram_image
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class Sampler:
                 if shown is None or done // H - shown >= every or done == total:
                     shown = done // H
                     yield Progress(k, done, total, spectrogram_rgb(self._partial_mel(tokens, done)))
-            mel = ((model.decode_to_spec(tokens)[:, 0].float() + 1) / 2).cpu()[0].numpy()  # (80, 16 cols)
+            mel = unit_mel(model.decode_to_spec(tokens)[:, 0].float()).cpu()[0].numpy()  # (80, 16 cols)
             written = write_user_sample(self.models, folder / f"{stem}_sample_{k}", mel, video, span)
             result.waves.append(written["wave"])
             result.mels.append(mel)
@@ -235,7 +235,7 @@ class Sampler:
     def _partial_mel(self, tokens: torch.Tensor, done: int) -> np.ndarray:
         """The (80, 16 cols) mel of the tokens sampled so far; the columns not yet sampled are left at 0 (dark)."""
         model = self.models.model
-        mel = ((model.decode_to_spec(tokens.clone())[0, 0].float() + 1) / 2).clamp(0, 1).cpu().numpy()
+        mel = unit_mel(model.decode_to_spec(tokens.clone())[0, 0].float()).clamp(0, 1).cpu().numpy()
         mel[:, (done // model.first_stage_permuter.H) * FRAMES_PER_COLUMN:] = 0
         return mel
 

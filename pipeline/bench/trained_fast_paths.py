@@ -77,7 +77,7 @@ def main() -> list[str]:
         feats = classifier.features(normalize(mels, zero_one=True), FEATURES)
         return {n: feats[n].double().numpy() for n in FEATURES}
 
-    reals = judge(torch.from_numpy(load_real_mels(cfg.dataset, ds.ids)).float())
+    reals = judge(torch.from_numpy(load_real_mels(cfg.dataset, ds.ids, int(cfg.clip.crop_len))).float())
     gpt = model.transformer
     fp32_greedy = sample(gpt, cond, greedy=True, grid=grid)
     with torch.inference_mode():

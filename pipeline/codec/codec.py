@@ -20,6 +20,7 @@ from pipeline.codec.transcode import (
     encode_file,
     round_trip_file,
 )
+from pipeline.config.device import resolve_device
 from pipeline.files.writes import save_json
 from pipeline.runs.folders import run_folder
 
@@ -52,7 +53,7 @@ def run(cfg, run_dir: str | os.PathLike | None = None) -> list[Report]:
 
     run_dir = run_folder(run_dir, required=False)  # none outside @hydra.main: no report file
     torch.set_num_threads(max(1, int(cfg.get("num_threads") or torch.get_num_threads())))
-    device = cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
 
     model = load_codebook(resolve(cfg.codebook.ckpt, cfg=cfg), map_location=device)  # a path or a released name
     identity = codebook_identity(model)

@@ -35,7 +35,7 @@ import torch
 from models.vqgan import VQModel
 from pipeline.files.writes import save_bytes
 from pipeline.media.audio import SR, fit_to_length, load_audio, save_wav, source_rate
-from pipeline.media.mel import CROP_LEN, HOP, mel_spectrogram
+from pipeline.media.mel import CROP_LEN, HOP, mel_spectrogram, unit_mel
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ def decode_codes(model: VQModel, header: Header, windows: list[np.ndarray], voco
             group.append(windows[i + len(group)])
         idx = torch.from_numpy(np.stack(group)).to(device)  # (b, F', T')
         rec = model.decode_code(idx).clamp(-1, 1)  # (b, 1, 80, 16 T'); clamped as the original's logger
-        mels.extend(((rec[:, 0] + 1) / 2).float().cpu().numpy())
+        mels.extend(unit_mel(rec[:, 0]).float().cpu().numpy())
         i += len(group)
     mel = crossfade_join(mels, header.layout())  # (80, frames of the padded input)
     frames = math.ceil(header.n_samples / HOP)

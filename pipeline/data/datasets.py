@@ -6,7 +6,8 @@ workers; spec §11.23).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,31 @@ CONDITIONS = ("features", "class", "none")
 def _randint(high: int) -> int:
     """A uniform integer in 0..high (inclusive) from torch's generator."""
     return int(torch.randint(0, high + 1, ()).item())
+
+
+
+def load_mel_crop(path: str | Path, crop: int) -> np.ndarray:
+    """The [0, 1] mel stored in `path`, centre-cropped to `crop` frames: (80, crop) float32. A file that is not a
+    mel of at least `crop` frames is an error naming it (samples are (80, 848), stored reals (80, 860))."""
+    mel = np.load(path)
+    if mel.ndim != 2 or mel.shape[0] != N_MELS or mel.shape[1] < crop:
+        raise ValueError(f"{path}: expected a mel ({N_MELS}, >= {crop}), got {mel.shape}; samples and reals must be "
+                         f"({N_MELS}, {CROP_LEN}) or the stored ({N_MELS}, {SPEC_LEN}): re-extract or re-sample it")
+    start = center_offset(mel.shape[1], crop)
+    return np.ascontiguousarray(mel[:, start:start + crop], dtype=np.float32)
+
+
+class MelFiles(Dataset):
+    """(index, [0, 1] mel (80, crop) float32) of a list of .npy files, centre-cropped (`load_mel_crop`)."""
+
+    def __init__(self, paths: Sequence[Path], crop: int):
+        self.paths, self.crop = list(paths), int(crop)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        return index, torch.from_numpy(load_mel_crop(self.paths[index], self.crop))
 
 
 class SpectrogramDataset(Dataset):

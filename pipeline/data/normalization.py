@@ -16,6 +16,7 @@ from torch import nn
 
 from pipeline.data.datasets import SpectrogramDataset
 from pipeline.files.writes import atomic_write
+from pipeline.media.mel import unit_mel
 
 log = logging.getLogger(__name__)
 
@@ -93,5 +94,5 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.as_tensor(np.asarray(std), dtype=torch.float32).view(-1, 1))
 
     def forward(self, image: torch.Tensor, zero_one: bool = False) -> torch.Tensor:
-        mel01 = image.float() if zero_one else (image.float() + 1.0) / 2.0  # (B, 80, T)
+        mel01 = image.float() if zero_one else unit_mel(image.float())  # (B, 80, T)
         return (mel01 - self.mean) / self.std

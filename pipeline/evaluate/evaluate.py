@@ -29,18 +29,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from pipeline.build.classifier import FEATURES, load_melception
 from pipeline.checkpoints.zoo import (
     resolve,  # classifier.ckpt=melception, classifier.stats=vggsound_mel_stats: released
 )
+from pipeline.config.device import forces_cpu
 from pipeline.data.conditions import center_offset
+from pipeline.data.datasets import MelFiles
 from pipeline.data.layout import Labels, audio_path, layout_of, mel_path, require_files, split_ids, video_path
 from pipeline.evaluate.events import onset_frames
 from pipeline.evaluate.metrics import fid, fid_too_few, inception_score, isc_too_few, kid, kid_too_few, mkl
 from pipeline.evaluate.model_checks import (
-    CROP,
     clip_event_frames,
     codebook_check,
     format_targets,
@@ -91,24 +92,6 @@ def clip_id_of(vid: str, target: int, dataset_cfg: Mapping[str, Any], classes: S
                              f"{len(classes)} classes")
         return f"{classes[target]}/{vid}"
     return vid
-
-
-class MelFiles(Dataset):
-    """(index, [0, 1] mel (80, crop_len) float32) of a list of .npy files, centre-cropped when longer."""
-
-    def __init__(self, paths: Sequence[Path], crop_len: int):
-        self.paths, self.crop_len = list(paths), int(crop_len)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        mel = np.load(self.paths[index])
-        if mel.ndim != 2 or mel.shape[0] != 80 or mel.shape[1] < self.crop_len:
-            raise ValueError(f"{self.paths[index]}: expected a mel (80, >= {self.crop_len}), got {mel.shape}; "
-                             f"samples and reals must be (80, 848) or the stored (80, 860)")
-        start = center_offset(mel.shape[1], self.crop_len)
-        return index, torch.from_numpy(np.ascontiguousarray(mel[:, start:start + self.crop_len], dtype=np.float32))
 
 
 # ----------------------------------------------------------------------------------------- classifier
@@ -221,21 +204,22 @@ def model_measures(cfg: DictConfig, dataset: Mapping[str, Any], fakes: Sequence[
 
     clips = sorted({clip for clip, _ in fakes})
     events = clip_event_frames(cfg.get("events_file"), dataset, clips)
-    reals = dict(zip(clips, load_real_mels(dataset, clips)))
+    crop = int(cfg.crop_len)
+    reals = dict(zip(clips, load_real_mels(dataset, clips, crop)))
     sync = synchrony_check(events, mels(fakes), None if shuffled is None else mels(shuffled), reals)
     split = str(cfg.split)
-    train_split = str(cfg.get("train_split") or "train")
+    train_split = str(cfg.train_split)
     train_ids = split_ids(dataset, train_split) if train_split in (dataset.get("splits") or {}) else []  # none: skip
     valid_ids = split_ids(dataset, split)
-    codebook = codebook_check(OmegaConf.select(cfg, "codebook.ckpt"), dataset, train_ids, valid_ids, device)
-    vocoder = vocoder_check(OmegaConf.select(cfg, "vocoder.ckpt"), dataset, valid_ids, device,
-                            int(cfg.get("vocoder_clips", 64)))
+    codebook = codebook_check(OmegaConf.select(cfg, "codebook.ckpt"), dataset, train_ids, valid_ids, crop, device)
+    vocoder = vocoder_check(OmegaConf.select(cfg, "vocoder.ckpt"), dataset, valid_ids, crop, device,
+                            int(cfg.vocoder_clips))
     return {"synchrony": sync, "codebook": codebook, "vocoder": vocoder, "events": events}
 
 
 def report_clips(folder: Path, dataset: Mapping[str, Any], samples: Sequence[tuple[Path, int, str]],
                  keys: Sequence[str], predicted: Sequence[str | None], events: Mapping[str, np.ndarray] | str,
-                 labels, max_clips: int) -> list:
+                 labels, max_clips: int, crop: int) -> list:
     """The report's clips (sample 0 of each, at most `max_clips`): real wavs cut to the window and videos with the
     generated sound are written under `<folder>/report/`."""
 
@@ -249,14 +233,14 @@ def report_clips(folder: Path, dataset: Mapping[str, Any], samples: Sequence[tup
         j = first[clip]
         path = samples[j][0]
         stem = clip.replace("/", "__")
-        real = load_real_mels(dataset, [clip])[0]
+        real = load_real_mels(dataset, [clip], crop)[0]
         fake = np.load(path)
-        offset = center_offset(SPEC_LEN, CROP) * HOP  # samples before the window the models see
+        offset = center_offset(SPEC_LEN, crop) * HOP  # samples before the window the models see
         real_wav = fake_wav = video = None
         stored = audio_path(dataset, clip)
         if stored.is_file():
             real_wav = f"{ASSETS}/{stem}_real.wav"
-            save_wav(folder / real_wav, np.load(stored)[offset:offset + CROP * HOP], SR, subtype="PCM_16")
+            save_wav(folder / real_wav, np.load(stored)[offset:offset + crop * HOP], SR, subtype="PCM_16")
         if path.with_suffix(".wav").is_file():
             import soundfile as sf
 
@@ -293,7 +277,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 
     if cfg.reals not in ("all", "sampled"):
         raise ValueError(f"reals={cfg.reals!r}: use `all` (the split's clips, as the original) or `sampled`")
-    accelerator = Accelerator(cpu=str(cfg.device) == "cpu")
+    accelerator = Accelerator(cpu=forces_cpu(cfg.device))
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     labels = Labels(dataset)
     samples, fake_keys = load_samples(cfg.samples_dir, dataset, labels, str(cfg.split))
@@ -324,9 +308,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if accelerator.is_main_process:
         metrics = compute_metrics(fake, fake_keys, fake_targets, real, real_keys, real_targets, class_match,
-                                  isc_splits=int(cfg.get("isc_splits", 10)),
-                                  kid_subset_size=int(cfg.get("kid_subset_size", 1000)),
-                                  degenerate=str(cfg.get("degenerate_metrics", "skip")))
+                                  isc_splits=int(cfg.isc_splits),
+                                  kid_subset_size=int(cfg.kid_subset_size),
+                                  degenerate=str(cfg.degenerate_metrics))
         if isinstance(shuffled, str) or not class_match:
             metrics["shuffled_class_match_rate"] = None
             metrics["shuffled_note"] = shuffled if isinstance(shuffled, str) else "no classifier of these classes"
@@ -343,17 +327,17 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         metrics.update({"samples_dir": str(cfg.samples_dir), "classifier": str(cfg.classifier.ckpt),
                         "split": str(cfg.split), "reals": str(cfg.reals), "dataset": dataset["name"],
                         "shuffled_samples_dir": None if isinstance(shuffled, str) else str(cfg.shuffled_samples_dir)})
-        metrics["targets"] = targets(metrics, int(cfg.get("min_samples", 32)))
+        metrics["targets"] = targets(metrics, int(cfg.min_samples))
         out = Path(cfg.samples_dir) / str(cfg.metrics_file)
         save_json(out, metrics)
         page = None
-        if cfg.get("report", True):
+        if cfg.report:
 
             predicted = ([labels.classes[i] for i in fake["logits"].argmax(1)] if class_match
                          else [None] * len(samples))
             clips = report_clips(Path(cfg.samples_dir), dataset, samples, fake_keys, predicted, events, labels,
-                                 int(cfg.get("report_clips", 16)))
-            page = write_report(cfg.samples_dir, metrics, clips, name=str(cfg.get("report_file", "report.html")))
+                                 int(cfg.report_clips), int(cfg.crop_len))
+            page = write_report(cfg.samples_dir, metrics, clips, name=str(cfg.report_file))
         logger = Logger(OmegaConf.to_container(cfg.logger, resolve=True), run_folder(run_dir),
                         OmegaConf.to_container(cfg, resolve=True))
         try:

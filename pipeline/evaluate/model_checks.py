@@ -24,29 +24,18 @@ import torch
 from pipeline.build.codebook import load_codebook
 from pipeline.build.vocoder import load_vocoder_or_griffinlim
 from pipeline.checkpoints.reading import read_checkpoint
-from pipeline.data.conditions import center_offset
+from pipeline.data.datasets import load_mel_crop
 from pipeline.data.layout import layout_of, mel_path, require_files, video_path
 from pipeline.evaluate.events import clip_events, loop_period_samples, read_events, synchrony
-from pipeline.media.mel import mel_spectrogram
+from pipeline.media.mel import mel_spectrogram, unit_mel
 
 log = logging.getLogger(__name__)
 
-CROP = 848  # mel frames the models see (centre crop of the stored 860)
-
-
-def load_real_mels(dataset_cfg: Mapping[str, Any], ids: Sequence[str], crop: int = CROP) -> np.ndarray:
+def load_real_mels(dataset_cfg: Mapping[str, Any], ids: Sequence[str], crop: int) -> np.ndarray:
     """(N, 80, crop) float32 centre crops of the stored [0, 1] mels of `ids`."""
-
     paths = [mel_path(dataset_cfg, i) for i in ids]
     require_files(paths, "real mels", "Fix: run `python -m stages.extract_mels`.")
-    out = np.empty((len(paths), 80, crop), dtype=np.float32)
-    for j, path in enumerate(paths):
-        mel = np.load(path)
-        if mel.ndim != 2 or mel.shape[0] != 80 or mel.shape[1] < crop:
-            raise ValueError(f"{path}: expected a mel (80, >= {crop}), got {mel.shape}; re-extract it")
-        start = center_offset(mel.shape[1], crop)
-        out[j] = mel[:, start:start + crop]
-    return out
+    return np.stack([load_mel_crop(path, crop) for path in paths]) if paths else np.empty((0, 80, crop), np.float32)
 
 
 def _missing(path: str | None, what: str, fix: str) -> str | None:
@@ -74,7 +63,7 @@ def gan_steps(ckpt: str) -> dict[str, Any]:
 
 @torch.no_grad()
 def codebook_check(ckpt: str | None, dataset_cfg: Mapping[str, Any], train_ids: Sequence[str],
-                   valid_ids: Sequence[str], device: torch.device, batch_size: int = 8) -> dict[str, Any]:
+                   valid_ids: Sequence[str], crop: int, device: torch.device, batch_size: int = 8) -> dict[str, Any]:
     """Validation L1 (in the [0, 1] mel) of the codebook's reconstructions vs the training-mean baseline; codes used."""
     reason = _missing(ckpt, "codebook checkpoint", "train one with `python -m stages.train_codebook` or pass "
                                                      "codebook.ckpt=PATH")
@@ -85,16 +74,16 @@ def codebook_check(ckpt: str | None, dataset_cfg: Mapping[str, Any], train_ids: 
                            "named by train_split"}
 
     model = load_codebook(ckpt, map_location="cpu").to(device).eval()
-    mean = np.zeros((80, CROP), dtype=np.float64)
+    mean = np.zeros((80, crop), dtype=np.float64)
     for start in range(0, len(train_ids), 64):  # streamed: VAS has thousands of training clips
-        mean += load_real_mels(dataset_cfg, train_ids[start:start + 64]).sum(0)
+        mean += load_real_mels(dataset_cfg, train_ids[start:start + 64], crop).sum(0)
     mean /= max(len(train_ids), 1)
-    valid = load_real_mels(dataset_cfg, valid_ids)
+    valid = load_real_mels(dataset_cfg, valid_ids, crop)
     l1, used = [], torch.zeros(model.n_embed, dtype=torch.bool)
     for start in range(0, len(valid), batch_size):
-        x = torch.from_numpy(valid[start:start + batch_size]).to(device)[:, None] * 2 - 1  # (b, 1, 80, 848)
+        x = torch.from_numpy(valid[start:start + batch_size]).to(device)[:, None] * 2 - 1  # (b, 1, 80, crop)
         indices = model.encode_indices(x)
-        rec = (model.decode_code(indices)[:, 0].float().cpu().numpy() + 1) / 2
+        rec = unit_mel(model.decode_code(indices)[:, 0].float().cpu().numpy())
         l1.extend(np.abs(rec - valid[start:start + batch_size]).mean(axis=(1, 2)))
         used[indices.flatten().unique().cpu()] = True
     baseline = np.abs(valid - mean[None]).mean(axis=(1, 2))
@@ -105,7 +94,7 @@ def codebook_check(ckpt: str | None, dataset_cfg: Mapping[str, Any], train_ids: 
 
 
 # ------------------------------------------------------------------------------------------------- vocoder
-def vocoder_check(ckpt: str | None, dataset_cfg: Mapping[str, Any], valid_ids: Sequence[str],
+def vocoder_check(ckpt: str | None, dataset_cfg: Mapping[str, Any], valid_ids: Sequence[str], crop: int,
                   device: torch.device, max_clips: int = 64) -> dict[str, Any]:
     """For every clip (the first `max_clips`): is the mel of its vocoded audio nearest (L1) to its own mel?"""
     reason = _missing(ckpt, "vocoder checkpoint", "train one with `python -m stages.train_vocoder` or pass "
@@ -116,11 +105,11 @@ def vocoder_check(ckpt: str | None, dataset_cfg: Mapping[str, Any], valid_ids: S
         return {"skipped": f"{len(valid_ids)} validation clip(s): telling clips apart needs at least 2"}
 
     ids = list(valid_ids)[:max_clips]
-    mels = load_real_mels(dataset_cfg, ids)
+    mels = load_real_mels(dataset_cfg, ids, crop)
 
     def remelled(vocode) -> np.ndarray:
-        waves = vocode(torch.from_numpy(mels).to(vocode.device)).cpu().numpy()  # (N, 256 * 848)
-        return np.stack([mel_spectrogram(w)[:, :CROP] for w in waves])
+        waves = vocode(torch.from_numpy(mels).to(vocode.device)).cpu().numpy()  # (N, 256 * crop)
+        return np.stack([mel_spectrogram(w)[:, :crop] for w in waves])
 
     melgan = remelled(load_vocoder_or_griffinlim(ckpt, device=device))
     griffinlim = remelled(load_vocoder_or_griffinlim(None))

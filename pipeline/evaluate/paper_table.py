@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.checkpoints.zoo import Artefact, Zoo
+from pipeline.config.device import device_name
 from pipeline.evaluate import evaluate
 from pipeline.files.writes import atomic_write, save_json
 from pipeline.generate import sample
@@ -161,7 +162,6 @@ def markdown(zoo: Zoo, table: str, entries: Sequence[Artefact], results: Mapping
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """`stages.paper_table`: every chosen row sampled and evaluated; the markdown table written and printed."""
-    import torch
 
     zoo = Zoo.from_cfg(cfg)
     table = str(cfg.table)
@@ -171,9 +171,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results = {e.name: run_row(cfg, zoo, e, work_dir) for e in entries}
     if not _is_main():
         return {"results": {}, "markdown": None}
-    device = str(cfg.device)
-    if device == "auto":
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    device = device_name(cfg.device)
     text = markdown(zoo, table, entries, results, device)
     out = Path(str(cfg.out))
     with atomic_write(out, "w") as f:

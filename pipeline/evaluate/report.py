@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.files.writes import atomic_write, save_bytes
+from pipeline.media.images import colourise
 
 ASSETS = "report"  # folder beside report.html for the PNGs, real wavs and muxed videos
 EVENT_RGB = (0, 230, 255)   # cyan: the video's events
 ONSET_RGB = (255, 40, 40)   # red: detected sound onsets
-# a dark-to-bright colour map (black, purple, orange, pale yellow) for [0, 1] mels
-_ANCHORS = np.array([[0, 0, 4], [80, 18, 123], [182, 54, 121], [251, 136, 97], [252, 253, 191]], dtype=np.float64)
 
 
 @dataclass
@@ -40,16 +39,6 @@ class ClipView:
     fake_wav: str | None
     video: str | None
     predicted: str | None = None      # the classifier's class for the sample, when known
-
-
-def colourise(mel01: np.ndarray, scale: int = 2) -> np.ndarray:
-    """(80 * scale, T, 3) uint8 image of a [0, 1] mel, low frequencies at the bottom."""
-    x = np.clip(np.asarray(mel01, dtype=np.float64), 0, 1)[::-1]
-    pos = x * (len(_ANCHORS) - 1)
-    lo = np.minimum(pos.astype(int), len(_ANCHORS) - 2)
-    frac = (pos - lo)[..., None]
-    rgb = _ANCHORS[lo] * (1 - frac) + _ANCHORS[lo + 1] * frac
-    return np.repeat(rgb, scale, axis=0).astype(np.uint8)
 
 
 def mel_png(path: Path, mel01: np.ndarray, events: np.ndarray | None, onsets: np.ndarray) -> None:

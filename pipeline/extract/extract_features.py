@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.config.device import resolve_device
 from pipeline.data.layout import feature_path, layout_of
 from pipeline.extract.clips import Clip, list_clips, run_clips, shard
 from pipeline.extract.visual import RANDOM_MARKER, STREAMS, Preprocessing, check_kind, extract_streams, load_model
@@ -18,12 +19,6 @@ from pipeline.files.writes import atomic_write, save_json, save_pickle
 from pipeline.runs.folders import run_folder
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 _MODELS: dict[tuple, nn.Module] = {}  # one network per worker process, loaded on first use
@@ -94,7 +89,7 @@ def run(cfg, run_dir: str | os.PathLike | None = None) -> None:
     clips = list_clips(cfg.dataset.videos, layout_of(dataset), split_file,
                        lambda cid: [feature_path(dataset, f, cid) for f in folders])
     clips = shard(clips, int(cfg.shard), int(cfg.num_shards))
-    device = resolve_device(cfg.get("device"))
+    device = resolve_device(cfg.device)
     job = ClipJob(kind, str(fcfg.weights), None if width is None else float(width), Preprocessing.from_cfg(fcfg),
                   int(fcfg.batch_size), str(device), streams,
                   threads=max(1, (os.cpu_count() or 1) // int(cfg.num_workers)) if int(cfg.num_workers) > 0 else 0)

@@ -16,6 +16,7 @@ from pipeline.build.vocoder import load_vocoder_or_griffinlim
 from pipeline.checkpoints.reading import read_checkpoint
 from pipeline.checkpoints.released import model_files
 from pipeline.checkpoints.zoo import released_meta, resolve
+from pipeline.config.device import resolve_device
 from pipeline.extract.visual import WEIGHTS_HELP
 from pipeline.extract.visual import load_model as load_feature_model
 from pipeline.generate.settings import SamplingSettings
@@ -93,7 +94,7 @@ def load_user_models(cfg, device: torch.device | None = None) -> UserModels:
     `codebook.ckpt`, `vocoder.ckpt`, `feature_weights`, `+features`, `device`)."""
 
     if device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "cpu")
+        device = resolve_device(cfg.device)
     model, meta = load_model(cfg, device)
     return UserModels(model, meta, features_config(cfg, meta), load_vocoder_or_griffinlim(cfg.vocoder.ckpt,
                       device=device, zoo_cfg=cfg), device, str(cfg.get("model") or cfg.transformer.ckpt))

@@ -36,7 +36,7 @@ from pipeline.generate.loading import UserModels, feature_network, seeded_genera
 from pipeline.generate.sampling import sample_steps
 from pipeline.generate.settings import SamplingSettings
 from pipeline.media.audio import SR, save_wav
-from pipeline.media.mel import FRAMES_PER_COLUMN, MEL_FPS
+from pipeline.media.mel import FRAMES_PER_COLUMN, MEL_FPS, unit_mel
 from pipeline.media.source import ClipError
 from pipeline.media.video import (
     center_crop,
@@ -114,7 +114,7 @@ def decode_long(model, tokens: torch.Tensor, overlap_columns: int = DECODE_OVERL
     H, W = model.first_stage_permuter.H, model.first_stage_permuter.W
     cols = tokens.shape[1] // H
     if cols <= W:
-        return ((model.decode_to_spec(tokens)[0, 0].float() + 1) / 2).cpu().numpy()
+        return unit_mel(model.decode_to_spec(tokens)[0, 0].float()).cpu().numpy()
     layout = window_layout(cols * FRAMES_PER_COLUMN * 256, W * FRAMES_PER_COLUMN, FRAMES_PER_COLUMN, False,
                            overlap_columns * FRAMES_PER_COLUMN)  # (first frame, width) in mel frames
     mels = []
@@ -122,7 +122,7 @@ def decode_long(model, tokens: torch.Tensor, overlap_columns: int = DECODE_OVERL
         for start, width in layout:
             c0, c1 = start // FRAMES_PER_COLUMN, (start + width) // FRAMES_PER_COLUMN
             spec = model.decode_to_spec(tokens[:, c0 * H:c1 * H])  # (1, 1, 80, 16 (c1 - c0))
-            mels.append(((spec[0, 0].float() + 1) / 2).cpu().numpy())
+            mels.append(unit_mel(spec[0, 0].float()).cpu().numpy())
     return crossfade_join(mels, layout)
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from pipeline.build.vocoder import load_vocoder_or_griffinlim
+from pipeline.config.device import forces_cpu
 from pipeline.data.datasets import ConditionedDataset, batch_condition
 from pipeline.data.layout import layout_of
 from pipeline.evaluate.av_benchmark import write_av_benchmark
@@ -103,7 +104,7 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
     from accelerate import PartialState
 
 
-    state = PartialState(cpu=str(cfg.get("device", "auto")) == "cpu")
+    state = PartialState(cpu=forces_cpu(cfg.device))
     model, meta = load_model(cfg, state.device)
     args = meta["model_args"]
     settings = sampling_settings(cfg, meta)

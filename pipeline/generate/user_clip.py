@@ -35,7 +35,7 @@ from pipeline.generate.long_video import STREAMED_KINDS, sample_long_video
 from pipeline.generate.sampling import sample
 from pipeline.generate.settings import SamplingSettings
 from pipeline.media.audio import SR, save_wav
-from pipeline.media.mel import FRAMES_PER_COLUMN, MEL_FPS
+from pipeline.media.mel import FRAMES_PER_COLUMN, MEL_FPS, unit_mel
 from pipeline.media.video import mux_audio
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def generate(model, cond: torch.Tensor, settings: SamplingSettings, num_tokens: 
 
     tokens = sample(model, cond, num_tokens=num_tokens, **settings.options(), gt_tokens=gt_tokens, generator=generator)
     spec = model.decode_to_spec(tokens)  # (B, 1, 80, 16 cols) in [-1, 1]-ish
-    return ((spec[:, 0].float() + 1) / 2).cpu()  # (B, 80, T)
+    return unit_mel(spec[:, 0].float()).cpu()  # (B, 80, T)
 
 
 def sample_user_clip(models: UserModels, video: Path | None, outs: Sequence[Path],
@@ -151,7 +151,7 @@ def reconstruct_user_clip(models: UserModels, video: Path, out: Path) -> dict[st
     writes `<out>.wav`; returns {"mel": (80, 848), "wave", "wav"}."""
     seconds = video_seconds(video)
     tokens = models.model.encode_to_tokens(own_sound_image(video, models.device))
-    mel = ((models.model.decode_to_spec(tokens)[0, 0].float() + 1) / 2).cpu().numpy()  # (80, 848) in [0, 1]
+    mel = unit_mel(models.model.decode_to_spec(tokens)[0, 0].float()).cpu().numpy()  # (80, 848) in [0, 1]
     wave = np.asarray(models.vocode(mel), dtype=np.float32)[:round(seconds * SR)]
     save_wav(Path(out).with_suffix(".wav"), wave, SR, subtype="PCM_24")
     return {"mel": mel, "wave": wave, "wav": Path(out).with_suffix(".wav")}

@@ -46,6 +46,12 @@ FRAMES_PER_COLUMN = 16  # mel frames per code column (the codebook's 16x time do
 CHAINS = ("original", "direct")
 
 
+def unit_mel(spec):
+    """The models' [-1, 1] spectrogram as the [0, 1] mel that files, vocoders and classifiers take: (x + 1) / 2, not
+    clamped (spec §5.5; numpy arrays and tensors alike)."""
+    return (spec + 1) / 2
+
+
 @functools.lru_cache(maxsize=8)
 def mel_basis(sr: int = SR, n_fft: int = N_FFT, n_mels: int = N_MELS, fmin: float = FMIN,
               fmax: float = FMAX) -> np.ndarray:

@@ -19,13 +19,6 @@ from pipeline.files.writes import atomic_write, save_bytes
 log = logging.getLogger(__name__)
 
 
-def spectrogram_image(spec: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
-    """(F, T) spectrogram -> (F, T) uint8 image with low frequencies at the bottom."""
-    lo, hi = value_range
-    spec = np.clip((np.asarray(spec, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
-    return (np.flipud(spec) * 255).round().astype(np.uint8)
-
-
 class Logger:
     """`log_metrics`, `log_image`, `log_audio`, `log_table`, `finish`; a no-op on non-main processes."""
 

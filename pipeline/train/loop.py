@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.checkpoints.format import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pipeline.config.device import forces_cpu
 from pipeline.config.schemas import TrainerSchema
 from pipeline.train.logger import Logger
 
@@ -228,10 +229,10 @@ class Trainer:
         self.config = config
         self.batch_size = int(task.batch_size)
         precision, device = str(self.cfg["mixed_precision"]), str(self.cfg["device"])
-        if precision == "fp16" and (device == "cpu" or not torch.cuda.is_available()):
+        if precision == "fp16" and forces_cpu(device):
             raise ValueError("trainer.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
         self.accelerator = Accelerator(
-            cpu=device == "cpu",
+            cpu=forces_cpu(device),
             mixed_precision=precision,
             gradient_accumulation_steps=int(self.cfg["grad_accum"]),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),

@@ -7,7 +7,9 @@ import numpy as np
 import torch
 
 from pipeline.media.audio import SR
-from pipeline.train.logger import Logger, spectrogram_image
+from pipeline.media.images import spectrogram_image
+from pipeline.media.mel import unit_mel
+from pipeline.train.logger import Logger
 
 
 def log_spectrograms(logger: Logger, step: int, split: str, specs: Mapping[str, torch.Tensor],
@@ -22,5 +24,5 @@ def log_spectrograms(logger: Logger, step: int, split: str, specs: Mapping[str, 
         for i in range(min(max_items, spec.shape[0])):
             logger.log_image(f"{split}/{name}_{i}", spectrogram_image(spec[i].numpy()), step)
             if vocode is not None:
-                wave = vocode(((spec[i] + 1) / 2).numpy())
+                wave = vocode(unit_mel(spec[i]).numpy())
                 logger.log_audio(f"{split}/{name}_{i}_audio", np.asarray(wave), sample_rate, step)

@@ -33,7 +33,7 @@ from models.vggishish import VGGishish
 from pipeline.data.datasets import SpectrogramDataset
 from pipeline.data.normalization import Normalize, resolve_stats
 from pipeline.evaluate.metrics import classifier_metrics
-from pipeline.train.logger import spectrogram_image
+from pipeline.media.images import spectrogram_image
 from pipeline.train.loop import Task
 from pipeline.train.run import train
 
@@ -153,7 +153,7 @@ class ClassifierTask(Task):
 
     def on_validation_start(self) -> None:
         self._logits, self._targets = [], []
-        batches = int(self.ccfg.get("bn_recalibration_batches") or 0)
+        batches = int(self.ccfg.bn_recalibration_batches)
         if batches > 0:
             self.recalibrate(batches)
 

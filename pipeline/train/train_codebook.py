@@ -40,8 +40,8 @@ class CodebookTask(Task):
         self.cfg = cfg
         self.codebook_cfg = cfg.codebook
         self.batch_size = int(self.codebook_cfg.optim.batch_size)
-        self.collapse_share = float(cfg.get("collapse_dead_share", 0.9))
-        self.disc_step = str(self.codebook_cfg.optim.get("disc_step", "original"))
+        self.collapse_share = float(cfg.collapse_dead_share)
+        self.disc_step = str(self.codebook_cfg.optim.disc_step)
         if self.disc_step not in DISC_STEPS:
             raise ValueError(f"codebook.optim.disc_step={self.disc_step!r} is unknown: use original (the discriminator "
                              f"judges the reconstruction after the autoencoder's update, as the original) or fast "

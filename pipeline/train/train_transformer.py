@@ -209,7 +209,7 @@ class TransformerTask(Task):
 
     def train_dataset(self):
         ds = self._dataset(self.cfg.data.train_split, train=True)
-        if self.tcfg.get("roll_columns", False) and self.condition != "class":
+        if self.tcfg.roll_columns and self.condition != "class":
             W = codebook_grid(self.codebook, self.cfg.data.crop_len)[1]  # the codebook's columns of one clip
             return RolledColumns(ds, W, int(self.codebook.downsample_factor))
         return ds
@@ -250,7 +250,7 @@ class TransformerTask(Task):
         if self.vocode is None:
 
             self.vocode = load_vocoder_or_griffinlim(self.cfg.vocoder.ckpt)
-        n = int(self.cfg.get("media_samples", 2))
+        n = int(self.cfg.media_samples)
         model = self.trainer.unwrap("model")
         x, cond = self._inputs(batch)
         x, cond = x[:n], cond[:n]

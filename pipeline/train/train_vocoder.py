@@ -98,7 +98,7 @@ class VocoderTask(Task):
             s = self._mel_of(x)  # (B, 80, seq_len / 256) in [0, 1]
         with self.trainer.autocast():
             x_pred = netG(s)  # (B, 1, seq_len)
-        lambda_mel = float(self.vcfg.loss.get("lambda_mel", 0.0))
+        lambda_mel = float(self.vcfg.loss.lambda_mel)
         with torch.no_grad():
             mel_l1 = F.l1_loss(self._mel_of(x_pred.detach()), s)  # the original's monitor (a loss if lambda_mel > 0)
         # discriminator: fake (detached) and real in one forward through the prepared module
@@ -151,7 +151,7 @@ class VocoderTask(Task):
 
     def extra_checkpoint(self) -> dict[str, Any]:
         return {"loss_args": {"lambda_feat": float(self.vcfg.loss.lambda_feat),
-                              "lambda_mel": float(self.vcfg.loss.get("lambda_mel", 0.0))}, "sample_rate": SR,
+                              "lambda_mel": float(self.vcfg.loss.lambda_mel)}, "sample_rate": SR,
                 "hop_length": self.hop, "version": 1}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
