@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline.config.presets import preset
+from pipeline.config.presets import compose_stage, preset
+from pipeline.demo.make_demo_data import DemoSpec
 from pipeline.files.writes import save_npy, save_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,3 +195,8 @@ def fast_melception(num_classes: int):
             else:
                 tensor.normal_(0.0, 0.05, generator=generator)
     return model
+
+
+def demo_spec(**overrides) -> DemoSpec:
+    """The demo data set's spec as conf/make_demo_data.yaml composes it, with `overrides` (smaller sets for tests)."""
+    return DemoSpec.from_config(compose_stage("make_demo_data"), **overrides)

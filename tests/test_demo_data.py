@@ -11,7 +11,7 @@ import pytest
 from pipeline.data.layout import Labels
 from pipeline.demo.make_demo_data import run
 from pipeline.extract.clips import list_clips
-from tests.helpers import compose
+from tests.helpers import compose, demo_spec
 
 TINY = ["num_classes=2", "clips_per_class=2", "seconds=2", "size=64"]
 
@@ -132,13 +132,13 @@ def test_refuses_a_real_dataset(tmp_path):
 def test_the_idle_object_is_silent_and_clips_have_their_events():
     """The hiss between events sits at the mel floor (no random texture for a codebook to copy), and a 10-s clip
     has events_per_clip events."""
-    from pipeline.demo.make_demo_data import DemoSpec, clip_audio, plan
+    from pipeline.demo.make_demo_data import clip_audio, plan
     from pipeline.media.mel import mel_spectrogram
 
-    spec = DemoSpec(num_classes=4, clips_per_class=2)
+    spec = demo_spec(num_classes=4, clips_per_class=2)
     p = plan(spec)[0]
     quiet = clip_audio(p, spec)[: p.onsets[0]]  # before the first event (onsets are samples)
     assert mel_spectrogram(quiet).mean() < 0.01
     assert all(4 <= len(q.onsets) <= 6 for q in plan(spec))
     with pytest.raises(ValueError, match="events_per_clip"):
-        DemoSpec(events_per_clip=(3, 2))
+        demo_spec(events_per_clip=(3, 2))

@@ -178,14 +178,14 @@ def demo(tmp_path_factory, original_fixtures) -> dict:
     from models.melception import Melception
     from pipeline.checkpoints.format import save_checkpoint
     from pipeline.data.layout import audio_path, mel_path, video_path
-    from pipeline.demo.make_demo_data import DemoSpec, generate
+    from pipeline.demo.make_demo_data import generate
     from pipeline.files.writes import save_npy
     from pipeline.media.mel import extract_mel_and_audio
-    from tests.helpers import make_codebook
+    from tests.helpers import demo_spec, make_codebook
 
     tmp = tmp_path_factory.mktemp("evaluate_demo")
     root = tmp / "demo_data"
-    spec = DemoSpec(num_classes=2, clips_per_class=3, valid_share=0.34, seconds=2.0, size=32, fps=25)
+    spec = demo_spec(num_classes=2, clips_per_class=3, seconds=2.0, size=32, fps=25)
     generate(root, spec)
     classes = (root / "classes.txt").read_text().split()
     dataset = {"name": "demo", "layout": "vas", "root": str(root), "videos": str(root / "videos"),

@@ -15,18 +15,19 @@ from pipeline.config.presets import preset, preset_dict
 from pipeline.data.normalization import STATS_NAME, Normalize, compute_stats, read_stats, resolve_stats, save_stats
 from pipeline.train.loop import Trainer
 from pipeline.train.train_classifier import ClassifierTask, recalibrate_bn
+from tests.helpers import demo_spec
 
 
 @pytest.fixture(scope="module")
 def demo_mels(tmp_path_factory) -> dict:
     """A generated demo data set (4 classes x 5 clips of 2 s, tiny frames) with its mels, in the VAS layout."""
     from pipeline.data.layout import mel_path
-    from pipeline.demo.make_demo_data import DemoSpec, generate
+    from pipeline.demo.make_demo_data import generate
     from pipeline.files.writes import save_npy
     from pipeline.media.mel import extract_mel
 
     root = tmp_path_factory.mktemp("demo")
-    spec = DemoSpec(num_classes=4, clips_per_class=5, seconds=2.0, size=32, fps=10)
+    spec = demo_spec(num_classes=4, clips_per_class=5, seconds=2.0, size=32, fps=10)
     result = generate(root, spec)
     dataset = {"name": "demo", "layout": "vas", "root": str(root), "features": str(root / "features"),
                "splits": {"train": str(result["train"]), "valid": str(result["valid"])}, "classes": None}

@@ -15,14 +15,15 @@ from pipeline.config.presets import preset, preset_dict
 from pipeline.media.mel import MelTransform
 from pipeline.train.loop import Trainer
 from pipeline.train.train_vocoder import VocoderTask
+from tests.helpers import demo_spec
 
 
 def demo_like(root: Path, clips_per_class: int = 3, num_classes: int = 2) -> dict:
     """Demo-data waveforms (looped to 10 s, as extract_mels) in the VAS layout, without encoding videos."""
-    from pipeline.demo.make_demo_data import DemoSpec, clip_audio, plan
+    from pipeline.demo.make_demo_data import clip_audio, plan
     from pipeline.media.audio import loop_to_length
 
-    spec = DemoSpec(num_classes=num_classes, clips_per_class=clips_per_class, seconds=2.0)
+    spec = demo_spec(num_classes=num_classes, clips_per_class=clips_per_class, seconds=2.0)
     rows = {"train": [], "valid": []}
     for p in plan(spec):
         last = p.id.endswith(f"{clips_per_class - 1:05d}")

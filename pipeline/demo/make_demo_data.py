@@ -29,8 +29,7 @@ import numpy as np
 
 from pipeline.data.conditions import center_offset
 from pipeline.files.writes import atomic_write, save_bytes, save_json
-from pipeline.media.audio import SR
-from pipeline.media.mel import CROP_LEN, FRAMES_PER_COLUMN, HOP, SPEC_LEN
+from pipeline.media.mel import FRAMES_PER_COLUMN, HOP
 
 KINDS = ("chirp", "noise", "harmonic", "clicks")  # the four sound families, cycled for more classes
 SHAPES = {"chirp": "circle", "noise": "square", "harmonic": "triangle", "clicks": "ring"}
@@ -47,21 +46,31 @@ BASE_HUES = {"chirp": 0.0, "noise": 0.62, "harmonic": 0.33, "clicks": 0.15}  # r
 class DemoSpec:
     """How big the generated data set is; every field comes from conf/make_demo_data.yaml."""
 
-    num_classes: int = 4
-    clips_per_class: int = 6
-    valid_share: float = 1 / 3
-    seconds: float = 10.0
-    size: int = 128
-    fps: int = 25
-    sample_rate: int = SR
-    background: float = 1e-4  # std of the background hiss: 1e-4 sits at the mel floor, so the idle object is silent
-    events_per_clip: tuple[int, int] = (4, 6)  # fewest and most events of a clip (fewer when they do not fit)
-    seed: int = 0
+    num_classes: int
+    clips_per_class: int
+    valid_share: float
+    seconds: float
+    size: int
+    fps: int
+    sample_rate: int
+    background: float  # std of the background hiss
+    events_per_clip: tuple[int, int]  # fewest and most events of a clip (fewer when they do not fit)
+    seed: int
     # the models' window, whose code columns the events start on (conf/make_demo_data.yaml's grid)
-    hop: int = HOP  # mel hop in samples
-    spec_len: int = SPEC_LEN  # stored mel frames of 10 s
-    crop_len: int = CROP_LEN  # frames the models see (the centre crop)
-    frames_per_column: int = FRAMES_PER_COLUMN  # mel frames per code column
+    spec_len: int  # stored mel frames of 10 s
+    crop_len: int  # frames the models see (the centre crop)
+    hop: int = HOP  # mel hop in samples: the mel transform's, not a setting
+    frames_per_column: int = FRAMES_PER_COLUMN  # mel frames per code column: the codebook's, not a setting
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], **overrides: Any) -> DemoSpec:
+        """The spec of conf/make_demo_data.yaml (composed: `cfg`, or the stage's own when None), `overrides` set."""
+        values = dict(num_classes=int(cfg["num_classes"]), clips_per_class=int(cfg["clips_per_class"]),
+                      valid_share=float(cfg["valid_share"]), seconds=float(cfg["seconds"]), size=int(cfg["size"]),
+                      fps=int(cfg["fps"]), sample_rate=int(cfg["sample_rate"]), background=float(cfg["background"]),
+                      events_per_clip=tuple(int(n) for n in cfg["events_per_clip"]), seed=int(cfg["seed"]),
+                      **{key: int(value) for key, value in cfg["grid"].items()})
+        return cls(**{**values, **overrides})
 
     def __post_init__(self):
         if self.num_classes < 1 or self.clips_per_class < 1:
@@ -394,12 +403,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg["dataset"]["name"] != "demo":
         raise ValueError(f"make_demo_data writes the demo data set, but dataset={cfg['dataset']['name']}: "
                          f"drop the dataset override (the data goes to dataset=demo's root)")
-    spec = DemoSpec(num_classes=int(cfg["num_classes"]), clips_per_class=int(cfg["clips_per_class"]),
-                    valid_share=float(cfg["valid_share"]), seconds=float(cfg["seconds"]),
-                    size=int(cfg["size"]), fps=int(cfg["fps"]), sample_rate=int(cfg["sample_rate"]),
-                    background=float(cfg["background"]),
-                    events_per_clip=tuple(int(n) for n in cfg["events_per_clip"]), seed=int(cfg["seed"]),
-                    **{key: int(value) for key, value in cfg["grid"].items()})
+    spec = DemoSpec.from_config(cfg)
     dataset = cfg["dataset"]
     result = generate(dataset["root"], spec, dataset["videos"], dataset["splits"]["train"],
                       dataset["splits"]["valid"], overwrite=bool(cfg["overwrite"]))
