@@ -22,9 +22,10 @@ from typing import Any, Mapping
 import yaml
 
 from pipeline.data.normalization import STATS_NAME
+from pipeline.runs.folders import BEST, LAST, checkpoint_dir
 
 PROJECT_CONFIGS = "*-project.yaml"
-OUR_CHECKPOINTS = ("best.pt", "last.pt")  # preferred first
+OUR_CHECKPOINTS = (BEST, LAST)  # a run folder of ours: preferred first
 MELGAN_WEIGHTS = ("best_netG.pt", "netG.pt")  # preferred first
 MELGAN_ARGS = "args.yml"
 
@@ -61,7 +62,7 @@ def model_files(path: str | os.PathLike, kind: str) -> ModelFiles:
             raise FileNotFoundError(f"{path} has checkpoints/*.ckpt but no configs/{PROJECT_CONFIGS}: the original's "
                                     f"log folder is incomplete (re-unpack its archive)")
         return ModelFiles(pick_checkpoint(ckpt_dir), path, read_project_config(path))
-    ours = [ckpt_dir / name for name in OUR_CHECKPOINTS if (ckpt_dir / name).is_file()]
+    ours = [checkpoint_dir(path) / name for name in OUR_CHECKPOINTS if (checkpoint_dir(path) / name).is_file()]
     if ours:
         return ModelFiles(ours[0], path)
     if kind == "vocoder":

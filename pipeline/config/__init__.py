@@ -8,12 +8,13 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from pipeline.config.schemas import register as register_schemas
-from pipeline.runs.folders import run_name
+from pipeline.runs.folders import run_checkpoint, run_name
 
 
 def register_resolvers() -> None:
     resolvers = {
         "run_name": run_name,
+        "run_checkpoint": run_checkpoint,
         "sum": lambda *xs: sum(xs),
         "floordiv": lambda a, b: a // b,
     }

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 RESULT_FILE = "result.json"  # a training run's outcome (pipeline.train.run), read by sweep summaries
+CHECKPOINTS = "checkpoints"  # a training run's checkpoint folder
+LAST, BEST = "last.pt", "best.pt"  # the latest checkpoint (resume) and the best by validation
 
 # Overrides that say where or how a run executes, not what it computes: they stay out of run-folder names.
 # `dataset=NAME` is a folder level of its own, but keys inside it (split files, roots, features) and
@@ -61,3 +64,26 @@ def run_folder(given: str | Path | None = None, required: bool = True) -> Path |
         if required:
             raise ValueError("no run folder: outside `python -m stages.NAME`, pass run_dir=PATH") from None
         return None
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """A training run's checkpoint folder."""
+    return Path(run_dir) / CHECKPOINTS
+
+
+def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
+    """`<run>/checkpoints/best.pt` (which="best") or `last.pt` (which="last")."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which={which!r}: a run keeps a `best` and a `last` checkpoint")
+    return checkpoint_dir(run_dir) / (BEST if which == "best" else LAST)
+
+
+def stage_run_dir(outputs: str | Path, stage: str, dataset: str, overrides: Sequence[str] = ()) -> Path:
+    """Where `python -m stages.<stage> dataset=<dataset> <overrides>` puts its run (conf/base.yaml's hydra.run.dir)."""
+    return Path(outputs) / stage / dataset / run_name(list(overrides))
+
+
+def run_checkpoint(outputs: str, stage: str, dataset: str, which: str = "best", *overrides: str) -> str:
+    """The `${run_checkpoint:...}` resolver: the best (or last) checkpoint of another stage's run with `overrides`
+    (none: its default run), the path every config that chains stages derives."""
+    return str(checkpoint_path(stage_run_dir(outputs, stage, dataset, overrides), which))

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from pipeline import ROOT
 from pipeline.checkpoints.format import load_checkpoint
 from pipeline.files.writes import save_json
+from pipeline.runs.folders import checkpoint_path
 
 RECORD = "run.json"
 FORCE_KEY = "force_resume"   # conf/base.yaml; true resumes a folder whose recorded config differs
@@ -90,7 +91,7 @@ def recorded_config(run_dir: Path) -> tuple[dict | None, str]:
     record = run_dir / RECORD
     if record.exists():
         return json.loads(record.read_text())["config"], str(record)
-    last = run_dir / "checkpoints" / "last.pt"
+    last = checkpoint_path(run_dir, "last")
     if last.exists():
 
         return load_checkpoint(last).get("config"), str(last)

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.checkpoints.format import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.config.device import forces_cpu
 from pipeline.config.schemas import TrainerSchema
+from pipeline.runs.folders import BEST, LAST, checkpoint_dir
 from pipeline.train.logger import Logger
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ class Trainer:
         self.task, self.cfg = task, trainer_settings(cfg)
         self.run_dir = Path(run_dir)
         task.preflight(self.run_dir)  # before any work: a wrong file or size fails here
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = checkpoint_dir(self.run_dir)
         self.config = config
         self.batch_size = int(task.batch_size)
         precision, device = str(self.cfg["mixed_precision"]), str(self.cfg["device"])
@@ -336,8 +337,8 @@ class Trainer:
                     return metrics
             if val_loader is not None and (not limits.val_every or self.step % limits.val_every != 0):
                 metrics = self.validate(val_loader)
-            if not limits.ckpt_every or self.step % limits.ckpt_every != 0 or not (self.ckpt_dir / "last.pt").exists():
-                self.save("last.pt")
+            if not limits.ckpt_every or self.step % limits.ckpt_every != 0 or not (self.ckpt_dir / LAST).exists():
+                self.save(LAST)
         finally:
             progress.close()
             self._restore_signal_handlers(previous_handlers)
@@ -402,11 +403,11 @@ class Trainer:
         if val_loader is not None and limits.val_every and self.step % limits.val_every == 0:
             metrics = self.validate(val_loader)
         if limits.ckpt_every and self.step % limits.ckpt_every == 0:
-            self.save("last.pt")
+            self.save(LAST)
         if self._stop_requested():
-            self.save("last.pt")
+            self.save(LAST)
             log.warning("stopped by %s at step %d; resume from %s", signal.Signals(self.stop_signal).name,
-                        self.step, self.ckpt_dir / "last.pt")
+                        self.step, self.ckpt_dir / LAST)
         return metrics
 
     # --- preemption ----------------------------------------------------------------------------------
@@ -505,7 +506,7 @@ class Trainer:
         better = self.best is None or (value < self.best if self.task.monitor_mode == "min" else value > self.best)
         if better:
             self.best, self.bad_evals = value, 0
-            self.save("best.pt")
+            self.save(BEST)
             return
         self.bad_evals += 1
         patience = self.cfg["early_stop_patience"]
@@ -553,7 +554,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _maybe_resume(self) -> None:
-        path = self.ckpt_dir / "last.pt"
+        path = self.ckpt_dir / LAST
         if not path.exists():
             return
         ckpt = load_checkpoint(path, map_location="cpu")

@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.files.writes import save_json
-from pipeline.runs.folders import RESULT_FILE, run_folder
+from pipeline.runs.folders import RESULT_FILE, checkpoint_path, run_folder
 from pipeline.runs.identity import check_run_folder, record_start
 from pipeline.train.loop import Task, Trainer
 
@@ -28,7 +28,7 @@ def train(task: Task, cfg: DictConfig) -> dict[str, float]:
         record_start(folder, config, record)
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:
-        best, last = trainer.ckpt_dir / "best.pt", trainer.ckpt_dir / "last.pt"
+        best, last = checkpoint_path(folder, "best"), checkpoint_path(folder, "last")
         save_json(Path(folder) / RESULT_FILE, {
             "step": trainer.step, "metrics": metrics, "stopped_early": trainer.stopped_early,
             "best": str(best) if best.exists() else None, "last": str(last) if last.exists() else None})

@@ -37,6 +37,7 @@ from pipeline.checkpoints.zoo import resolve
 from pipeline.data.datasets import ConditionedDataset, batch_condition
 from pipeline.generate.sampling import sample
 from pipeline.generate.settings import SamplingSettings
+from pipeline.runs.folders import checkpoint_path
 from pipeline.train.loop import Task
 from pipeline.train.media import log_spectrograms
 from pipeline.train.run import train
@@ -89,7 +90,7 @@ def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
     codebook = load_codebook(path)
     wanted = model_args_from_stage(cfg, codebook)  # the sizes the model gets (a wrong grid or condition fails here)
     if run_dir is not None:
-        last = Path(run_dir) / "checkpoints" / "last.pt"
+        last = checkpoint_path(run_dir, "last")
         if last.exists():
             check_compatible(read_model_args(last), tcfg, source=f"{last} (being resumed)",
                              vocab_size=wanted["vocab_size"], grid=wanted["grid"])
