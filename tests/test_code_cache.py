@@ -8,6 +8,7 @@ import torch
 
 from pipeline.build.codebook import load_codebook
 from pipeline.build.transformer import build_transformer
+from pipeline.media.mel import CROP_LEN, FRAMES_PER_COLUMN
 from tests.helpers import make_codebook, make_dataset, tiny_transformer_cfg
 
 
@@ -23,7 +24,8 @@ def _task(outputs):
     torch.manual_seed(0)
     model = build_transformer(task.model_args(), codebook).eval()
     base = task._dataset("train", train=False)
-    return model, base, RolledColumns(base, columns=53), CodeCache(model.first_stage_permuter.H, 16)
+    rolled = RolledColumns(base, columns=CROP_LEN // FRAMES_PER_COLUMN, frames_per_column=FRAMES_PER_COLUMN)
+    return model, base, rolled, CodeCache(model.first_stage_permuter.H, FRAMES_PER_COLUMN)
 
 
 def _batch(items):

@@ -21,9 +21,11 @@ from pipeline.generate import long_video
 from pipeline.generate.loading import UserModels
 from pipeline.generate.long_video import decode_long, frame_features, long_condition, sample_long_video
 from pipeline.generate.sampling import _window_cond
+from pipeline.media.mel import CROP_LEN, FRAMES_PER_COLUMN
 from pipeline.media.video import frame_times, write_video
 from tests.helpers import features_preset
 
+W = CROP_LEN // FRAMES_PER_COLUMN  # code columns of one window (53)
 S = 212  # condition frames per window: the paper's 212-feature models, 4 frames per code column
 
 
@@ -77,12 +79,12 @@ def test_frame_features_are_the_extractions_frames_without_holding_the_video(mod
 def test_the_condition_follows_the_picture():
     cols = 135  # 25 s
     feats = np.arange(600, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # row t holds t: its time
-    cond, per_window = long_condition(feats, cols, {"feat_depth": 3, "feat_sample_size": S}, {"feat_crop_len": 212})
+    cond, per_window = long_condition(feats, cols, {"feat_depth": 3, "feat_sample_size": S}, {"feat_crop_len": 212}, W)
     assert per_window == S and cond.shape == (1, 3, 540)  # 4 frames per column over all 135 columns
     for js in (0, 1, 40, 82):  # the windows' first columns (82 = 135 - 53, the last)
         window = _window_cond(cond, js, cols=cols, S=S, slide_cond=True)[0, 0].numpy()
         assert np.array_equal(window, np.arange(4 * js, 4 * js + 212))  # the frames under columns js .. js + 52
-    short, _ = long_condition(feats[:100], cols, {"feat_depth": 3, "feat_sample_size": 5}, {"feat_crop_len": 212})
+    short, _ = long_condition(feats[:100], cols, {"feat_depth": 3, "feat_sample_size": 5}, {"feat_crop_len": 212}, W)
     assert short.shape == (1, 3, 13) and short[0, 0, -1] == 0  # past the video's end: zero rows, as in training
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pipeline.files.writes import save_torch
+from pipeline.media.mel import CROP_LEN, FRAMES_PER_COLUMN
 from tests.helpers import DEPTH, FEATURES, ROOT, make_codebook, make_dataset, tiny_transformer_cfg
 
 NO_ROLL = "transformer.roll_columns=false"
@@ -143,7 +144,7 @@ def test_rolled_columns_shift_mel_and_condition_together(demo, outputs):
     cfg.codebook.ckpt = str(demo)
     task = TransformerTask(cfg)
     base = task._dataset("train", train=False)
-    rolled = RolledColumns(base, columns=53)
+    rolled = RolledColumns(base, columns=CROP_LEN // FRAMES_PER_COLUMN, frames_per_column=FRAMES_PER_COLUMN)
     torch.manual_seed(3)
     item, plain = rolled[0], base[0]
     image, feature = np.asarray(item["image"]), np.asarray(item["feature"])
@@ -152,4 +153,5 @@ def test_rolled_columns_shift_mel_and_condition_together(demo, outputs):
     np.testing.assert_array_equal(feature, np.roll(plain["feature"], shifts[0], axis=0))
     assert item["target"] == plain["target"]
     with pytest.raises(ValueError, match="multiple of the 53 codebook columns"):
-        RolledColumns(ConditionedDataset(cfg.dataset, cfg.features, "train", 5), columns=53)
+        RolledColumns(ConditionedDataset(cfg.dataset, cfg.features, "train", 5), columns=CROP_LEN // FRAMES_PER_COLUMN,
+                      frames_per_column=FRAMES_PER_COLUMN)

@@ -89,7 +89,7 @@ def frame_features(video: str | Path, kind: str, model, prep, *, seconds: float 
 
 
 def long_condition(feats: np.ndarray, cols: int, model_args: dict[str, Any], fcfg: dict[str, Any],
-                   window_cols: int = 53) -> tuple[torch.Tensor, int]:
+                   window_cols: int) -> tuple[torch.Tensor, int]:
     """(T, D) frame features -> ((1, D, S_total) condition over `cols` columns, S frames per window).
 
     The output's columns are covered by `round(feat_crop_len * cols / window_cols)` feature frames (zero rows

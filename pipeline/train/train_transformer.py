@@ -109,12 +109,12 @@ class RolledColumns(Dataset):
     feat_sample_size / columns condition rows per column (so feat_sample_size must be a multiple of columns).
     """
 
-    def __init__(self, base: ConditionedDataset, columns: int, frames_per_column: int = 16):
+    def __init__(self, base: ConditionedDataset, columns: int, frames_per_column: int):
         size = int(base.sampler.size)
         if base.condition == "features" and size % columns:
             raise ValueError(f"transformer.roll_columns needs feat_sample_size to be a multiple of the {columns} "
-                             f"codebook columns (53, 106, 212), not {size}: a shift must move the condition by "
-                             f"whole rows; set transformer.roll_columns=false or change feat_sample_size")
+                             f"codebook columns ({columns}, {2 * columns}, ...), not {size}: a shift must move the "
+                             f"condition by whole rows; set transformer.roll_columns=false or change feat_sample_size")
         self.base, self.columns, self.frames_per_column = base, int(columns), int(frames_per_column)
         self.rows_per_column = size // columns
 
