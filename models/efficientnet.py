@@ -25,7 +25,3 @@ class EfficientNetLite0(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.net.extract_features(x)  # (B, 1280, H/32, W/32)
         return x.mean(dim=(2, 3))  # (B, 1280)
-
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """ImageNet logits (B, 1000): only to sanity-check loaded weights."""
-        return self.net._fc(self.forward(x))

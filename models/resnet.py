@@ -76,11 +76,3 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)  # (B, out_dim, 1, 1) -> (B, out_dim)
-
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """ImageNet logits (B, num_classes): only to sanity-check loaded weights."""
-        return self.fc(self.forward(x))
-
-
-def resnet50() -> ResNet:
-    return ResNet((3, 4, 6, 3), 64)

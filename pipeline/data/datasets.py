@@ -66,7 +66,7 @@ class SpectrogramDataset(Dataset):
     """
 
     def __init__(self, dataset_cfg: Mapping[str, Any], split: str, *, spec_len: int = SPEC_LEN,
-                 crop_len: int = CROP_LEN, random_crop: bool = False, check_files: bool = True):
+                 crop_len: int = CROP_LEN, random_crop: bool = False):
         self.dataset_cfg = dataset_cfg
         self.split = split
         self.spec_len, self.crop_len = int(spec_len), int(crop_len)
@@ -78,10 +78,9 @@ class SpectrogramDataset(Dataset):
         self.classes = self.labels.classes
         self.targets = [self.labels.target(i) for i in self.ids]
         self.mel_paths = [mel_path(dataset_cfg, i) for i in self.ids]
-        if check_files:
-            require_files(self.mel_paths, f"mel spectrograms of split {split!r}",
-                          "Fix: run `python -m stages.extract_mels` for this data set, or check "
-                          "dataset.features and the split file.")
+        require_files(self.mel_paths, f"mel spectrograms of split {split!r}",
+                      "Fix: run `python -m stages.extract_mels` for this data set, or check "
+                      "dataset.features and the split file.")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -125,18 +124,17 @@ class ConditionedDataset(SpectrogramDataset):
 
     def __init__(self, dataset_cfg: Mapping[str, Any], features_cfg: Mapping[str, Any], split: str,
                  feat_sample_size: int, condition: str = "features", random_crop: bool = False, *,
-                 spec_len: int = SPEC_LEN, crop_len: int = CROP_LEN, check_files: bool = True):
+                 spec_len: int = SPEC_LEN, crop_len: int = CROP_LEN):
         if condition not in CONDITIONS:
             raise ValueError(f"condition={condition!r} is unknown: use one of {CONDITIONS}")
-        super().__init__(dataset_cfg, split, spec_len=spec_len, crop_len=crop_len, random_crop=random_crop,
-                         check_files=check_files)
+        super().__init__(dataset_cfg, split, spec_len=spec_len, crop_len=crop_len, random_crop=random_crop)
         self.features_cfg = features_cfg
         self.condition = condition
         self.depth = int(features_cfg["depth"])
         self.feat_len = int(features_cfg["feat_len"])
         self.feat_crop_len = int(features_cfg["feat_crop_len"])
         self.sampler = FeatureSampler(feat_sample_size, self.feat_crop_len)
-        if condition == "features" and check_files:
+        if condition == "features":
             folders = [str(folder) for folder in features_cfg["folders"]]
             paths = [feature_path(dataset_cfg, folder, i) for i in self.ids for folder in folders]
             require_files(paths, f"feature pickles of split {split!r}",
@@ -189,16 +187,14 @@ class WaveformDataset(Dataset):
     the waveform is shorter). Evaluation returns the whole normalised waveform without gain.
     """
 
-    def __init__(self, dataset_cfg: Mapping[str, Any], split: str, segment: int = 8192, train: bool = True,
-                 check_files: bool = True):
+    def __init__(self, dataset_cfg: Mapping[str, Any], split: str, segment: int = 8192, train: bool = True):
         self.segment = int(segment)
         self.train = bool(train)
         self.ids = split_ids(dataset_cfg, split)
         self.paths = [audio_path(dataset_cfg, i) for i in self.ids]
-        if check_files:
-            require_files(self.paths, f"waveforms (_audio.npy) of split {split!r}",
-                          "Fix: run `python -m stages.extract_mels` (it writes `<id>_audio.npy` next to each "
-                          "mel), or check dataset.features and the split file.")
+        require_files(self.paths, f"waveforms (_audio.npy) of split {split!r}",
+                      "Fix: run `python -m stages.extract_mels` (it writes `<id>_audio.npy` next to each "
+                      "mel), or check dataset.features and the split file.")
 
     def __len__(self) -> int:
         return len(self.ids)
