@@ -9,7 +9,7 @@ DEMO_DIR ?= outputs/demo_data
 export WANDB_MODE ?= offline
 export PYTHONHASHSEED := 0
 
-.PHONY: help install system-packages demo test bench bench-gpu lint clean
+.PHONY: help install system-packages demo test test-fast bench bench-gpu lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ system-packages:  ## the Debian packages the tests start (installed as root when
 # loadgroup does not group under pytest 9)
 test: install system-packages  ## the tests (real data from ../shared; a real local SLURM cluster)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# the edit loop: everything but the tests that start SLURM, Chromium or stages in subprocesses (no Debian packages)
+test-fast: install  ## the fast lane (under 2 minutes on 2 idle cores): make test runs everything
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slurm and not browser and not slow" tests
 
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP workers sleep instead of spinning; on a shared machine a spinning worker that
 # lost its core stalls every parallel region (a paper-size batch-1 decoding step at 2 threads and load 3.5 on 2

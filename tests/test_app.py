@@ -171,6 +171,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.browser
 def test_the_page_in_headless_chromium(sampler, classifier_ckpt, tmp_path):
     """Load the page, upload a video, sample (the spectrogram streams in), get the audio, the mp4, the attention
     and the top-5; round-trip a wav in the codec tab; an error shows its reason. A screenshot per step."""

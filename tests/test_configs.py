@@ -95,6 +95,7 @@ def test_sampling_values_are_typed_in_every_place_they_are_set(compose):
             compose(stage, "dataset=demo", f"{key}=hot")
 
 
+@pytest.mark.slow
 def test_an_unknown_key_is_pointed_at_the_nearest_valid_one(outputs):
     from pipeline.config.check import unknown_key_hints
 

@@ -169,6 +169,7 @@ def _stage(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_the_stage_fetches_lists_and_fails_clearly(codebook, server, tmp_path):
     zoo, name, _ = codebook
     registry = tmp_path / "registry.yaml"

@@ -84,6 +84,7 @@ def test_stage_original_chain_split_and_shards(demo_set, tmp_path):
         run(_cfg("chain=fast"), run_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_stage_through_hydra(outputs):
     write_clip(outputs / "demo_data" / "videos" / "dog" / "a.mp4", 2.5, audio="chirp")
     env = {**os.environ, "SPECVQGAN_OUTPUTS": str(outputs), "WANDB_MODE": "disabled"}

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.helpers import ROOT, make_codebook, make_dataset
@@ -30,6 +31,7 @@ def _logged_steps(log: Path) -> list[int]:
     return [int(s) for s in re.findall(r"\] - step (\d+) ", log.read_text())] if log.exists() else []
 
 
+@pytest.mark.slow
 def test_sigterm_between_checkpoints_loses_no_step_and_the_rerun_resumes_there(outputs):
     make_dataset(outputs / "demo_data")
     codebook = make_codebook(outputs / "codebook.pt")

@@ -59,6 +59,7 @@ def test_every_link_is_relative_and_exists(report):
     assert "too few samples" in text and "class='met'" in text and "class='missed'" in text
 
 
+@pytest.mark.browser
 def test_report_renders_in_headless_chromium(report, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev extra: make install")
     if not Path(CHROMIUM).is_file():

@@ -24,6 +24,7 @@ def _train(outputs: Path, *overrides: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
 
 
+@pytest.mark.slow
 def test_a_changed_config_refuses_to_resume_into_the_run_folder(outputs):
     make_dataset(outputs / "demo_data")
     codebook = make_codebook(outputs / "codebook.pt")

@@ -15,6 +15,8 @@ import torch
 
 from tests.helpers import ROOT, make_codebook, make_dataset, write_clip
 
+pytestmark = pytest.mark.slurm  # a real SLURM cluster: `make test` only, not the fast lane
+
 # what one CPU of the test node can always give; the presets' GPUs, 8 CPUs and 64 GB would never start here
 TINY = ["hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
         "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=30"]

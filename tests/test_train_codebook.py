@@ -148,6 +148,7 @@ def _two_process_codebook(vas_dir: str, tmp_path: str) -> None:
     assert metrics["val/disc_factor"] == 1
 
 
+@pytest.mark.slow
 def test_codebook_trains_in_two_processes(vas_dir, tmp_path):
     from accelerate import debug_launcher
     from accelerate.state import AcceleratorState

@@ -41,6 +41,7 @@ def _val_losses(log_text: str) -> list[float]:
     return [float(v) for v in re.findall(r"validation at step \d+: .*?val/loss=([0-9.]+)", log_text)]
 
 
+@pytest.mark.slow
 def test_sweep_through_submitit_local_trains_and_a_rerun_resumes(demo, outputs):
     """One sweep (hydra/launcher=local: submitit pickles the job, as on SLURM) over two condition sizes."""
     _stage(outputs, "--multirun", "hydra/launcher=local", "transformer.feat_sample_size=1,5",

@@ -144,6 +144,7 @@ def _env(tmp_path: Path) -> dict:
             "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_sample_a_video_with_a_released_model_by_name_from_download_to_mp4(served, tmp_path, original_fixtures):
     import av
 
@@ -216,6 +217,7 @@ def vas_valid(tmp_path, vas_dir) -> Path:
     return data
 
 
+@pytest.mark.slow
 def test_one_row_of_table_c_from_the_released_fixtures(served, tmp_path, vas_valid):
     from pipeline.evaluate.paper_table import run
 
