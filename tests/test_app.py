@@ -1,44 +1,69 @@
-"""The interactive sampler (pipeline/app/app.py) on tiny models made on the spot: the processing function for an
-uploaded video (samples + mp4s + spectrograms + the codebook reconstruction) and for a data set clip (its stored
-features), its input errors, and the Gradio page (built when gradio is installed, else the error names the extra)."""
+"""The interactive sampler (pipeline/app/) on tiny models made on the spot: what the page calls for an uploaded video
+(samples + mp4s + spectrograms + the codebook reconstruction), a data set clip (its stored features) and a long video
+(the sample stage's own sampling, equal files), its input errors, the attention plot and the plain-language status,
+the stage printing its address, and the page in headless Chromium."""
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.app.app import Sampler, build_app, import_gradio
-from tests.helpers import compose, features_preset, make_codebook, make_dataset, make_transformer, write_clip
+from pipeline.app.app import build_app, done_status, import_gradio, page_settings, progress_status
+from pipeline.app.figures import attention_plot
+from pipeline.app.session import AppSampler, Preview
+from pipeline.generate.loading import load_user_models
+from pipeline.generate.settings import SamplingSettings
+from pipeline.generate.user_clip import sample_user_clip
+from tests.helpers import ROOT, compose, features_preset, make_codebook, make_dataset, make_transformer, write_clip
+
+SETTINGS = SamplingSettings("nopix", 1.0, 8, None)
+PRESS = dict(samples=1, max_seconds=None, seed=0, class_id=None, reconstruct=False)  # one press of the button
+
+
+def _app_cfg(ckpt: Path, melgan: Path, *overrides: str):
+    return compose("app", "dataset=demo", "logger=none", "device=cpu", f"transformer.ckpt={ckpt}",
+                   f"vocoder.ckpt={melgan}", *overrides)
 
 
 @pytest.fixture(scope="module")
-def sampler(tmp_path_factory, original_fixtures) -> Sampler:
+def checkpoint(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("app")
-    codebook = make_codebook(tmp / "codebook.pt")
-    ckpt = make_transformer(tmp / "t_rn50.pt", codebook, features_preset("resnet50_tiny"), 1)
-    cfg = compose("app", "dataset=demo", "logger=none", "device=cpu", f"transformer.ckpt={ckpt}",
-                  f"vocoder.ckpt={original_fixtures / 'melgan_netG_small.pt'}")
-    return Sampler(cfg, tmp / "run")
+    return make_transformer(tmp / "t_rn50.pt", make_codebook(tmp / "codebook.pt"), features_preset("resnet50_tiny"))
+
+
+@pytest.fixture(scope="module")
+def sampler(tmp_path_factory, checkpoint, original_fixtures) -> AppSampler:
+    cfg = _app_cfg(checkpoint, original_fixtures / "melgan_netG_small.pt")
+    return AppSampler(cfg, tmp_path_factory.mktemp("app_run"), load_user_models(cfg))
+
+
+def _with(sampler: AppSampler, **changes) -> AppSampler:
+    """The same models under another config (its run folder, classifier, ...)."""
+    run_dir = changes.pop("run_dir", sampler.run_dir)
+    return AppSampler(OmegaConf.merge(sampler.cfg, changes), run_dir, sampler.models)
 
 
 def test_an_uploaded_video_gives_sounds_videos_spectrograms_and_a_reconstruction(sampler, tmp_path):
     video = write_clip(tmp_path / "clip.mp4", 2.0)
-    result = sampler.generate(str(video), mode="half", temperature=0.9, top_k=8, top_p=0.9, samples=2, seed=3,
-                              reconstruct=True)
-    assert len(result.waves) == len(result.images) == len(result.mp4s) == 2
-    for wave, image, mp4, wav in zip(result.waves, result.images, result.mp4s, result.wavs):
+    result = sampler.generate(str(video), None, SamplingSettings("half", 0.9, 8, 0.9),
+                              **{**PRESS, "samples": 2, "seed": 3, "reconstruct": True})
+    assert len(result.waves) == len(result.mels) == len(result.mp4s) == 2
+    for wave, mel, mp4, wav in zip(result.waves, result.mels, result.mp4s, result.wavs):
         assert wave.dtype == np.float32 and abs(len(wave) / 22050 - 2.0) < 0.05  # cut to the video's length
-        assert image.shape == (160, 848, 3) and image.dtype == np.uint8
+        assert mel.shape == (80, 848)
         assert mp4.exists() and wav.exists() and mp4.parent == result.folder
     assert not np.array_equal(result.waves[0], result.waves[1])  # each sample its own seed
     recon = result.reconstruction
     assert recon["mel"].shape == (80, 848) and abs(len(recon["wave"]) / 22050 - 2.0) < 0.05
     assert recon["wav"].exists()
-    again = sampler.generate(str(video), samples=1, seed=3, max_seconds=1.5)  # a new folder per press
-    assert again.folder != result.folder and abs(len(again.waves[0]) / 22050 - 1.5) < 0.05
+    again = sampler.generate(str(video), None, SETTINGS, **{**PRESS, "seed": 3, "max_seconds": 1.5})
+    assert again.folder != result.folder and abs(len(again.waves[0]) / 22050 - 1.5) < 0.05  # a folder per press
 
 
 def test_a_data_set_clip_uses_its_stored_features(sampler, outputs):
@@ -48,54 +73,100 @@ def test_a_data_set_clip_uses_its_stored_features(sampler, outputs):
     for label in ("chirp", "noise"):  # features of the checkpoint's kind (resnet50_tiny, 256 dims)
         save_pickle(root / "features" / label / "feature_resnet50_tiny_dim256_21.5fps" / "video_00001.pkl",
                     np.zeros((215, 256), np.float32))
-    sampler = Sampler(OmegaConf.merge(sampler.cfg, {"dataset": {"root": str(root)}}), sampler.run_dir,
-                      models=sampler.models)  # the same models, the data set made here
-    assert sampler.clips() == ["chirp/video_00001", "noise/video_00001"]
-    result = sampler.generate(None, "noise/video_00001", samples=1)
-    assert result.mp4s == [None] and result.images[0].shape == (160, 848, 3)
+    here = _with(sampler, dataset={"root": str(root)})  # the same models, the data set made here
+    assert here.clips() == ["chirp/video_00001", "noise/video_00001"]
+    result = here.generate(None, "noise/video_00001", SETTINGS, **PRESS)
+    assert result.mp4s == [None] and result.mels[0].shape == (80, 848) and result.video_seconds is None
     with pytest.raises(ValueError, match="needs the clip's video"):
-        sampler.generate(None, "noise/video_00001", reconstruct=True)
+        here.generate(None, "noise/video_00001", SETTINGS, **{**PRESS, "reconstruct": True})
     with pytest.raises(ValueError, match="upload a video or pick a clip"):
-        sampler.generate(None, None)
+        here.generate(None, None, SETTINGS, **PRESS)
 
 
 def test_the_page_builds_and_without_gradio_the_error_names_the_extra(sampler, monkeypatch):
-    app = build_app(sampler.cfg, sampler.run_dir, sampler)  # gradio is in `make install` (the app extra)
+    app = build_app(sampler)  # gradio is in `make install` (the app extra)
     assert type(app).__name__ == "Blocks"
     ids = {getattr(block, "elem_id", None) for block in app.blocks.values()}
-    assert {"generate", "video_in", "live", "status", "codec_in", "codec_go"} <= ids, ids
+    assert {"generate", "video_in", "live", "status", "seconds", "attention_0", "codec_in", "codec_go"} <= ids, ids
+    lengths = [b for b in app.blocks.values() if "second" in str(getattr(b, "label", "")).lower()]
+    assert [b.elem_id for b in lengths] == ["seconds"]  # one control for the length
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if it were not installed
     with pytest.raises(ImportError, match=r"pip install -e \.\[app\]"):
         import_gradio()
     with pytest.raises(ImportError, match=r"pip install -e \.\[app\]"):
-        build_app(sampler.cfg, sampler.run_dir, sampler)
+        build_app(sampler)
 
 
-# --------------------------------------------------------------------- streaming, attention, classes, codec
+# --------------------------------------------------------------- streaming, the stage's sampling, attention
 def test_streamed_sampling_fills_the_spectrogram_and_ends_as_the_sample_stage(sampler, tmp_path):
-    from pipeline.app.app import Progress
-    from pipeline.generate.user_clip import sample_user_clip
-
     video = write_clip(tmp_path / "clip.mp4", 2.0)
-    items = list(sampler.stream(str(video), samples=2, seed=5, top_k=8, preview_columns=10))
-    progress, result = items[:-1], items[-1]
-    assert all(isinstance(p, Progress) for p in progress) and len(result.waves) == 2
+    items = list(_with(sampler, preview_columns=10).stream(str(video), None, SETTINGS,
+                                                            **{**PRESS, "samples": 2, "seed": 5}))
+    previews, result = items[:-1], items[-1]
+    assert all(isinstance(p, Preview) for p in previews) and len(result.waves) == 2
     for k in (0, 1):
-        steps = [p for p in progress if p.sample == k]
+        steps = [p for p in previews if p.sample == k]
         assert [p.done for p in steps] == [0, 50, 100, 150, 200, 250, 265]  # every 10 columns of 5 tokens, the end
-        dark = [int((p.image[:, :, 0].max(axis=0) == 0).sum()) for p in steps]  # image columns not sampled yet
+        dark = [int((p.mel.max(axis=0) == 0).sum()) for p in steps]  # mel columns not sampled yet
         assert dark[0] == 848 and dark[-1] < 848 and all(a > b for a, b in zip(dark, dark[1:-1]))
-        assert all(p.image.shape == (160, 848, 3) for p in steps)
-    # the same condition, seeds and files as `stages.sample video=...`
-    expected = sample_user_clip(sampler.models, video, [tmp_path / "stage" / f"s_{k}" for k in (0, 1)],
-                                {"mode": "nopix", "temperature": 1.0, "top_k": 8, "top_p": None}, seed=5)
+        assert steps[-1].seconds == pytest.approx(53 * 16 / (22050 / 256))
+    # the same condition, seeds, sampler and files as `stages.sample video=...`
+    expected = sample_user_clip(sampler.models, video, [tmp_path / "stage" / f"s_{k}" for k in (0, 1)], SETTINGS,
+                                seed=5, max_seconds=None)
     for k in (0, 1):
         assert np.array_equal(result.mels[k], expected[k]["mel"])
         assert np.array_equal(result.waves[k], expected[k]["wave"])
-        att = result.attention[k]
+        att, times = result.attention[k], result.attention_seconds[k]
         S = int(sampler.models.args["feat_sample_size"])  # the condition's frames
-        assert att.shape == (S,) and (att >= 0).all() and 0 < att.sum() <= 1 + 1e-5
+        assert att.shape == times.shape == (S,) and (att >= 0).all() and 0 < att.sum() <= 1 + 1e-5
+        assert 0 < times[0] < times[-1] < 9.9  # the frames over the model's 9.85-s window
     assert result.top5 == [None, None]  # no classifier configured
+
+
+def test_a_long_video_sounds_on_the_page_as_from_the_stage(sampler, tmp_path):
+    """A 12-s video: the page samples it as `stages.sample` does (the sliding window, the condition following the
+    picture), the same tokens and files, and its attention plot covers the last window's frames."""
+    video = write_clip(tmp_path / "long.mp4", 12.0)
+    result = sampler.generate(str(video), None, SETTINGS, **{**PRESS, "seed": 7})
+    expected = sample_user_clip(sampler.models, video, [tmp_path / "stage" / "long_sample_0"], SETTINGS, seed=7,
+                                max_seconds=None)[0]
+    assert expected["clip"].window["slide_cond"]  # the stage's long-video path
+    assert result.mels[0].shape == expected["mel"].shape == (80, 16 * 65)
+    assert np.array_equal(result.mels[0], expected["mel"]) and np.array_equal(result.waves[0], expected["wave"])
+    assert abs(len(result.waves[0]) / 22050 - 12.0) < 0.05
+    times = result.attention_seconds[0]
+    assert times[0] > 2.0 and times[-1] < 12.2  # the last window: its frames from 12 - 9.85 s on
+
+
+def test_the_attention_plot_is_readable():
+    weights = np.array([0.05, 0.4, 0.1, 0.02, 0.01])
+    seconds = (np.arange(5) + 0.5) * 9.85 / 5
+    image = attention_plot(weights, seconds, video_seconds=4.0)
+    assert image.shape == (280, 900, 3) and image.dtype == np.uint8
+    bars = np.all(image == (0xE0, 0x78, 0x14), axis=-1)  # the bars' colour
+    columns = np.flatnonzero(bars.any(axis=0))
+    assert 0.5 < columns.size / 900 < 0.9  # five bars, each most of its frame's width
+    heights = [int(bars[:, c].sum()) for c in columns]
+    assert max(heights) > 150 and min(heights) >= 1  # the largest weight fills most of the height
+    tallest = int(columns[np.argmax(heights)])
+    assert 180 < tallest < 450  # the second frame (about 3 s) on the time axis
+    assert np.any(np.all(image == (224, 224, 224), axis=-1))  # past the video's end: shaded
+
+
+def test_the_status_speaks_plainly(sampler, tmp_path):
+    from pipeline.app.session import Result
+
+    assert progress_status(Preview(0, 120, 265, np.zeros((80, 848)), 4.27), 2) == (
+        "Sample 1 of 2: 120 of 265 sound tokens (45%), the first 4.3 s of sound")
+    result = Result(tmp_path, 2.0, waves=[np.zeros(44100, np.float32)], attention=[np.array([0.1, 0.5, 0.2])],
+                    attention_seconds=[np.array([1.0, 3.0, 5.0])])
+    text = done_status(result)
+    assert text.startswith(f"Done: 1 sound of 2.0 s, saved in `{tmp_path}`.")
+    assert "looked most at the video around 3.0 s (past the video's end: its padding)" in text
+    assert "position" not in text and "condition" not in text
+    result.video_seconds = 4.0
+    assert "around 3.0 s (the plots below each sample)" in done_status(result)
+    assert page_settings("nopix", 0.8, 0, 1.0) == SamplingSettings("nopix", 0.8, None, None)  # 0 and 1 mean off
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +192,8 @@ def test_the_classifier_gives_the_top_five_classes(sampler, classifier_ckpt, tmp
     import torch
 
     path, model, classes = classifier_ckpt
-    with_classifier = Sampler(OmegaConf.merge(sampler.cfg, {"classifier": {"ckpt": str(path)}}), sampler.run_dir,
-                              models=sampler.models)
-    result = with_classifier.generate(str(write_clip(tmp_path / "clip.mp4", 2.0)), seed=1)
+    result = _with(sampler, classifier={"ckpt": str(path)}).generate(str(write_clip(tmp_path / "clip.mp4", 2.0)),
+                                                                     None, SETTINGS, **{**PRESS, "seed": 1})
     [top5] = result.top5
     with torch.no_grad():
         x = (torch.from_numpy(result.mels[0])[None] - 0.5) / 0.2
@@ -157,6 +227,32 @@ def test_errors_keep_their_reason():
     assert page_error(gr, KeyError("model_args")).message == "KeyError: 'model_args'"
 
 
+def test_the_stage_prints_its_address(checkpoint, original_fixtures, outputs):
+    """`python -m stages.app port=0`: the page comes up on a free port and the stage says where."""
+    pytest.importorskip("gradio", reason="gradio is the app extra: make install")
+    import httpx
+
+    env = {**os.environ, "SPECVQGAN_OUTPUTS": str(outputs), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "stages.app", "dataset=demo", "logger=none", "device=cpu",
+                                f"transformer.ckpt={checkpoint}", "port=0"], cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, lines, url = time.monotonic() + 180, [], None
+        while url is None and time.monotonic() < deadline and process.poll() is None:
+            line = process.stdout.readline()
+            lines.append(line)
+            if line.startswith("[app] the page is up at "):
+                url = line.split(" at ", 1)[1].split()[0]
+        assert url is not None, "".join(lines)[-3000:]
+        assert url.startswith("http://127.0.0.1:")
+        page = httpx.get(url, timeout=30)
+        assert page.status_code == 200 and "SpecVQGAN sampler" in page.text
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        process.stdout.close()
+
+
 # ------------------------------------------------------------------------------- the page in a real browser
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright drives it, downloading no browser of its own
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -174,7 +270,8 @@ def _free_port() -> int:
 @pytest.mark.browser
 def test_the_page_in_headless_chromium(sampler, classifier_ckpt, tmp_path):
     """Load the page, upload a video, sample (the spectrogram streams in), get the audio, the mp4, the attention
-    and the top-5; round-trip a wav in the codec tab; an error shows its reason. A screenshot per step."""
+    plot (readable: at its drawn size) and the top-5; round-trip a wav in the codec tab; an error shows its
+    reason. A screenshot per step (SPECVQGAN_SCREENSHOTS=DIR keeps them)."""
     pytest.importorskip("gradio", reason="gradio is the app extra: make install")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev extra: make install")
     if not Path(CHROMIUM).is_file():
@@ -184,12 +281,11 @@ def test_the_page_in_headless_chromium(sampler, classifier_ckpt, tmp_path):
 
     from pipeline.app.app import launch
 
-    cfg = OmegaConf.merge(sampler.cfg, {"classifier": {"ckpt": str(classifier_ckpt[0])}, "port": _free_port(),
-                                        "preview_columns": 2})
-    page_sampler = Sampler(cfg, tmp_path / "run", models=sampler.models)
-    app = build_app(cfg, tmp_path / "run", page_sampler)
-    launch(app, cfg, tmp_path / "run", block=False)
-    shots = tmp_path / "screenshots"
+    page_sampler = _with(sampler, classifier={"ckpt": str(classifier_ckpt[0])}, port=_free_port(),
+                         preview_columns=2, run_dir=tmp_path / "run")
+    app = build_app(page_sampler)
+    launch(app, page_sampler)
+    shots = Path(os.environ.get("SPECVQGAN_SCREENSHOTS") or tmp_path / "screenshots")
     print(f"screenshots in {shots}")
     video = write_clip(tmp_path / "upload.mp4", 2.0)
     sr = 48000
@@ -217,25 +313,37 @@ def test_the_page_in_headless_chromium(sampler, classifier_ckpt, tmp_path):
 
                 with pytest.raises(Exception, match="upload a video or pick a clip"):
                     Client(app.local_url, verbose=False).predict(
-                        None, None, "nopix", 1.0, 0, 1.0, 1, 2.0, False, 0, False, 0, api_name="/generate")
+                        None, None, "nopix", 1.0, 0, 1.0, 1, 2.0, 0, False, 0, api_name="/generate")
                 page.locator("#video_in input[type=file]").set_input_files(str(video))
                 page.locator("#video_in video").wait_for(timeout=60_000)
                 page.screenshot(path=str(shots / "3_uploaded.png"), full_page=True)
-                # record every spectrogram the page shows while the tokens arrive
-                page.evaluate("""() => { window.__live = new Set();
-                    new MutationObserver(() => document.querySelectorAll('#live img').forEach(
-                        i => window.__live.add(i.src))).observe(document.body,
-                        {subtree: true, childList: true, attributes: true}); }""")
+                # record every spectrogram and status the page shows while the tokens arrive
+                page.evaluate("""() => { window.__live = new Set(); window.__status = new Set();
+                    new MutationObserver(() => {
+                        document.querySelectorAll('#live img').forEach(i => window.__live.add(i.src));
+                        const s = document.querySelector('#status'); if (s) window.__status.add(s.innerText);
+                    }).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                               characterData: true}); }""")
                 page.locator("#generate").click()
                 page.locator("#video_0 video").wait_for(timeout=180_000)
                 page.locator("#audio_0 audio").first.wait_for(state="attached", timeout=60_000)
                 page.locator("#top5_0").get_by_text("sound").first.wait_for(timeout=60_000)
+                page.locator("#attention_0 img").wait_for(timeout=60_000)
+                page.locator("#attention_0").scroll_into_view_if_needed()
                 page.screenshot(path=str(shots / "4_sampled.png"), full_page=True)
                 assert page.evaluate("() => window.__live.size") >= 3  # streamed: the spectrogram grew
+                statuses = page.evaluate("() => [...window.__status]")
+                assert any(s.startswith("Sample 1 of 1:") and "sound tokens" in s for s in statuses), statuses
                 assert page.locator("#video_0 video").get_attribute("src").split("?")[0].endswith(".mp4")
-                for element in ("#spec_0 img", "#attention_0 img"):
-                    assert page.locator(element).evaluate("i => i.complete && i.naturalWidth > 0"), element
-                assert "attended most" in page.locator("#status").inner_text()
+                assert page.locator("#spec_0 img").evaluate("i => i.complete && i.naturalWidth > 0")
+                plot = page.locator("#attention_0 img")
+                natural = plot.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+                shown = plot.bounding_box()
+                assert natural == [900, 280], natural  # the plot as drawn: axes, labels, bars
+                assert shown["width"] >= 600 and shown["height"] >= 180, shown  # shown large enough to read
+                plot.screenshot(path=str(shots / "4_attention.png"))
+                status = page.locator("#status").inner_text()
+                assert status.startswith("Done: 1 sound of 2.0 s") and "the model looked most at the video" in status
                 # the codec tab
                 page.get_by_role("tab", name="codec").click()
                 page.locator("#codec_in input[type=file]").set_input_files(str(wav))
@@ -244,7 +352,7 @@ def test_the_page_in_headless_chromium(sampler, classifier_ckpt, tmp_path):
                 page.locator("#codec_report").get_by_text("kbps").wait_for(timeout=120_000)
                 page.locator("#codec_out audio").first.wait_for(state="attached", timeout=60_000)
                 report = page.locator("#codec_report").inner_text()
-                assert "48000 Hz" in report and "compression" in report and "SNR" in report
+                assert "48000 Hz" in report and "compression" in report
                 page.screenshot(path=str(shots / "5_codec.png"), full_page=True)
             finally:
                 context.close()
@@ -252,4 +360,4 @@ def test_the_page_in_headless_chromium(sampler, classifier_ckpt, tmp_path):
         app.close()
     written = sorted((tmp_path / "run" / "requests").glob("*/*_sample_0.mp4"))
     assert written and sorted(p.name for p in shots.iterdir()) == [
-        "1_loaded.png", "2_error.png", "3_uploaded.png", "4_sampled.png", "5_codec.png"]
+        "1_loaded.png", "2_error.png", "3_uploaded.png", "4_attention.png", "4_sampled.png", "5_codec.png"]

@@ -123,7 +123,7 @@ def test_sampling_settings_are_checked_and_auto_takes_the_recorded_top_k():
     for bad, key in (({"mode": "full"}, "sampling.mode"), ({"temperature": 0.0}, "sampling.temperature"),
                      ({"top_k": 0}, "sampling.top_k"), ({"top_p": 1.5}, "sampling.top_p")):
         with pytest.raises(ValueError, match=key):
-            SamplingSettings(**bad)
+            SamplingSettings(**{**node, "top_k": None, **bad})
 
 
 def test_the_clip_sizes_are_one_node_and_the_code_constants_agree(compose):

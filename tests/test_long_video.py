@@ -18,15 +18,19 @@ from pipeline.config.presets import preset
 from pipeline.extract.visual import Preprocessing, extract_streams
 from pipeline.extract.visual import load_model as load_feature_model
 from pipeline.generate import long_video
+from pipeline.generate.decoding import TokenSampler
 from pipeline.generate.loading import UserModels
-from pipeline.generate.long_video import decode_long, frame_features, long_condition, sample_long_video
+from pipeline.generate.long_video import decode_long, frame_features, long_condition, streamed_condition
 from pipeline.generate.sampling import _window_cond
+from pipeline.generate.settings import SamplingSettings
+from pipeline.generate.user_clip import sample_user_clip
 from pipeline.media.mel import CROP_LEN, FRAMES_PER_COLUMN
 from pipeline.media.video import frame_times, write_video
 from tests.helpers import features_preset
 
 W = CROP_LEN // FRAMES_PER_COLUMN  # code columns of one window (53)
 S = 212  # condition frames per window: the paper's 212-feature models, 4 frames per code column
+SETTINGS = {"mode": "nopix", "temperature": 1.0, "top_k": 8, "top_p": None}
 
 
 def _fcfg() -> dict:
@@ -51,7 +55,8 @@ def models() -> UserModels:
     gpt = GPTFeats(vocab_size=codebook.n_embed, block_size=S + 265, feat_depth=256, n_layer=1, n_head=2, n_embd=32)
     model = Net2NetTransformer(codebook, gpt, ColumnMajor()).eval()
     args = {"feat_depth": 256, "feat_sample_size": S, "vocab_size": codebook.n_embed, "condition": "features"}
-    return UserModels(model, {"model_args": args}, fcfg, Vocoder(None, n_iter=2), torch.device("cpu"), "tiny")
+    return UserModels(model, TokenSampler(model, "fp32", False), {"model_args": args}, fcfg, Vocoder(None, n_iter=2),
+                      torch.device("cpu"), "tiny")
 
 
 def test_frame_features_are_the_extractions_frames_without_holding_the_video(models, tmp_path, monkeypatch):
@@ -103,30 +108,32 @@ def test_long_tokens_decode_window_by_window(models):
 
 def test_a_25_s_video_gets_25_s_of_sound(models, tmp_path, capsys):
     video = _video(tmp_path / "clip.mp4", 25.0)
-    settings = {"mode": "nopix", "temperature": 1.0, "top_k": 8, "top_p": None}
-    made = sample_long_video(models, video, tmp_path / "out" / "clip_sample_0", settings, seed=3)
-    assert made["seconds"] == pytest.approx(25.0, abs=0.11)
+    made = sample_user_clip(models, video, [tmp_path / "out" / "clip_sample_0"], SETTINGS, seed=3, max_seconds=None)[0]
     assert made["mel"].shape == (80, 16 * 135) and abs(made["wave"].size - 25.0 * 22050) <= 0.11 * 22050
+    assert made["clip"].window == {"slide_cond": True, "cond_frames": S}  # the condition follows the picture
     assert "sound for clip.mp4" in capsys.readouterr().err  # the progress bar, in seconds of audio
     with av.open(str(made["mp4"])) as mp4, av.open(str(video)) as src:
         assert float(mp4.streams.audio[0].duration * mp4.streams.audio[0].time_base) == pytest.approx(25.0, abs=0.15)
         assert mp4.streams.video[0].frames == src.streams.video[0].frames  # the picture untouched
-    again = sample_long_video(models, video, tmp_path / "again" / "clip", settings, seed=3, max_seconds=12.0,
-                              progress=False)
+    again = sample_user_clip(models, video, [tmp_path / "again" / "clip"], SETTINGS, seed=3, max_seconds=12.0)[0]
     assert again["mel"].shape == (80, 16 * 65) and again["wave"].size == round(12.0 * 22050)
-    with pytest.raises(ValueError, match="mode=nopix"):
-        sample_long_video(models, video, tmp_path / "x", {**settings, "mode": "half"})
+    with pytest.raises(ValueError, match="mode=half primes with the video's own sound"):
+        sample_user_clip(models, video, [tmp_path / "x"], {**SETTINGS, "mode": "half"}, seed=3, max_seconds=None)
 
 
-def test_the_sample_stage_gives_a_long_video_its_whole_length_by_default(models, tmp_path):
-    from pipeline.generate.user_clip import sample_user_clip
-
+def test_a_long_video_is_sampled_window_by_window_with_its_own_frames(models, tmp_path):
+    """The stage's path for a 12-s video is: the streamed condition, the sampler's sliding window over it (each
+    window its own frames), the windows decoded one by one; and max_seconds caps it."""
     video = _video(tmp_path / "long.mp4", 12.0)
-    settings = {"mode": "nopix", "temperature": 1.0, "top_k": 8, "top_p": None}
-    made = sample_user_clip(models, video, [tmp_path / "stage" / "long_sample_0"], settings, seed=5)[0]
+    made = sample_user_clip(models, video, [tmp_path / "stage" / "long_sample_0"], SETTINGS, seed=5,
+                            max_seconds=None)[0]
     assert made["wave"].size == round(12.0 * 22050) and made["mp4"].exists()  # no max_seconds: the whole video
-    direct = sample_long_video(models, video, tmp_path / "direct" / "long", settings, seed=5, progress=False)
-    assert np.array_equal(made["mel"], direct["mel"])  # the stage's path is the long-video sampler
-    capped = sample_user_clip(models, video, [tmp_path / "capped" / "long_sample_0"], settings, seed=5,
+    cols = 65  # ceil(12 s * 86.13 / 16)
+    cond, window = streamed_condition(models, video, cols, 12.0)
+    tokens = models.sampler.sample(cond, SamplingSettings.coerce(SETTINGS), 5 * cols,
+                                   generator=torch.Generator().manual_seed(5 * 1_000_003), **window)
+    assert torch.equal(made["tokens"], tokens)
+    assert np.array_equal(made["mel"], decode_long(models.model, tokens))
+    capped = sample_user_clip(models, video, [tmp_path / "capped" / "long_sample_0"], SETTINGS, seed=5,
                               max_seconds=4.0)[0]
-    assert capped["wave"].size == round(4.0 * 22050)
+    assert capped["wave"].size == round(4.0 * 22050) and capped["clip"].window == {}  # one window: no sliding

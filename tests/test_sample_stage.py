@@ -1,9 +1,11 @@
 """The sample stage on tiny models made on the spot: a data set split in the original's layout (skip on rerun,
 settings guard, half mode), a user's video through the Hydra entry point (wav + mp4 with sound of the video's
-length), and the errors for a video without frames, a too short one and features of the wrong depth."""
+length), the errors for a video without frames, a too short one and features of the wrong depth, the settings a
+rerun is checked against (another vocoder), and the one sampler behind every entry point."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -27,7 +29,8 @@ def models(outputs: Path, tmp_path: Path) -> dict[str, Path]:
     make_dataset(outputs / "demo_data", train=1, valid=1)
     codebook = make_codebook(tmp_path / "codebook.pt")
     return {"split": make_transformer(tmp_path / "t_effnet.pt", codebook, features_preset("efficientnet_lite0")),
-            "video": make_transformer(tmp_path / "t_rn50.pt", codebook, features_preset("resnet50_tiny"), 1)}
+            "video": make_transformer(tmp_path / "t_rn50.pt", codebook, features_preset("resnet50_tiny"), 1),
+            "codebook": codebook}
 
 
 @pytest.fixture
@@ -150,3 +153,90 @@ def test_condition_shuffle_and_the_av_benchmark_layout(models, melgan, outputs, 
     assert "evaluate.py --gt_audio" in readme and "extract_video.py" in readme and "1 clip(s) have no video" in readme
     with pytest.raises(ValueError, match="av_benchmark=true needs the samples' wavs"):
         run(compose(*SAMPLE, *common, "write_wav=false", "av_benchmark=true"), run_dir=tmp_path / "nowav")
+
+
+# ------------------------------------------------------------------ the settings a rerun is checked against
+def test_a_rerun_with_another_vocoder_is_refused_not_skipped(models, melgan, tmp_path, compose):
+    """The wav of a video sampled with MelGAN is not kept when the rerun asks for Griffin-Lim (or another MelGAN):
+    the rerun refuses, naming the key, and `overwrite=true` makes the wav again."""
+    video = write_clip(tmp_path / "clip.mp4", 2.0)
+    common = (*SAMPLE, f"transformer.ckpt={models['video']}", f"video={video}")
+    run(compose(*common, melgan), run_dir=tmp_path / "run")
+    wav = tmp_path / "run" / "clip_sample_0.wav"
+    with_melgan = sf.read(wav)[0]
+    record = json.loads((tmp_path / "run" / "sampling.json").read_text())
+    assert record["vocoder.ckpt"].endswith("melgan_netG_small.pt") and record["sampler"] == "fp32 KV cache (exact)"
+    assert run(compose(*common, melgan), run_dir=tmp_path / "run")["skipped"] == 1  # the same settings: skipped
+    with pytest.raises(ValueError, match=r"other settings \(vocoder.ckpt: .*melgan_netG_small.pt' -> 'griffinlim'\)"
+                                         r".*overwrite=true"):
+        run(compose(*common), run_dir=tmp_path / "run")
+    assert np.array_equal(sf.read(wav)[0], with_melgan)  # nothing touched
+    with pytest.raises(ValueError, match="precision: 'fp32' -> 'bf16'"):  # the fast path makes other tokens
+        run(compose(*common, melgan, "sampling.precision=bf16"), run_dir=tmp_path / "run")
+    assert run(compose(*common, "overwrite=true"), run_dir=tmp_path / "run")["written"] == 1
+    assert not np.array_equal(sf.read(wav)[0], with_melgan)  # Griffin-Lim's now
+    split = (*SAMPLE, f"transformer.ckpt={models['split']}", "write_wav=false")
+    run(compose(*split), run_dir=tmp_path / "split")
+    with pytest.raises(ValueError, match="vocoder.ckpt"):  # a split likewise
+        run(compose(*split, melgan), run_dir=tmp_path / "split")
+
+
+# ------------------------------------------------------------------------------- one sampler behind them all
+@pytest.fixture
+def sampler_calls(monkeypatch) -> list[tuple[str, int, bool]]:
+    """Every `TokenSampler.steps` call from here on: (the sampler's path in words, tokens, sliding condition)."""
+    from pipeline.generate.decoding import TokenSampler
+
+    calls, steps = [], TokenSampler.steps
+
+    def recording(self, cond, settings, num_tokens=None, **options):
+        calls.append((str(self), num_tokens, bool(options.get("slide_cond"))))
+        return steps(self, cond, settings, num_tokens, **options)
+
+    monkeypatch.setattr(TokenSampler, "steps", recording)
+    return calls
+
+
+def test_every_entry_point_samples_through_the_stages_sampler(models, outputs, tmp_path, compose, sampler_calls):
+    """The sample stage (a split, a video, a long video), the app and the training stage's logged samples take
+    their tokens from the one `TokenSampler`, built from the `sampling` group: `sampling.precision=bf16` puts every
+    one of them on the fast path (what `auto` does on a GPU: tests/test_sampling.py)."""
+    from pipeline.app.session import AppSampler
+    from pipeline.generate.loading import load_user_models
+    from pipeline.generate.settings import SamplingSettings
+    from pipeline.train.loop import Trainer
+    from pipeline.train.train_transformer import TransformerTask
+    from tests.helpers import tiny_transformer_cfg
+
+    fast = "bf16 static KV cache, eager"  # on a CPU; on a GPU a CUDA graph (and the batch-1 step compiled)
+    run(compose(*SAMPLE, f"transformer.ckpt={models['split']}", "sampling.precision=bf16", "write_wav=false"),
+        run_dir=tmp_path / "split")
+    assert sampler_calls == [(fast, 265, False)]  # one batch of the split's 2 clips
+    assert json.loads((tmp_path / "split" / "samples" / "valid" / "sampling.json").read_text())["sampler"] == fast
+    video, long = write_clip(tmp_path / "clip.mp4", 2.0), write_clip(tmp_path / "long.mp4", 12.0)
+    for clip, expected in ((video, (fast, 265, False)), (long, (fast, 5 * 65, True))):
+        sampler_calls.clear()
+        run(compose(*SAMPLE, f"transformer.ckpt={models['video']}", "sampling.precision=bf16", f"video={clip}"),
+            run_dir=tmp_path / clip.stem)
+        assert sampler_calls == [expected], clip.name  # the long video: the sliding window, its own frames
+
+    cfg = compose("app", "dataset=demo", "logger=none", "device=cpu", f"transformer.ckpt={models['video']}",
+                  "sampling.precision=bf16")
+    page = AppSampler(cfg, tmp_path / "app", load_user_models(cfg))
+    sampler_calls.clear()
+    page.generate(str(long), None, SamplingSettings("nopix", 1.0, 8, None), samples=1, max_seconds=None, seed=0,
+                  class_id=None, reconstruct=False)
+    assert sampler_calls == [(fast, 5 * 65, True)]
+
+    make_dataset(outputs / "demo_data", train=1, valid=1)  # the training stage's logged samples
+    cfg = tiny_transformer_cfg(5)
+    cfg.codebook.ckpt, cfg.transformer.roll_columns, cfg.transformer.init = str(models["codebook"]), False, "original"
+    cfg.transformer.sampling.precision = "bf16"
+    task = TransformerTask(cfg)
+    task.batch_size = 2
+    trainer = Trainer(task, {**cfg.trainer, "max_steps": 1, "val_every": 0, "log_every": 100}, tmp_path / "train",
+                      logger_cfg={"name": "none", "media_every": 1}, seed=0)
+    sampler_calls.clear()
+    trainer.fit()
+    assert sampler_calls and set(sampler_calls) == {(fast, 265, False)} and str(task.sampler) == fast
+    assert list((tmp_path / "train" / "media").glob("*samples_nopix_0*"))

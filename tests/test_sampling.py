@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from models.gpt import GPTClass, GPTFeats
+from pipeline.generate.decoding import StaticDecoder, TokenSampler, decoding_path, describe, inference_copy
 from pipeline.generate.sampling import (
     filter_logits,
-    inference_copy,
     pick_token,
     sample,
     sample_uncached,
 )
+from pipeline.generate.settings import SamplingSettings
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert torch.all(mass >= 0.9 - 1e-6) and torch.all(mass - least < 0.9)
 
 
-def test_opt_in_fast_copies_leave_the_model_alone_and_stay_close():
+def test_inference_copies_leave_the_model_alone_and_stay_close():
     model = tiny()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     feats = torch.randn(2, 6, 2)
@@ -158,13 +159,87 @@ def test_opt_in_fast_copies_leave_the_model_alone_and_stay_close():
     with torch.no_grad():
         torch.testing.assert_close(fused(tokens[:, :-1], feats), ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(sample(fused, feats, num_tokens=40, greedy=True, grid=GRID), tokens)
-    for fast, tol in ((inference_copy(model, dtype=torch.bfloat16), 0.1), (inference_copy(model, int8=True), 0.1)):
-        with torch.no_grad():
-            logits = fast(tokens[:, :-1], feats).float()
-        assert (logits - ref).abs().max() < tol * ref.abs().max()  # close, not exact
-        assert sample(fast, feats, num_tokens=40, top_k=4, grid=GRID).shape == (2, 40)
-    bf16 = sample(model, feats, num_tokens=40, greedy=True, grid=GRID, dtype=torch.bfloat16)  # copy per call
-    assert bf16.shape == (2, 40) and model.pos_emb.dtype == torch.float32
+    bf16 = inference_copy(model, dtype=torch.bfloat16)
+    with torch.no_grad():
+        logits = bf16(tokens[:, :-1], feats).float()
+    assert (logits - ref).abs().max() < 0.1 * ref.abs().max()  # close, not exact
+    assert sample(bf16, feats, num_tokens=40, top_k=4, grid=GRID).shape == (2, 40)
+    assert model.pos_emb.dtype == torch.float32
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
-    with pytest.raises(ValueError, match="int8"):
-        inference_copy(model, dtype=torch.bfloat16, int8=True)
+
+
+# ------------------------------------------------------------------------- the stages' sampler, its fast path
+def test_the_fast_paths_decoder_in_fp32_gives_samples_tokens():
+    """The fast path's machinery (a static cache, one fixed-shape step per token) on the fp32 model: the exact
+    sampler's tokens, for one window, a sliding one (the condition sliding too), mode half and seeded top-k."""
+    model = tiny(S=3)
+    feats = torch.randn(2, 6, 3)
+    decoder = StaticDecoder(model, 2, 3, GRID)
+    assert not decoder.graphs and not decoder.compiled  # CPU: eager
+    greedy = sample(model, feats, num_tokens=40, greedy=True, grid=GRID)
+    assert len(greedy.unique()) > 3
+    assert torch.equal(decoder.sample(feats, 40, greedy=True), greedy)
+    assert torch.equal(decoder.sample(feats, 40, greedy=True), greedy)  # reused: the cache is reset
+    kw = dict(top_k=5, temperature=1.3)
+    seeded = sample(model, feats, num_tokens=40, grid=GRID, generator=torch.Generator().manual_seed(4), **kw)
+    assert torch.equal(decoder.sample(feats, 40, generator=torch.Generator().manual_seed(4), **kw), seeded)
+    half = dict(mode="half", gt_tokens=torch.randint(0, 12, (2, 40)), greedy=True)
+    assert torch.equal(decoder.sample(feats, 40, **half), sample(model, feats, num_tokens=40, grid=GRID, **half))
+    assert torch.equal(decoder.sample(feats, 120, greedy=True), sample(model, feats, num_tokens=120, greedy=True,
+                                                                       grid=GRID))  # 24 columns: the window slides
+    long_feats = torch.randn(2, 6, 9)  # 3 frames per 8-column window over 24 columns
+    slide = dict(num_tokens=120, greedy=True, slide_cond=True, cond_frames=3)
+    assert torch.equal(decoder.sample(long_feats, **slide), sample(model, long_feats, grid=GRID, **slide))
+    with pytest.raises(ValueError, match="built for batch 2"):
+        decoder.sample(torch.randn(1, 6, 3), 40)
+
+
+def test_the_decoding_step_compiles_as_one_graph():
+    """`GPT.step_static` traces without a graph break (what the CUDA fast path compiles with Inductor; here
+    the AOT tracer alone, which runs on any machine) and gives the eager step's logits."""
+    model = inference_copy(tiny(S=3))
+    compiled = torch.compile(model.step_static, backend="aot_eager", fullgraph=True, dynamic=False)
+    with torch.inference_mode():
+        eager_cache, traced_cache = model.new_cache(2, 43, zeros=True), model.new_cache(2, 43, zeros=True)
+        feats = torch.randn(2, 6, 3)
+        model.prefill(torch.zeros(2, 0, dtype=torch.long), feats, eager_cache)
+        model.prefill(torch.zeros(2, 0, dtype=torch.long), feats, traced_cache)
+        for t, token in enumerate([3, 7, 1]):
+            idx, pos = torch.full((2, 1), token), torch.tensor([3 + t])
+            torch.testing.assert_close(compiled(idx, pos, traced_cache), model.step_static(idx, pos, eager_cache))
+        torch.testing.assert_close(traced_cache.k, eager_cache.k)  # the cache written in place, as eagerly
+
+
+def test_the_sampler_takes_the_fast_path_on_a_gpu_and_the_exact_one_on_a_cpu():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert decoding_path(cuda, "auto", True) == {"dtype": "bf16", "fast": True, "graphs": True, "compiled": True}
+    assert describe(decoding_path(cuda, "auto", True)) == "bf16 static KV cache, compiled step, CUDA graph"
+    assert decoding_path(cuda, "auto", False)["compiled"] is False
+    assert decoding_path(cuda, "fp32", True) == {"dtype": "fp32", "fast": False, "graphs": False, "compiled": False}
+    assert decoding_path(cpu, "auto", True) == {"dtype": "fp32", "fast": False, "graphs": False, "compiled": False}
+    assert describe(decoding_path(cpu, "bf16", True)) == "bf16 static KV cache, eager"
+    with pytest.raises(ValueError, match="sampling.precision must be one of auto, fp32, bf16"):
+        decoding_path(cpu, "fp16", True)
+
+
+def test_the_token_sampler_on_a_cpu():
+    """`auto` on a CPU: the exact path on the model itself; `bf16`: the fast path on a bf16 copy, which
+    `refresh()` gives the model's current weights."""
+    model = tiny(S=3)
+    feats = torch.randn(2, 6, 3)
+    settings = SamplingSettings("nopix", 1.0, 5, None)
+    exact = TokenSampler(model, "auto", True)
+    assert str(exact) == "fp32 KV cache (exact)" and exact.gpt is model
+    seeded = sample(model, feats, num_tokens=40, grid=GRID, generator=torch.Generator().manual_seed(2), top_k=5)
+    tokens = exact.sample(feats, settings, 40, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(tokens, seeded)
+    fast = TokenSampler(model, "bf16", True)
+    assert str(fast) == "bf16 static KV cache, eager" and fast.gpt.pos_emb.dtype == torch.bfloat16
+    made = fast.sample(feats, settings, 40, generator=torch.Generator().manual_seed(2))
+    assert made.shape == (2, 40) and 0 <= made.min() and made.max() < 12
+    assert list(fast._decoders) == [(2, 3)]  # one decoder per shape, kept
+    with torch.no_grad():
+        model.head.weight.mul_(-1)
+    assert not torch.equal(fast.gpt.head.weight, model.head.weight.bfloat16())
+    fast.refresh()
+    assert torch.equal(fast.gpt.head.weight, model.head.weight.bfloat16())

@@ -12,6 +12,7 @@ import os
 import pkgutil
 import sys
 import time
+from pathlib import Path
 
 import pipeline.bench as package
 
@@ -21,7 +22,10 @@ QUICK = ("transformer_sampling", "evaluation_workload", "trained_fast_paths")
 
 
 def _found() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
+    """The benchmark modules: those that define `main()` (the others are their shared helpers)."""
+    folder = Path(package.__path__[0])
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
+                  if not m.name.startswith("_") and "\ndef main(" in (folder / f"{m.name}.py").read_text())
 
 
 def default_names() -> list[str]:

@@ -26,6 +26,8 @@ from pipeline.bench.measure import Clock, load_line, peak_rss_gib, roofline
 from pipeline.bench.paper_models import build_models, paper_sizes
 from pipeline.bench.transformer_sampling import forward_flops
 from pipeline.build.vocoder import Vocoder
+from pipeline.config.presets import compose_stage
+from pipeline.generate.decoding import TokenSampler
 from pipeline.generate.sampling import sample_uncached
 from pipeline.generate.settings import SamplingSettings
 from pipeline.generate.user_clip import generate
@@ -53,16 +55,18 @@ def main() -> list[str]:
     S, top_k = sizes["S"], sizes["top_k"]
     num_tokens = model.num_tokens  # one window of the codebook's grid: 265
     vocoder = Vocoder(generator)
-    settings = SamplingSettings(mode="nopix", temperature=1.0, top_k=top_k)
+    stage = compose_stage("sample", [])  # the stage's sampling settings and sampler (on a CPU: the exact path)
+    settings = SamplingSettings.from_config(stage.sampling, {"top_k": top_k})  # auto: the VAS preset's 64
+    sampler = TokenSampler.from_config(model, stage.sampling)
     probe = roofline()
     print(f"paper VAS models (transformer 212 feats, VAS codebook, MelGAN), random weights, {threads} thread(s); "
           f"{load_line()}{'; QUICK MODE' if quick else ''}")
 
     torch.manual_seed(1)
     cond = torch.rand(SAMPLES_PER_VIDEO, sizes["feat_depth"], S)
-    vocoder(generate(model, cond[:1], settings, 10, None, torch.Generator().manual_seed(0)))  # warm-up, 2 columns
+    vocoder(generate(sampler, cond[:1], settings, 10, None, torch.Generator().manual_seed(0)))  # warm-up, 2 columns
     with Clock() as tokens_decode:
-        mels = generate(model, cond, settings, num_tokens, None, torch.Generator().manual_seed(1))
+        mels = generate(sampler, cond, settings, num_tokens, None, torch.Generator().manual_seed(1))
     with Clock() as vocode:
         waves = vocoder(mels)
     stage_wall = tokens_decode.wall + vocode.wall

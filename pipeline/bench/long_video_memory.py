@@ -23,6 +23,7 @@ from pipeline.build.transformer import build_transformer, codebook_grid, model_a
 from pipeline.build.vocoder import Vocoder
 from pipeline.checkpoints.zoo import features_preset
 from pipeline.config.presets import compose_stage, preset
+from pipeline.generate.decoding import TokenSampler
 from pipeline.generate.user_clip import UserModels, sample_user_clip
 from pipeline.media.audio import SR
 
@@ -41,7 +42,9 @@ def _models():
     codebook = build_codebook(preset("codebook", "tiny").model)
     args = model_args_from_config(tcfg, codebook.n_embed, codebook_grid(codebook, paper.data.crop_len))
     model = build_transformer(args, codebook).eval()
-    return UserModels(model, {"model_args": args}, fcfg, Vocoder(None, n_iter=8), torch.device("cpu"), "bench")
+    sampler = TokenSampler.from_config(model, compose_stage("sample", []).sampling)  # the stage's: exact on a CPU
+    return UserModels(model, sampler, {"model_args": args}, fcfg, Vocoder(None, n_iter=8), torch.device("cpu"),
+                      "bench")
 
 
 def _video(path: Path, seconds: float, fps: float = 25.0, size: int = 128) -> Path:
@@ -73,7 +76,7 @@ def one(seconds: float) -> dict:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         wall, cpu = time.perf_counter(), time.process_time()
         settings = {"mode": "nopix", "temperature": 1.0, "top_k": 16, "top_p": None}
-        made = sample_user_clip(models, video, [Path(tmp) / "out"], settings, seed=0)[0]
+        made = sample_user_clip(models, video, [Path(tmp) / "out"], settings, seed=0, max_seconds=None)[0]
         return {"seconds": seconds, "sound_seconds": made["wave"].size / SR,
                 "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
                 "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "models_mib": before}

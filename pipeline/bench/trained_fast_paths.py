@@ -3,7 +3,7 @@
 Random weights give nearly flat logits, where agreement between precisions means nothing; this reads the demo's
 trained transformer (with its codebook) and classifier from the outputs folder (`SPECVQGAN_OUTPUTS`, default
 `outputs/`; only read, never written) and the demo's validation split, and for each opt-in copy of
-`pipeline.generate.sampling.inference_copy` (bf16 weights; per-row int8 dynamic quantisation; both with fused qkv)
+`pipeline.bench.copies.bench_copy` (bf16 weights; per-row int8 dynamic quantisation; both with fused qkv)
 reports, against the exact fp32 sampler:
 - greedy agreement: the share of greedy tokens equal to fp32's (free running, so one early difference changes
   the rest; and the mean position of the first difference), and the teacher-forced argmax agreement (both read
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.bench.copies import bench_copy
 from pipeline.bench.measure import load_line
 from pipeline.build.classifier import FEATURES, load_melception
 from pipeline.config.presets import compose_stage
@@ -29,7 +30,7 @@ from pipeline.data.datasets import ConditionedDataset, batch_condition
 from pipeline.evaluate.metrics import fid
 from pipeline.evaluate.model_checks import load_real_mels
 from pipeline.generate.loading import features_config, load_model, sampling_settings
-from pipeline.generate.sampling import inference_copy, sample
+from pipeline.generate.sampling import sample
 
 SAMPLES_PER_CLIP = 2 if os.environ.get("BENCH_QUICK", "") not in ("", "0") else 4  # BENCH_QUICK: 2
 VARIANTS = {"fp32 (exact)": None, "bf16, fused qkv": {"dtype": torch.bfloat16, "fuse_qkv": True},
@@ -91,7 +92,7 @@ def main() -> list[str]:
           f"{100 * (margin < 0.05).float().mean():.0f}% of positions under 0.05, where rounding can flip the argmax)")
     fp32_fakes, summary = None, []
     for name, kwargs in VARIANTS.items():
-        variant = gpt if kwargs is None else inference_copy(model, **kwargs)
+        variant = gpt if kwargs is None else bench_copy(model, **kwargs)
         greedy = sample(variant, cond, greedy=True, grid=grid)
         with torch.inference_mode():
             forced = variant(fp32_greedy[:, :-1], cond.to(variant.pos_emb.dtype))[:, S - 1:].float().argmax(-1)

@@ -13,16 +13,16 @@ total is extrapolated (by linear interpolation in the position, which for equal 
 the output says so. Those timed steps also recompute the greedy token at their position from the cached
 sampler's tokens: they must be equal (the cached sampler is exact).
 
-Two exact fp32 cached samplers are timed per row: the model as loaded, and its
-`inference_copy(fuse_qkv=True, column_major=True)` (the same fp32 values, the n_embd-input weights stored
-column-major so that the batch-1 matrix-vector products stream long rows; checked to give the same 265 greedy
-tokens); the faster one that gives the same tokens is the row's figure, and the output names it.
+Two exact fp32 cached samplers are timed per row: the model as loaded, and its `pipeline.bench.copies.bench_copy(
+fuse_qkv=True, column_major=True)` (the same fp32 values, the n_embd-input weights stored column-major so that the
+batch-1 matrix-vector products stream long rows; checked to give the same 265 greedy tokens); the faster one that
+gives the same tokens is the row's figure, and the output names it.
 
 The target (issue #14): the exact fp32 cached sampler at full threads is >= 30x the original, or, where this
 machine's FLOP/byte balance caps the ratio below 30x (the cap is the ratio of the two bounds, printed), its
 decoding steps reach >= 85% of the bandwidth bound. The output says which applies and whether it is met.
 
-Opt-in fast paths (`pipeline.generate.sampling.inference_copy`: bf16 weights, per-row int8 dynamic quantisation) are
+Opt-in fast paths (`pipeline.bench.copies.bench_copy`: bf16 weights, per-row int8 dynamic quantisation) are
 timed at full threads on the same 265 greedy tokens; they are NOT exact, and what they trade is judged on the
 demo's trained models in `trained_fast_paths` (random weights give flat logits, where agreement means nothing).
 `BENCH_QUICK=1` (`make bench QUICK=1`) skips them.
@@ -36,10 +36,11 @@ import numpy as np
 import torch
 
 from models.gpt import GPTFeats
+from pipeline.bench.copies import bench_copy
 from pipeline.bench.measure import Clock, Roofline, load_line, peak_rss_gib, roofline
 from pipeline.bench.paper_models import linear_bytes, paper_sizes
 from pipeline.config.presets import preset
-from pipeline.generate.sampling import inference_copy, sample, sample_uncached
+from pipeline.generate.sampling import sample, sample_uncached
 from pipeline.media.mel import CROP_LEN, FRAMES_PER_COLUMN, N_MELS
 
 NUM_TOKENS = (N_MELS // FRAMES_PER_COLUMN) * (CROP_LEN // FRAMES_PER_COLUMN)  # the paper codebook's 5 x 53 grid
@@ -58,7 +59,7 @@ PAPER, S = _paper_gpt()  # vocab 128, block 477, 24 x 16 heads x 1024, 2048-dim 
 TIMED_STEPS = [0, NUM_TOKENS // 2, NUM_TOKENS - 1]  # positions of the original's loop that are timed (0, 132, 264)
 BATCH16_STEPS = 8  # decoding steps timed at batch 16, after its prefill (a full 265 would take minutes)
 TARGET_RATIO, TARGET_SHARE = 30.0, 0.85
-FAST_PATHS = {  # name -> inference_copy arguments
+FAST_PATHS = {  # name -> bench_copy arguments
     "bf16, fused qkv": {"dtype": torch.bfloat16, "fuse_qkv": True},
     "int8 dynamic (per row), fused qkv": {"int8": True, "fuse_qkv": True},
 }
@@ -87,7 +88,7 @@ def bench_row(model: GPTFeats, feats1: torch.Tensor, threads: int) -> dict:
             logits = model.prefill(torch.zeros(1, 0, dtype=torch.long), feats1, one)
     with Clock() as cached:
         tokens = sample(model, feats1, greedy=True)
-    laid_out = inference_copy(model, fuse_qkv=True, column_major=True)  # exact: the same fp32 values
+    laid_out = bench_copy(model, fuse_qkv=True, column_major=True)  # exact: the same fp32 values
     sample(laid_out, feats1, num_tokens=5, greedy=True)
     with Clock() as cached_cm:
         tokens_cm = sample(laid_out, feats1, greedy=True)
@@ -134,7 +135,7 @@ def bench_row(model: GPTFeats, feats1: torch.Tensor, threads: int) -> dict:
           f"{100 * step_floor / decode_wall:.0f}% of the bound (KV cache "
           f"{2 * PAPER['n_layer'] * (S + NUM_TOKENS) * PAPER['n_embd'] * 4 / 2**20:.0f} MiB per item, "
           f"read on top; peak RSS so far {peak_rss_gib():.2f} GiB)")
-    print(f"cached fp32 (exact), batch 1, `inference_copy(column_major=True)` (same values, n_embd-input weights "
+    print(f"cached fp32 (exact), batch 1, `bench_copy(column_major=True)` (same values, n_embd-input weights "
           f"stored column-major, fused qkv): {cached_cm} = {NUM_TOKENS / cached_cm.wall:.1f} tokens/s wall; a "
           f"decoding step {decode_cm * 1e3:.1f} ms = {100 * step_floor / decode_cm:.0f}% of the bound; its "
           f"{NUM_TOKENS} greedy tokens {'EQUAL' if same_cm else 'DIFFER FROM'} the model's")
@@ -173,7 +174,7 @@ def fast_paths(model: GPTFeats, feats1: torch.Tensor, row: dict) -> list[str]:
     lines = []
     for name, kwargs in FAST_PATHS.items():
         with Clock() as build:
-            fast = inference_copy(model, **kwargs)
+            fast = bench_copy(model, **kwargs)
         sample(fast, feats1, num_tokens=5, greedy=True)  # warm-up
         with Clock() as run:
             fast_tokens = sample(fast, feats1, greedy=True)

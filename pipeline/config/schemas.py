@@ -45,6 +45,8 @@ class SamplingSchema:
     temperature: float = MISSING
     top_k: Any = MISSING                  # an int, `auto` or null
     top_p: Optional[float] = MISSING
+    precision: str = MISSING              # auto | fp32 | bf16 (pipeline/generate/decoding.py)
+    compile: bool = MISSING
 
 
 # ----------------------------------------------------------------------------------- the stages' data nodes

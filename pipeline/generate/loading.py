@@ -19,6 +19,7 @@ from pipeline.checkpoints.zoo import released_meta, resolve
 from pipeline.config.device import resolve_device
 from pipeline.extract.visual import WEIGHTS_HELP
 from pipeline.extract.visual import load_model as load_feature_model
+from pipeline.generate.decoding import TokenSampler
 from pipeline.generate.settings import SamplingSettings
 
 
@@ -73,6 +74,7 @@ class UserModels:
     """What sampling a user's video needs, loaded once (the stage and the app share it)."""
 
     model: Any                       # the transformer wrapper (eval mode, on `device`)
+    sampler: TokenSampler            # its tokens, the one way the stages sample them
     meta: dict[str, Any]             # the checkpoint's metadata (model_args, features, sampling)
     fcfg: dict[str, Any] | None      # the features the model was trained on
     vocode: Any                      # MelGAN, else Griffin-Lim: (80, T) mel -> waveform
@@ -89,15 +91,15 @@ class UserModels:
         return str(self.args.get("condition", "features"))
 
 
-def load_user_models(cfg, device: torch.device | None = None) -> UserModels:
-    """The transformer, its features config and the vocoder of a sample config (`transformer.ckpt`,
-    `codebook.ckpt`, `vocoder.ckpt`, `feature_weights`, `+features`, `device`)."""
+def load_user_models(cfg) -> UserModels:
+    """The transformer, its sampler, its features config and the vocoder of a sample config (`transformer.ckpt`,
+    `codebook.ckpt`, `sampling`, `vocoder.ckpt`, `feature_weights`, `+features`, `device`)."""
 
-    if device is None:
-        device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     model, meta = load_model(cfg, device)
-    return UserModels(model, meta, features_config(cfg, meta), load_vocoder_or_griffinlim(cfg.vocoder.ckpt,
-                      device=device, zoo_cfg=cfg), device, str(cfg.get("model") or cfg.transformer.ckpt))
+    return UserModels(model, TokenSampler.from_config(model, cfg.sampling), meta, features_config(cfg, meta),
+                      load_vocoder_or_griffinlim(cfg.vocoder.ckpt, device=device, zoo_cfg=cfg), device,
+                      str(cfg.get("model") or cfg.transformer.ckpt))
 
 
 def sample_generator(models: UserModels, seed: int, k: int) -> torch.Generator:

@@ -1,4 +1,5 @@
-"""Sound for a whole video of any length (issue 12, item 1): `sample_long_video`.
+"""Sound for a whole video of any length (issue 12, item 1): its condition and its decoding; the sample stage's
+`pipeline.generate.user_clip.user_clip_steps` samples it.
 
 Past the model's 10-s window (53 code columns, 9.85 s) the sound is sampled with the sliding 5 x 53 window of
 `pipeline.generate.sampling` (`slide_cond=True`): the condition follows the picture, every window is conditioned on the
@@ -15,7 +16,7 @@ feature frames under it rather than on the first 10 s. Memory stays flat in the 
   with the codec's crossfade (`pipeline.codec.transcode.crossfade_join`), so the decoder never sees more than 53
   columns.
 
-A progress bar counts seconds of audio. The RGB feature kinds (resnet50, efficientnet_lite0) are streamed;
+The RGB feature kinds (resnet50, efficientnet_lite0) are streamed;
 BN-Inception's two-stream features loop clips to 10 s by definition and are refused with the reason.
 """
 from __future__ import annotations
@@ -30,19 +31,13 @@ import torch
 from pipeline.codec.transcode import crossfade_join, window_layout
 from pipeline.data.conditions import FEAT_CROP_LEN, pad_or_truncate, resample_frames
 from pipeline.extract.visual import Preprocessing, imagenet_input
-from pipeline.files.writes import save_npy
-from pipeline.generate.conditions import user_condition, video_seconds
-from pipeline.generate.loading import UserModels, feature_network, seeded_generator
-from pipeline.generate.sampling import sample_steps
-from pipeline.generate.settings import SamplingSettings
-from pipeline.media.audio import SR, save_wav
-from pipeline.media.mel import FRAMES_PER_COLUMN, MEL_FPS, unit_mel
+from pipeline.generate.loading import UserModels, feature_network
+from pipeline.media.mel import FRAMES_PER_COLUMN, unit_mel
 from pipeline.media.source import ClipError
 from pipeline.media.video import (
     center_crop,
     clip_duration,
     frame_times,
-    mux_audio,
     resize_short_side,
     sample_indices,
     stream_frames,
@@ -126,51 +121,13 @@ def decode_long(model, tokens: torch.Tensor, overlap_columns: int = DECODE_OVERL
     return crossfade_join(mels, layout)
 
 
-def sample_long_video(models: UserModels, video: str | Path, out: str | Path,
-                      settings: SamplingSettings | dict[str, Any], *, seed: int = 0,
-                      max_seconds: float | None = None, progress: bool = True,
-                      class_id: int | None = None, sample_index: int = 0) -> dict[str, Any]:
-    """Sound for the whole `video` (or its first `max_seconds`): writes `<out>.npy`, `<out>.wav` and `<out>.mp4`
-    (the original picture, stream-copied, with the new sound). Returns {"mel", "wave", "npy", "wav", "mp4",
-    "seconds"}. Seeded as the sample stage's sample `sample_index` k: seed * 1_000_003 + k."""
-    from tqdm import tqdm
-
-
-    settings = SamplingSettings.coerce(settings)
-    if settings.mode != "nopix":
-        raise ValueError("a whole video is sampled from scratch (sampling.mode=nopix): sampling.mode=half primes with "
-                         "the first 10 s of the video's own sound and needs max_seconds=10")
-    video, out = Path(video), Path(out)
-    seconds = video_seconds(video)
-    span = seconds if max_seconds is None else min(seconds, float(max_seconds))
-    model, device = models.model, models.device
-    H, W = model.first_stage_permuter.H, model.first_stage_permuter.W
-    cols = max(W, math.ceil(span * MEL_FPS / FRAMES_PER_COLUMN))
-    if models.condition == "features":
-        fcfg = models.fcfg or {}
-        prep = Preprocessing.from_cfg(fcfg)
-        feats = frame_features(video, str(fcfg.get("name")), feature_network(models), prep, seconds=span,
-                               batch_size=int(fcfg.get("batch_size", 64)), device=device)
-        cond, frames_per_window = long_condition(feats, cols, models.args, fcfg, W)
-        slide = dict(slide_cond=True, cond_frames=frames_per_window)
-    else:  # a class id or no condition: nothing to follow
-        cond, slide = user_condition(models, video, None, class_id, seed), {}
-    bar = tqdm(total=span, unit="s", desc=f"sound for {video.name}", disable=not progress,
-               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
-    seconds_per_column = FRAMES_PER_COLUMN / MEL_FPS
-    generator = seeded_generator(device, int(seed) * 1_000_003 + int(sample_index))
-    try:
-        for done, tokens in sample_steps(model, cond.to(device), num_tokens=H * cols, mode="nopix",
-                                         temperature=settings.temperature, top_k=settings.top_k,
-                                         top_p=settings.top_p, generator=generator, **slide):
-            if done % H == 0:
-                bar.update(min(done // H * seconds_per_column, span) - bar.n)
-    finally:
-        bar.close()
-    mel = decode_long(model, tokens)
-    wave = np.asarray(models.vocode(mel), dtype=np.float32)[:round(span * SR)]
-    save_npy(out.with_suffix(".npy"), mel)
-    save_wav(out.with_suffix(".wav"), wave, SR, subtype="PCM_24")
-    mp4 = mux_audio(video, wave, out.with_suffix(".mp4"), sr=SR)
-    return {"mel": mel, "wave": wave, "npy": out.with_suffix(".npy"), "wav": out.with_suffix(".wav"),
-            "mp4": Path(mp4), "seconds": span}
+def streamed_condition(models: UserModels, video: Path, cols: int, span: float) -> tuple[torch.Tensor, dict]:
+    """The condition of a video sampled past one window with the condition following the picture: ((1, D, S_total)
+    condition over `cols` columns, the sampler's window options {slide_cond, cond_frames}); frames decoded as
+    needed (`frame_features`) over its first `span` seconds."""
+    fcfg = models.fcfg or {}
+    prep = Preprocessing.from_cfg(fcfg)
+    feats = frame_features(video, str(fcfg.get("name")), feature_network(models), prep, seconds=span,
+                           batch_size=int(fcfg.get("batch_size", 64)), device=models.device)
+    cond, frames_per_window = long_condition(feats, cols, models.args, fcfg, models.model.first_stage_permuter.W)
+    return cond.to(models.device), {"slide_cond": True, "cond_frames": frames_per_window}

@@ -9,9 +9,10 @@ Two modes (conf/sample.yaml):
         <run>/samples/<split>/cls_<target>/<name>_sample_<k>.npy   float32 (80, 848) = (x + 1) / 2, not clamped
         <run>/samples/<split>/cls_<target>/<name>_sample_<k>.wav   22050 Hz (MelGAN, else Griffin-Lim)
         <run>/samples/<split>/manifest.csv                        clip_id, label, target, k, npy, wav
-        <run>/samples/<split>/sampling.json                       the checkpoint and the sampling settings
+        <run>/samples/<split>/sampling.json                       checkpoints, sampling settings, the sampler
     `<name>` is the mel file's stem for the VAS layout (`video_02677_mel`) and the clip id for VGGSound, as the
-    original. A rerun with other sampling settings in the same folder is refused (`overwrite=true` redoes it).
+    original. A rerun in the same folder with other settings (`SETTINGS`: the checkpoints, vocoder included, the
+    sampling settings, the sampler's precision) is refused, naming them (`overwrite=true` redoes it).
     `condition_shuffle=true` gives every clip the visual condition of another clip (a fixed derangement,
     `condition_derangement`, recorded in the manifest's `condition_clip`), same seeds otherwise: the baseline that
     shows how much the video drives the sound. `av_benchmark=true` also lays the samples and the real clips out
@@ -21,13 +22,15 @@ Two modes (conf/sample.yaml):
     features the model was trained on are extracted with `pipeline.extract.visual` (kind, preprocessing and weights
     recorded in the transformer checkpoint; `feature_weights=PATH` or `+features=KIND` override them), then
     sampled, decoded and vocoded; writes `<run>/<stem>_sample_<k>.{npy,wav}` and, with a video,
-    `<stem>_sample_<k>.mp4` (the original picture, the new sound).
+    `<stem>_sample_<k>.mp4` (the original picture, the new sound); `<run>/sampling.json` as (a), with the same
+    refusal: a video whose files exist is skipped only when they were made with the same settings.
     Rules of a user's clip (its length, the sliding window past 10 s): `pipeline.generate.user_clip`.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +45,7 @@ from pipeline.data.datasets import ConditionedDataset, batch_condition
 from pipeline.data.layout import layout_of
 from pipeline.evaluate.av_benchmark import write_av_benchmark
 from pipeline.files.writes import FailureManifest, atomic_write, save_json, save_npy
+from pipeline.generate.decoding import TokenSampler
 from pipeline.generate.loading import (
     features_config,
     load_model,
@@ -49,6 +53,7 @@ from pipeline.generate.loading import (
     sampling_settings,
     seeded_generator,
 )
+from pipeline.generate.settings import FIELDS, SamplingSettings
 from pipeline.generate.user_clip import generate, sample_user_clip, video_seconds
 from pipeline.media.audio import SR, save_wav
 from pipeline.media.source import ClipError
@@ -57,7 +62,10 @@ from pipeline.runs.folders import run_folder
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
-SETTINGS = ("transformer.ckpt", "codebook.ckpt", "mode", "temperature", "top_k", "top_p", "condition_shuffle")
+SETTINGS_FILE = "sampling.json"  # what made a run's samples: a rerun with other settings is refused
+# every key that changes a sample but not the run folder's name (checkpoint paths are left out of it, `top_k: auto`
+# and `precision: auto` resolve per model and device): compared with the recorded ones before anything is written
+SETTINGS = ("transformer.ckpt", "codebook.ckpt", "vocoder.ckpt", *FIELDS, "precision", "condition_shuffle")
 AV_BENCHMARK_DIR = "av_benchmark"  # <run>/av_benchmark/<split>/{gt_audio,videos,pred_audio/sample_<k>}
 
 
@@ -78,12 +86,19 @@ def sample_name(dataset_cfg: Mapping[str, Any], clip_id: str) -> str:
     return f"{name}_mel" if layout_of(dataset_cfg) == "vas" else name
 
 
-def _check_settings(path: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    import json
+def settings_record(cfg, meta: Mapping[str, Any], settings: SamplingSettings, sampler: TokenSampler) -> dict[str, Any]:
+    """What makes the samples of a run (SETTINGS, resolved: the checkpoint's path, `top_k`, the sampler's dtype)."""
+    return {"transformer.ckpt": meta["path"], "codebook.ckpt": cfg.codebook.ckpt,
+            "vocoder.ckpt": cfg.vocoder.ckpt or "griffinlim", **settings.options(), "precision": sampler.path["dtype"],
+            "sampler": str(sampler), "condition_shuffle": bool(cfg.get("condition_shuffle", False))}
 
+
+def check_settings(path: Path, record: dict[str, Any], overwrite: bool) -> None:
+    """Refuses a rerun whose SETTINGS differ from those recorded in `path` (unless `overwrite`), naming them."""
     if path.exists() and not overwrite:
         old = json.loads(path.read_text())
-        diffs = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in SETTINGS if old.get(k) != settings.get(k)]
+        old.setdefault("vocoder.ckpt", old.get("vocoder"))  # recorded as `vocoder` before
+        diffs = [f"{k}: {old.get(k)!r} -> {record.get(k)!r}" for k in SETTINGS if old.get(k) != record.get(k)]
         if diffs:
             raise ValueError(f"{path.parent} holds samples made with other settings ({'; '.join(diffs)}): pass "
                              f"overwrite=true to replace them, or change an override that names the run folder")
@@ -106,15 +121,14 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
 
     state = PartialState(cpu=forces_cpu(cfg.device))
     model, meta = load_model(cfg, state.device)
+    sampler = TokenSampler.from_config(model, cfg.sampling)
     args = meta["model_args"]
     settings = sampling_settings(cfg, meta)
     split = str(cfg.split)
     out = run_dir / "samples" / split
-    record = {"transformer.ckpt": meta["path"],
-              "codebook.ckpt": cfg.codebook.ckpt, **settings.options(), "split": split,
-              "samples_per_clip": int(cfg.samples_per_clip), "vocoder": cfg.vocoder.ckpt or "griffinlim",
-              "condition_shuffle": bool(cfg.get("condition_shuffle", False))}
-    _check_settings(out / "sampling.json", record, bool(cfg.overwrite))
+    record = {**settings_record(cfg, meta, settings, sampler), "split": split,
+              "samples_per_clip": int(cfg.samples_per_clip)}
+    check_settings(out / SETTINGS_FILE, record, bool(cfg.overwrite))
     condition = str(args.get("condition", "features"))
     fcfg = features_config(cfg, meta)
     if condition != "class" and fcfg is None:
@@ -140,6 +154,9 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
     vocode = (load_vocoder_or_griffinlim(cfg.vocoder.ckpt, device=state.device, zoo_cfg=cfg)
               if cfg.write_wav else None)
     torch.manual_seed(int(cfg.seed) + state.process_index)  # the No-Feats vectors of the data layer
+    if state.is_main_process:  # before any sample: a rerun with other settings is refused even after a crash
+        save_json(out / SETTINGS_FILE, record)
+    print(f"[sample] {split}: tokens by {sampler}", flush=True)
     written = skipped = 0
     with state.split_between_processes(list(range(len(ds)))) as mine:
         for k in range(n):
@@ -156,8 +173,11 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
                 if settings.mode == "half":
                     gt = model.encode_to_tokens(batch["image"].float().unsqueeze(1).to(state.device))
                 gen = seeded_generator(state.device, int(cfg.seed) * 1_000_003 + k * 100_003 + chunk[0])
-                mels = generate(model, cond, settings, model.num_tokens, gt, gen)  # (B, 80, 848)
-                waves = vocode(mels.to(state.device)).cpu().numpy() if vocode is not None else None
+                mels = generate(sampler, cond, settings, model.num_tokens, gt, gen)  # (B, 80, 848)
+                waves = None
+                if vocode is not None:
+                    with sampler.autocast():
+                        waves = vocode(mels.to(state.device)).cpu().numpy()
                 for j, i in enumerate(chunk):
                     npy, wav = paths(i, k)
                     save_npy(npy, mels[j].numpy().astype(np.float32))
@@ -182,7 +202,6 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
         writer.writerows(rows)
         with atomic_write(out / "manifest.csv", "w") as f:
             f.write(buf.getvalue())
-        save_json(out / "sampling.json", record)
         print(f"[sample] {split}: {written} samples written, {skipped} skipped (already there) on process 0 of "
               f"{state.num_processes}; {len(rows)} in {out / 'manifest.csv'}")
         if cfg.get("av_benchmark"):
@@ -209,6 +228,10 @@ def run_user(cfg, run_dir: Path) -> dict[str, Any]:
 
     models = load_user_models(cfg)
     settings = sampling_settings(cfg, models.meta)
+    record = settings_record(cfg, models.meta, settings, models.sampler)
+    check_settings(run_dir / SETTINGS_FILE, record, bool(cfg.overwrite))
+    save_json(run_dir / SETTINGS_FILE, record)
+    print(f"[sample] tokens by {models.sampler}", flush=True)
     if cfg.get("features_file"):
         if cfg.get("video") and len(list_videos(Path(str(cfg.video)))) != 1:
             raise ValueError("features_file goes with one video file (or none), not a folder")
@@ -227,6 +250,8 @@ def run_user(cfg, run_dir: Path) -> dict[str, Any]:
             if not cfg.overwrite and all(o.with_suffix(".wav").exists() and
                                          (video is None or o.with_suffix(".mp4").exists()) for o in outs):
                 skipped += len(outs)
+                print(f"[sample] {source}: skipped, its {len(outs)} sample(s) are already in {run_dir} "
+                      f"(overwrite=true samples again)", flush=True)
                 continue
             for result in sample_user_clip(models, video, outs, settings, seed=int(cfg.seed),
                                            max_seconds=cfg.max_seconds, features=features_file,

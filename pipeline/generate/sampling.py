@@ -31,10 +31,10 @@ from functools import partial
 
 import torch
 
-from models.gpt import GPT, KVCache
+from models.gpt import GPT
+from pipeline.generate.settings import MODES
 from pipeline.media.mel import CROP_LEN, FRAMES_PER_COLUMN, N_MELS
 
-MODES = ("nopix", "half")
 PAPER_GRID = (N_MELS // FRAMES_PER_COLUMN, CROP_LEN // FRAMES_PER_COLUMN)  # 5 x 53: a bare GPT's grid unless given
 
 
@@ -77,14 +77,14 @@ def pick_token(
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def _gpt(model) -> GPT:
+def gpt_of(model) -> GPT:
     gpt = getattr(model, "transformer", model)
     if not isinstance(gpt, GPT):
         raise TypeError(f"expected a GPT or a wrapper with a .transformer GPT, got {type(model).__name__}")
     return gpt
 
 
-def _grid(model, grid: tuple[int, int] | None) -> tuple[int, int]:
+def grid_of(model, grid: tuple[int, int] | None) -> tuple[int, int]:
     """`grid` when given, else the wrapper's (its permuter's H x W, its codebook's), else the paper's."""
     if grid is not None:
         return grid
@@ -134,44 +134,6 @@ def _batch_size(cond, gt_tokens) -> int:
     raise ValueError("cannot tell the batch size without a condition or gt_tokens")
 
 
-def inference_copy(model, dtype: torch.dtype = torch.float32, int8: bool = False, fuse_qkv: bool = True,
-                   column_major: bool = False) -> GPT:
-    """A copy of the model's GPT for faster cached sampling on CPU (opt-in; in fp32 it samples the model's tokens,
-    in bf16 or int8 only approximately).
-
-    A cached step is memory-bound: it reads every weight once per token (1.14 GiB in fp32 for the paper's
-    VAS transformer). `dtype` bfloat16 halves that (activations, cache and logits in bf16 too; pays on CPUs
-    with AVX512-BF16/AMX); `int8` applies torch's dynamic int8 quantisation to every nn.Linear (weights int8 per
-    output row, activations quantised per call, fp32 elsewhere), a quarter of the bytes; `fuse_qkv` reads the
-    query/key/value weights in one product. Build it once and pass it to `sample` as the model: greedy
-    tokens then follow the fp32 ones only approximately (measured in `pipeline/bench/trained_fast_paths.py`).
-    `column_major` stores the weights of the n_embd-input layers (query/key/value or qkv, proj, mlp.0)
-    column-major: the same fp32 values (the state dict's shapes and names are unchanged), but a batch-1 step's
-    matrix-vector products then run over long contiguous rows, which MKL streams closer to the memory
-    bandwidth; with fp32 that copy samples the same tokens as the model (sums may differ in the last bit).
-    """
-    import copy
-    import warnings
-
-    gpt = copy.deepcopy(_gpt(model)).eval()
-    if fuse_qkv:
-        gpt.fuse_qkv()
-    if column_major:
-        if int8:
-            raise ValueError("column_major lays out float weights; int8 quantisation packs its own")
-        for layer in gpt.modules():
-            if isinstance(layer, torch.nn.Linear) and layer.in_features == gpt.n_embd and layer is not gpt.head:
-                layer.weight.data = layer.weight.data.t().contiguous().t()  # (out, in) values, (in, out) storage
-    if int8:
-        if dtype != torch.float32:
-            raise ValueError("int8 quantisation keeps fp32 activations: leave dtype at float32")
-        with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
-            warnings.simplefilter("ignore")
-            qconfig = torch.ao.quantization.per_channel_dynamic_qconfig  # one scale per output row
-            gpt = torch.ao.quantization.quantize_dynamic(gpt, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
-    return gpt.to(dtype)
-
-
 def sample(model, cond, num_tokens: int | None = None, **options) -> torch.Tensor:
     """KV-cached sampling of `num_tokens` tokens (B, num_tokens), exact w.r.t. `sample_uncached`.
 
@@ -180,9 +142,8 @@ def sample(model, cond, num_tokens: int | None = None, **options) -> torch.Tenso
     tokens copied from gt_tokens); temperature, top_k, top_p, generator, greedy. num_tokens defaults to one
     window (H * W: 265 on the 5 x 53 grid); more samples 5 x (num_tokens / 5) with the sliding window (module
     docstring). With `slide_cond`, `cond_frames` is the frames per window (default: block_size - H * W). `grid`
-    replaces the model's (a bare GPT's is the paper's 5 x 53). `dtype` (e.g. torch.bfloat16) samples with a copy
-    of the model in that dtype, made for this call (not exact; see `inference_copy`, which makes reusable fast
-    copies); None keeps the model as it is.
+    replaces the model's (a bare GPT's is the paper's 5 x 53). The fast path (bf16, a static cache, CUDA graphs)
+    is `pipeline.generate.decoding.TokenSampler`, which the stages use.
     """
     for _, tokens in sample_steps(model, cond, num_tokens, **options):
         pass
@@ -190,7 +151,7 @@ def sample(model, cond, num_tokens: int | None = None, **options) -> torch.Tenso
 
 
 @dataclass
-class _Call:
+class SamplingCall:
     """One sampling call's checked arguments, shared by `sample_steps` and `sample_uncached`."""
 
     gpt: GPT
@@ -213,7 +174,7 @@ class _Call:
         return tokens
 
 
-def _call(
+def sampling_call(
     model,
     cond,
     num_tokens: int | None = None,
@@ -227,22 +188,19 @@ def _call(
     slide_cond: bool = False,
     cond_frames: int | None = None,
     grid: tuple[int, int] | None = None,
-    dtype: torch.dtype | None = None,
-) -> _Call:
+) -> SamplingCall:
     """Checks a sampling call's arguments (documented at `sample`)."""
-    gpt = _gpt(model)
-    if dtype is not None and dtype != gpt.pos_emb.dtype:
-        gpt = inference_copy(gpt, dtype=dtype, fuse_qkv=False)
+    gpt = gpt_of(model)
     device = gpt.pos_emb.device
     cond = cond.to(device) if cond is not None else None
     B = _batch_size(cond, gt_tokens)
-    H, W = _grid(model, grid)
+    H, W = grid_of(model, grid)
     num_tokens = H * W if num_tokens is None else int(num_tokens)
     S_win = cond_frames or gpt.block_size - H * W
     window_cond = partial(_window_cond, cond, cols=-(-num_tokens // H), S=S_win, slide_cond=slide_cond)
     H, W, cols, n_prime, S = _plan(gpt, window_cond(0), num_tokens, mode, gt_tokens, (H, W), B)
     pick = partial(pick_token, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
-    return _Call(gpt, B, num_tokens, H, W, cols, n_prime, S, window_cond, pick, gt_tokens)
+    return SamplingCall(gpt, B, num_tokens, H, W, cols, n_prime, S, window_cond, pick, gt_tokens)
 
 
 @torch.inference_mode()
@@ -251,20 +209,42 @@ def sample_steps(model, cond, num_tokens: int | None = None, **options) -> Itera
     (B, num_tokens) buffer) after every sampled token, and once with the primed buffer before the first.
     The buffer is updated in place (copy what you keep); positions from `tokens done` on hold 0. Draining it
     gives exactly `sample`'s tokens (`sample` does)."""
-    call = _call(model, cond, num_tokens, **options)
-    gpt, H, W, num_tokens = call.gpt, call.H, call.W, call.num_tokens
-    tokens = call.primed(num_tokens)
+    call = sampling_call(model, cond, num_tokens, **options)
+    yield from decode_steps(call, CacheStepper(call.gpt, call.B, call.S + min(call.num_tokens, call.H * call.W)))
+
+
+class CacheStepper:
+    """The exact path's cache: `GPT.prefill` and `GPT.step` over a KV cache that grows one position per token.
+    A stepper gives `decode_steps` the logits after a prefill or after one more token; the fast path's is
+    `pipeline.generate.decoding.StaticDecoder`."""
+
+    def __init__(self, gpt: GPT, batch: int, length: int) -> None:
+        self.gpt, self.cache = gpt, gpt.new_cache(batch, length)
+
+    def prefill(self, tokens: torch.Tensor, cond) -> torch.Tensor:
+        """[cond, tokens (B, T)] from an empty cache -> the last position's logits (B, vocab)."""
+        return self.gpt.prefill(tokens, cond, self.cache)
+
+    def step(self, token: torch.Tensor, position: int) -> torch.Tensor:
+        """token (B, 1) at sequence position `position` (the cache holds the positions before) -> logits."""
+        return self.gpt.step(token, self.cache)
+
+
+def decode_steps(call: SamplingCall, stepper) -> Iterator[tuple[int, torch.Tensor]]:
+    """The cached decoding loop of `sample_steps` over a stepper (`CacheStepper`, or the fast path's
+    `StaticDecoder`): while the window stays put one token per step; when it moves (module docstring), a prefill
+    of [its condition, its tokens so far]."""
+    H, W, S = call.H, call.W, call.S
+    tokens = call.primed(call.num_tokens)
     yield call.n_prime, tokens
-    cache: KVCache = gpt.new_cache(call.B, call.S + min(num_tokens, H * W))
-    current_js, cached_to = None, 0  # the window in the cache; tokens[:, js*H:cached_to] are in it
-    for pos in range(call.n_prime, num_tokens):
+    current_js = None  # the window in the cache
+    for pos in range(call.n_prime, call.num_tokens):
         js = _window_start(pos // H, call.cols, W)
         if js != current_js:  # new window: positions shift, rebuild the cache in one forward
-            logits = gpt.prefill(tokens[:, js * H : pos], call.window_cond(js), cache)
-            current_js, cached_to = js, pos
-        else:
-            logits = gpt.step(tokens[:, cached_to:pos], cache)
-            cached_to = pos
+            logits = stepper.prefill(tokens[:, js * H : pos], call.window_cond(js))
+            current_js = js
+        else:  # the token before pos, at its place in the window's sequence
+            logits = stepper.step(tokens[:, pos - 1 : pos], S + pos - 1 - js * H)
         tokens[:, pos] = call.pick(logits)
         yield pos + 1, tokens
 
@@ -284,11 +264,11 @@ def last_step_attention(
     One uncached forward of [the window's condition, the window's tokens before the last] with explicit
     attention weights, after sampling: the samplers' own fast path is untouched.
     """
-    gpt = _gpt(model)
+    gpt = gpt_of(model)
     device = gpt.pos_emb.device
     cond = cond.to(device) if cond is not None else None
     tokens = tokens.to(device)
-    H, W = _grid(model, grid)
+    H, W = grid_of(model, grid)
     num_tokens = tokens.shape[1]
     cols = -(-num_tokens // H)
     pos = num_tokens - 1
@@ -312,7 +292,7 @@ def sample_uncached(model, cond, num_tokens: int | None = None, steps: list[int]
     another sampler: the other slots then hold `gt_tokens` where given (all of them, whatever the mode), else
     0.
     """
-    call = _call(model, cond, num_tokens, **options)
+    call = sampling_call(model, cond, num_tokens, **options)
     gpt, H, W, num_tokens, gt_tokens = call.gpt, call.H, call.W, call.num_tokens, call.gt_tokens
     buffer = call.primed(max(num_tokens, H * W))
     if steps is not None and gt_tokens is not None:
@@ -324,80 +304,3 @@ def sample_uncached(model, cond, num_tokens: int | None = None, steps: list[int]
         local = pos - js * H
         buffer[:, pos] = call.pick(logits[:, gpt.condition_length(c) - 1 + local])
     return buffer[:, :num_tokens]
-
-
-class StaticDecoder:
-    """Cached sampling of one 10-s window with fixed shapes: a zero-filled KV cache of S + H * W slots allocated
-    once per batch size, and `GPT.step_static` for every token, so on CUDA the step is captured once as a CUDA
-    graph and replayed per token (no per-token kernel launches from Python); elsewhere it runs eagerly.
-
-    Same tokens as `sample` for clips of up to H * W tokens, modes 'nopix' and 'half' (equal logits up to
-    rounding; greedy tokens equal, tested). Reuse one decoder for every batch of the same size and condition
-    length: the cache and the graph are kept. `graphs=None` uses CUDA graphs exactly when the model is on CUDA.
-    """
-
-    def __init__(self, model, batch_size: int, cond_length: int, graphs: bool | None = None,
-                 grid: tuple[int, int] | None = None) -> None:
-        self.gpt = _gpt(model)
-        self.H, self.W = _grid(model, grid)
-        self.batch_size, self.S = batch_size, cond_length
-        device = self.gpt.pos_emb.device
-        self.graphs = device.type == "cuda" if graphs is None else graphs
-        self.cache = self.gpt.new_cache(batch_size, cond_length + self.H * self.W, zeros=True)
-        self.idx = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        self.pos = torch.zeros(1, dtype=torch.long, device=device)
-        self.logits: torch.Tensor | None = None
-        self.graph = None
-
-    def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
-        """Feeds tokens (B, 1) at sequence position `position` (condition included) -> the next logits (B, vocab),
-        a buffer the next call overwrites (copy what you keep). The cache must hold the positions before."""
-        self.idx.copy_(tokens)
-        self.pos.fill_(position)
-        return self._replay()
-
-    def _replay(self) -> torch.Tensor:
-        if not self.graphs:
-            return self.gpt.step_static(self.idx, self.pos, self.cache)
-        if self.graph is None:  # capture once: warm up on a side stream, then record one step
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self.gpt.step_static(self.idx, self.pos, self.cache)
-            torch.cuda.current_stream().wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = self.gpt.step_static(self.idx, self.pos, self.cache)
-        self.graph.replay()  # reads idx, pos and the cache; writes the cache slot and self.logits
-        return self.logits
-
-    @torch.inference_mode()
-    def sample(self, cond, num_tokens: int | None = None, mode: str = "nopix", temperature: float = 1.0,
-               top_k: int | None = None, top_p: float | None = None, gt_tokens: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, greedy: bool = False) -> torch.Tensor:
-        """`sample`'s tokens (B, num_tokens) for a condition of `cond_length` positions (arguments as there)."""
-        gpt, device = self.gpt, self.gpt.pos_emb.device
-        num_tokens = num_tokens or self.H * self.W
-        if num_tokens > self.H * self.W:
-            raise ValueError(f"StaticDecoder samples one {self.H} x {self.W} window (<= {self.H * self.W} tokens), "
-                             f"got {num_tokens}: use `sample` for longer clips")
-        cond = cond.to(device) if cond is not None else None
-        B = _batch_size(cond, gt_tokens)
-        if B != self.batch_size or gpt.condition_length(cond) != self.S:
-            raise ValueError(f"this decoder was built for batch {self.batch_size} and {self.S} condition positions, "
-                             f"got {B} and {gpt.condition_length(cond)}: build one per shape")
-        _, _, _, n_prime, S = _plan(gpt, cond, num_tokens, mode, gt_tokens, (self.H, self.W), B)
-        tokens = torch.zeros(B, num_tokens, dtype=torch.long, device=device)
-        if n_prime:
-            tokens[:, :n_prime] = gt_tokens[:, :n_prime].to(device)
-        self.cache.k.zero_()  # slots of a previous batch must not leak (masked slots are multiplied by 0)
-        self.cache.v.zero_()
-        logits = gpt.prefill(tokens[:, : max(n_prime - 1, 0)], cond, self.cache)  # condition (+ primer) at once
-        pos = n_prime - 1 if n_prime else None
-        for i in range(n_prime, num_tokens):
-            if pos is not None:  # feed the token before i (the last primer token, or the last sampled one)
-                logits = self.step(tokens[:, pos : pos + 1], S + pos)
-            tokens[:, i] = pick_token(logits, temperature, top_k, top_p, greedy, generator)
-            pos = i
-        return tokens

@@ -2,7 +2,8 @@
 
 Read from the `sampling` config group (conf/sampling/default.yaml: `sampling.*` of the sample stage and the app)
 and from a transformer preset's `transformer.sampling` (the same group, inherited; its checkpoints record it);
-used by the sample stage, the app, the long-video sampler and the training stage's logged samples.
+used by the sample stage, the app, the long-video sampler and the training stage's logged samples. The group's
+`precision` and `compile` say how the tokens are computed (`pipeline.generate.decoding.TokenSampler`).
 """
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 MODES = ("nopix", "half")  # nopix: from scratch; half: primed with the first 130 ground-truth tokens
+FIELDS = ("mode", "temperature", "top_k", "top_p")  # what changes the tokens' distribution (sampling.json records it)
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """mode, temperature, top_k (None: off), top_p (None: off); checked when made."""
+    """mode, temperature, top_k (None: off), top_p (None: off); checked when made. No defaults here: they are the
+    config's (conf/sampling/default.yaml)."""
 
-    mode: str = "nopix"
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
+    mode: str
+    temperature: float
+    top_k: int | None
+    top_p: float | None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -37,22 +40,21 @@ class SamplingSettings:
                     vocab: int | None = None) -> SamplingSettings:
         """`node`: a sampling config. Its `top_k: auto` takes `recorded`'s top_k (the settings a checkpoint was
         trained with), else half of `vocab`."""
-        top_k = node.get("top_k")
+        top_k = node["top_k"]
         if top_k == "auto":
             top_k = (recorded or {}).get("top_k")
             if top_k in (None, "auto"):
                 if vocab is None:
                     raise ValueError("sampling.top_k=auto needs the model's vocabulary size or recorded settings")
                 top_k = int(vocab) // 2
-        top_p = node.get("top_p")
-        return cls(mode=str(node.get("mode", "nopix")), temperature=float(node.get("temperature", 1.0)),
+        top_p = node["top_p"]
+        return cls(mode=str(node["mode"]), temperature=float(node["temperature"]),
                    top_k=None if top_k is None else int(top_k), top_p=None if top_p is None else float(top_p))
 
     @classmethod
     def coerce(cls, value: SamplingSettings | Mapping[str, Any]) -> SamplingSettings:
         """The settings themselves, or made from a mapping of their four fields."""
-        return value if isinstance(value, cls) else cls(**{k: value[k] for k in ("mode", "temperature", "top_k",
-                                                                                   "top_p") if k in value})
+        return value if isinstance(value, cls) else cls(**{k: value[k] for k in FIELDS})
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of `pipeline.generate.sampling.sample` / `sample_steps` (and the record in

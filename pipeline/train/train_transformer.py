@@ -14,6 +14,7 @@ trainer starts.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +36,7 @@ from pipeline.build.vocoder import load_vocoder_or_griffinlim
 from pipeline.checkpoints.reading import read_checkpoint
 from pipeline.checkpoints.zoo import resolve
 from pipeline.data.datasets import ConditionedDataset, batch_condition
-from pipeline.generate.sampling import sample
+from pipeline.generate.decoding import TokenSampler
 from pipeline.generate.settings import SamplingSettings
 from pipeline.runs.folders import checkpoint_path
 from pipeline.train.loop import Task
@@ -175,6 +176,7 @@ class TransformerTask(Task):
         self.condition = str(self.tcfg.condition)
         self.codebook = None  # the frozen codebook, loaded by preflight
         self.vocode = None
+        self.sampler: TokenSampler | None = None  # the logged samples' (log_media)
         self.codes: CodeCache | None = None  # made by build unless data.random_crop (a clip's mel then varies)
 
     def preflight(self, run_dir: Path) -> None:
@@ -192,7 +194,8 @@ class TransformerTask(Task):
         log.info("%.2f M trainable parameters", sum(p.numel() for p in wrapper.transformer.parameters()) / 1e6)
         self.modules = {"model": wrapper}
         groups = wrapper.transformer_param_groups(float(optim.weight_decay))
-        self.optimizers = {"transformer": torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas))}
+        self.optimizers = {"transformer": torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas),
+                                                            **self.trainer.optimizer_options())}
         if not bool(self.cfg.data.random_crop):
             self.codes = CodeCache(wrapper.first_stage_permuter.H, int(codebook.downsample_factor))
 
@@ -256,8 +259,12 @@ class TransformerTask(Task):
         x, cond = self._inputs(batch)
         x, cond = x[:n], cond[:n]
         sampling = SamplingSettings.from_config(self.tcfg.sampling, vocab=int(self.codebook.n_embed))
-        tokens = sample(model, cond, num_tokens=model.num_tokens, temperature=sampling.temperature,
-                        top_k=sampling.top_k, top_p=sampling.top_p)  # from scratch (nopix), whatever the preset's mode
+        sampling = dataclasses.replace(sampling, mode="nopix")  # from scratch, whatever the preset's mode
+        if self.sampler is None:  # the stages' sampler (bf16 fast path on a GPU): made once, then given the weights
+            self.sampler = TokenSampler.from_config(model, self.tcfg.sampling)
+        else:
+            self.sampler.refresh()
+        tokens = self.sampler.sample(cond, sampling, model.num_tokens)
         specs = {"inputs": x, "reconstructions": model.decode_to_spec(model.encode_to_tokens(x)),
                  "samples_nopix": model.decode_to_spec(tokens)}
         log_spectrograms(logger, step, split, specs, vocode=self.vocode, max_items=n)
