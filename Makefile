@@ -50,7 +50,7 @@ bench: install  ## benchmarks, as ratios against baselines measured in the same 
 
 # on a CUDA machine after `make install TORCH_SPEC=torch`; SMOKE=1 runs every part on the CPU with tiny models
 # (tests/test_bench.py does, inside `make test`)
-bench-gpu: install  ## paper-size models on a GPU: a bf16 clip end to end, training steps, peak memory
+bench-gpu: install  ## paper-size models on a GPU: clips end to end, the decoding bound, training MFU, extraction
 	BENCH_GPU_SMOKE=$(SMOKE) $(PY) -m pipeline.bench gpu
 
 lint: install  ## ruff over the code

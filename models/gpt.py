@@ -136,8 +136,8 @@ class CausalSelfAttention(nn.Module):
         else:
             q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         keys, values = cache.k[layer], cache.v[layer]  # (B, n_head, max_len, head_dim)
-        keys.index_copy_(2, pos, k)
-        values.index_copy_(2, pos, v)
+        keys[:, :, pos] = k  # an index_put_ at slot `pos`: a compiler updates the cache in place (no copy of it)
+        values[:, :, pos] = v
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, dropout_p=0.0)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
@@ -338,9 +338,9 @@ class GPT(nn.Module):
         """One token per sequence, idx (B, 1), at position `pos` (an int64 tensor (1,) on the model's device)
         -> its logits (B, vocab); equal to `step` at cache.length == pos up to rounding.
 
-        Fixed shapes and no host-side dependence on the position (the keys and values are written with
-        `index_copy_`, attention runs over all `cache.max_len` slots with the later ones masked), so one call can
-        be captured as a CUDA graph and replayed for every position, or compiled once. The cache must start
+        Fixed shapes and no host-side dependence on the position (the keys and values are written at the
+        device-side index, attention runs over all `cache.max_len` slots with the later ones masked), so one call
+        can be captured as a CUDA graph and replayed for every position, or compiled once. The cache must start
         zero-filled (`new_cache(..., zeros=True)`); `cache.length` is not read or advanced: the caller owns
         `pos`.
         """

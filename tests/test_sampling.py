@@ -213,7 +213,8 @@ def test_the_decoding_step_compiles_as_one_graph():
 def test_the_sampler_takes_the_fast_path_on_a_gpu_and_the_exact_one_on_a_cpu():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert decoding_path(cuda, "auto", True) == {"dtype": "bf16", "fast": True, "graphs": True, "compiled": True}
-    assert describe(decoding_path(cuda, "auto", True)) == "bf16 static KV cache, compiled step, CUDA graph"
+    assert describe(decoding_path(cuda, "auto", True)) == "bf16 static KV cache, compiled step at batch 1, CUDA graph"
+    assert describe(decoding_path(cuda, "auto", True), 16) == "bf16 static KV cache, CUDA graph"  # compiled: batch 1
     assert decoding_path(cuda, "auto", False)["compiled"] is False
     assert decoding_path(cuda, "fp32", True) == {"dtype": "fp32", "fast": False, "graphs": False, "compiled": False}
     assert decoding_path(cpu, "auto", True) == {"dtype": "fp32", "fast": False, "graphs": False, "compiled": False}

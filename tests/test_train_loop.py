@@ -129,3 +129,31 @@ def test_two_processes(tmp_path):
     debug_launcher(_two_process_run, args=(str(tmp_path),), num_processes=2)
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["train_state"]["num_processes"] == 2 and ckpt["train_state"]["step"] == 4
+
+
+def test_the_speed_options_are_the_presets_and_change_nothing_but_speed():
+    """trainer.{channels_last, fused_optimizer, tf32}: trainer=gpu turns the first two on, cpu none; NHWC weights
+    and a fused Adam give the step the plain one gives (up to rounding)."""
+    from pipeline.train.loop import optimizer_options, speed_up
+
+    gpu, cpu = preset_dict("trainer", "gpu"), preset_dict("trainer", "cpu")
+    assert (gpu["fused_optimizer"], gpu["channels_last"], gpu["compile"], gpu["tf32"]) == (True, True, False, False)
+    assert not any(cpu[k] for k in ("fused_optimizer", "channels_last", "compile", "tf32"))
+    assert optimizer_options(gpu) == {"fused": True} and optimizer_options(cpu) == {}
+    results = []
+    for options in (cpu, gpu):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 1, 3))
+        speed_up([net], options)
+        assert net[0].weight.is_contiguous(memory_format=torch.channels_last) == options["channels_last"]
+        opt = torch.optim.Adam(net.parameters(), lr=0.01, **optimizer_options(options))
+        x = torch.randn(3, 2, 8, 8)
+        for _ in range(3):
+            loss = net(x).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        results.append([p.detach().clone() for p in net.parameters()])
+    for plain, fast in zip(*results):
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    assert not torch.backends.cuda.matmul.allow_tf32  # tf32: false, explicitly

@@ -18,7 +18,7 @@ from pipeline.media.mel import FRAMES_PER_COLUMN
 
 # the paper run: the VAS presets (`paper_sizes` reads the GPT, its condition frames, top-k, batch sizes and the
 # clip's crop from them), the VGGSound MelGAN; the token grid is the codebook's over the crop
-PAPER = {"dataset": "vas", "codebook": "vas", "vocoder": "vggsound", "batches": (1, 16), "train_steps": 3}
+PAPER = {"dataset": "vas", "codebook": "vas", "vocoder": "vggsound", "batches": (1, 16, 64), "train_steps": 3}
 SMOKE = {"codebook": "tiny", "vocoder": "tiny", "gpt": {"n_layer": 2, "n_head": 2, "n_embd": 32}, "S": 4,
          "feat_depth": 2048, "crop_len": 8 * FRAMES_PER_COLUMN, "batches": (1, 2), "top_k": 16, "codebook_batch": 2,
          "transformer_batch": 2, "train_steps": 1, "num_tokens": 40}  # a 5 x 8 grid: 8 code columns

@@ -35,6 +35,10 @@ class TrainerSchema:
     grad_clip: Optional[float] = MISSING
     num_workers: int = MISSING
     find_unused_parameters: bool = MISSING
+    compile: bool = MISSING               # speed options (pipeline/train/loop.py: speed_up)
+    fused_optimizer: bool = MISSING
+    channels_last: bool = MISSING
+    tf32: bool = MISSING
 
 
 @dataclass

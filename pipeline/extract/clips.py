@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import multiprocessing
 import os
 import socket
 import tempfile
@@ -169,7 +170,9 @@ def run_clips(
                 record(clip, error)
             bar.update()
     else:
-        with ProcessPoolExecutor(num_workers) as pool:
+        # spawned, not forked: a fork of a process whose OpenMP threads or CUDA context exist (a network already run
+        # or loaded on a GPU) hangs or fails in the child; each worker imports afresh instead (a few seconds)
+        with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             pending = {pool.submit(process, clip): clip for clip in todo}
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)

@@ -26,7 +26,8 @@ FORCE_KEY = "force_resume"   # conf/base.yaml; true resumes a folder whose recor
 RESUMABLE = ("trainer.max_steps", "trainer.max_epochs", "*.schedule.max_steps", "*.schedule.max_epochs",
              "trainer.val_every", "*.schedule.val_every",
              "trainer.log_every", "trainer.ckpt_every", "trainer.num_workers", "trainer.device", "logger", "logger.*",
-             "media_samples", "vocoder.ckpt", "zoo.*", FORCE_KEY)
+             "media_samples", "vocoder.ckpt", "zoo.*", FORCE_KEY,
+             "trainer.compile", "trainer.fused_optimizer", "trainer.channels_last", "trainer.tf32")  # speed only
 
 
 # Keys renamed since a run could have recorded them (old spelling -> new): compared under their new names.

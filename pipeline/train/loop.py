@@ -50,6 +50,25 @@ def trainer_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return OmegaConf.to_container(node, throw_on_missing=True)
 
 
+def speed_up(modules: Iterable[nn.Module], settings: Mapping[str, Any]) -> None:
+    """The trainer's speed options (`trainer.channels_last`, `.compile`, `.tf32`) applied in place: convolution
+    weights in NHWC, each module's forward compiled (`nn.Module.compile`: the state dict keeps its keys), TF32
+    for fp32 matrix products and convolutions (process-wide; on only when asked). The same calls for the loop
+    and `make bench-gpu`."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(settings["tf32"])
+    torch.backends.cudnn.allow_tf32 = bool(settings["tf32"])
+    for module in modules:
+        if settings["channels_last"]:
+            module.to(memory_format=torch.channels_last)
+        if settings["compile"]:
+            module.compile()
+
+
+def optimizer_options(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments every task gives its Adam / AdamW: `fused=True` with `trainer.fused_optimizer`."""
+    return {"fused": True} if settings["fused_optimizer"] else {}
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; training stopped and the last good checkpoint was left in place."""
 
@@ -297,9 +316,14 @@ class Trainer:
                           num_workers=int(self.cfg["num_workers"]), generator=generator,
                           collate_fn=self.task.collate_fn(), persistent_workers=False)
 
+    def optimizer_options(self) -> dict[str, Any]:
+        """What a task passes to its optimisers (`optimizer_options`)."""
+        return optimizer_options(self.cfg)
+
     def _prepare(self) -> tuple[DataLoader, DataLoader | None]:
         task = self.task
         task.build()
+        speed_up(task.modules.values(), self.cfg)
         train_ds, val_ds = task.train_dataset(), task.val_dataset()
         if len(train_ds) < self.batch_size * self.num_processes:
             raise ValueError(f"the training set has {len(train_ds)} items, fewer than one batch "

@@ -118,7 +118,8 @@ class ClassifierTask(Task):
         optim = self.ccfg.optim
         self.modules = {"model": model}
         self.optimizers = {"model": torch.optim.Adam(model.parameters(), lr=self.trainer.learning_rate(optim),
-                                                     betas=tuple(optim.betas), weight_decay=float(optim.weight_decay))}
+                                                     betas=tuple(optim.betas), weight_decay=float(optim.weight_decay),
+                                                     **self.trainer.optimizer_options())}
         log.info("%s: %.2f M parameters, %d classes", self.args["arch"],
                  sum(p.numel() for p in model.parameters()) / 1e6, len(self.classes))
 

@@ -55,8 +55,10 @@ class CodebookTask(Task):
         betas = tuple(optim.betas)
         self.modules = {"model": model, "loss": loss}
         self.optimizers = {
-            "ae": torch.optim.Adam(model.autoencoder_parameters(), lr=lr, betas=betas),
-            "disc": torch.optim.Adam(loss.discriminator.parameters(), lr=lr, betas=betas),
+            "ae": torch.optim.Adam(model.autoencoder_parameters(), lr=lr, betas=betas,
+                                   **self.trainer.optimizer_options()),
+            "disc": torch.optim.Adam(loss.discriminator.parameters(), lr=lr, betas=betas,
+                                     **self.trainer.optimizer_options()),
         }
         self.vocode = None
 

@@ -71,8 +71,9 @@ class VocoderTask(Task):
         betas = tuple(optim.betas)
         self.modules = {"netG": netG, "netD": netD}
         lr = self.trainer.learning_rate(optim)
-        self.optimizers = {"netG": torch.optim.Adam(netG.parameters(), lr=lr, betas=betas),
-                           "netD": torch.optim.Adam(netD.parameters(), lr=lr, betas=betas)}
+        fused = self.trainer.optimizer_options()
+        self.optimizers = {"netG": torch.optim.Adam(netG.parameters(), lr=lr, betas=betas, **fused),
+                           "netD": torch.optim.Adam(netD.parameters(), lr=lr, betas=betas, **fused)}
         self.mel = MelTransform().to(self.trainer.device)
         self.hop = netG.hop_length
         log.info("vocoder: generator %.2f M, discriminator %.2f M parameters",
