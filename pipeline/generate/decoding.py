@@ -135,25 +135,28 @@ class StaticDecoder:
 
     def _capture(self) -> None:
         """Warm up on a side stream (compiling, tuning; it writes the slot the first replay writes again), then
-        record one step as a CUDA graph."""
+        record one step as a CUDA graph. A compiled step that fails either way is replaced by the eager one."""
+        try:
+            self._record()
+        except Exception as error:  # noqa: BLE001 - Inductor/Triton failures vary; the eager step always works
+            if not self.compiled:
+                raise
+            log.warning("the compiled decoding step failed (%s: %s); the CUDA graph records the eager step",
+                        type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            self.compiled, self.step_fn, self.graph = False, self.gpt.step_static, None
+            self._record()
+
+    def _record(self) -> None:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            try:
-                for _ in range(2):
-                    self.step_fn(self.idx, self.pos, self.cache)
-            except Exception as error:  # noqa: BLE001 - Inductor/Triton failures vary; the eager step always works
-                if not self.compiled:
-                    raise
-                log.warning("compiling the decoding step failed (%s: %s); the CUDA graph records the eager step",
-                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
-                self.compiled, self.step_fn = False, self.gpt.step_static
-                for _ in range(2):
-                    self.step_fn(self.idx, self.pos, self.cache)
+            for _ in range(2):
+                self.step_fn(self.idx, self.pos, self.cache)
         torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
             self.logits = self.step_fn(self.idx, self.pos, self.cache)
+        self.graph = graph
 
     @torch.inference_mode()
     def steps(self, cond, num_tokens: int | None = None, **options) -> Iterator[tuple[int, torch.Tensor]]:
@@ -181,7 +184,7 @@ class TokenSampler:
     made once (per batch size and condition length) and reused. `refresh()` copies the model's current weights
     into the fast copy (a model that trains on)."""
 
-    def __init__(self, model, precision: str = "auto", compile_step: bool = True) -> None:
+    def __init__(self, model, precision: str, compile_step: bool) -> None:
         self.model = model
         self.device = gpt_of(model).pos_emb.device
         self.grid = grid_of(model, None)

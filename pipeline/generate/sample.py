@@ -45,7 +45,7 @@ from pipeline.data.datasets import ConditionedDataset, batch_condition
 from pipeline.data.layout import layout_of
 from pipeline.evaluate.av_benchmark import write_av_benchmark
 from pipeline.files.writes import FailureManifest, atomic_write, save_json, save_npy
-from pipeline.generate.decoding import TokenSampler
+from pipeline.generate.decoding import TokenSampler, decoding_path, describe
 from pipeline.generate.loading import (
     features_config,
     load_model,
@@ -65,7 +65,9 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
 SETTINGS_FILE = "sampling.json"  # what made a run's samples: a rerun with other settings is refused
 # every key that changes a sample but not the run folder's name (checkpoint paths are left out of it, `top_k: auto`
 # and `precision: auto` resolve per model and device): compared with the recorded ones before anything is written
-SETTINGS = ("transformer.ckpt", "codebook.ckpt", "vocoder.ckpt", *FIELDS, "precision", "condition_shuffle")
+SETTINGS = ("transformer.ckpt", "codebook.ckpt", "vocoder.ckpt", *FIELDS, "precision", "sampler", "condition_shuffle")
+EXACT = describe(decoding_path(torch.device("cpu"), "fp32", False))  # what sampled the runs recorded before their
+# sampler was (the only path then)
 AV_BENCHMARK_DIR = "av_benchmark"  # <run>/av_benchmark/<split>/{gt_audio,videos,pred_audio/sample_<k>}
 
 
@@ -90,7 +92,7 @@ def settings_record(cfg, meta: Mapping[str, Any], settings: SamplingSettings, sa
     """What makes the samples of a run (SETTINGS, resolved: the checkpoint's path, `top_k`, the sampler's dtype)."""
     return {"transformer.ckpt": meta["path"], "codebook.ckpt": cfg.codebook.ckpt,
             "vocoder.ckpt": cfg.vocoder.ckpt or "griffinlim", **settings.options(), "precision": sampler.path["dtype"],
-            "sampler": str(sampler), "condition_shuffle": bool(cfg.get("condition_shuffle", False))}
+            "sampler": str(sampler), "condition_shuffle": bool(cfg.condition_shuffle)}
 
 
 def check_settings(path: Path, record: dict[str, Any], overwrite: bool) -> None:
@@ -98,6 +100,8 @@ def check_settings(path: Path, record: dict[str, Any], overwrite: bool) -> None:
     if path.exists() and not overwrite:
         old = json.loads(path.read_text())
         old.setdefault("vocoder.ckpt", old.get("vocoder"))  # recorded as `vocoder` before
+        old.setdefault("precision", "fp32")
+        old.setdefault("sampler", EXACT)
         diffs = [f"{k}: {old.get(k)!r} -> {record.get(k)!r}" for k in SETTINGS if old.get(k) != record.get(k)]
         if diffs:
             raise ValueError(f"{path.parent} holds samples made with other settings ({'; '.join(diffs)}): pass "
