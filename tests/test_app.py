@@ -227,6 +227,7 @@ def test_errors_keep_their_reason():
     assert page_error(gr, KeyError("model_args")).message == "KeyError: 'model_args'"
 
 
+@pytest.mark.slow
 def test_the_stage_prints_its_address(checkpoint, original_fixtures, outputs):
     """`python -m stages.app port=0`: the page comes up on a free port and the stage says where."""
     pytest.importorskip("gradio", reason="gradio is the app extra: make install")

@@ -38,6 +38,7 @@ def test_step_static_equals_the_cached_step():
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # spawns extraction workers; a minute or more on 2 cores
 def test_bench_gpu_smoke_mode_runs_every_part_on_cpu(capsys):
     from pipeline.bench import gpu
     from pipeline.bench.paper_models import SMOKE

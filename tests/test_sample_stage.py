@@ -197,6 +197,7 @@ def sampler_calls(monkeypatch) -> list[tuple[str, int, bool]]:
     return calls
 
 
+@pytest.mark.slow  # trains a step and samples five times
 def test_every_entry_point_samples_through_the_stages_sampler(models, outputs, tmp_path, compose, sampler_calls):
     """The sample stage (a split, a video, a long video), the app and the training stage's logged samples take
     their tokens from the one `TokenSampler`, built from the `sampling` group: `sampling.precision=bf16` puts every
