@@ -162,10 +162,10 @@ def test_the_status_speaks_plainly(sampler, tmp_path):
                     attention_seconds=[np.array([1.0, 3.0, 5.0])])
     text = done_status(result)
     assert text.startswith(f"Done: 1 sound of 2.0 s, saved in `{tmp_path}`.")
-    assert "looked most at the video around 3.0 s (past the video's end: its padding)" in text
+    assert "looked most at the video around 3.0 s, past the video's end (where its features are padding)." in text
     assert "position" not in text and "condition" not in text
     result.video_seconds = 4.0
-    assert "around 3.0 s (the plots below each sample)" in done_status(result)
+    assert "around 3.0 s. The plot below each sample shows where it looked." in done_status(result)
     assert page_settings("nopix", 0.8, 0, 1.0) == SamplingSettings("nopix", 0.8, None, None)  # 0 and 1 mean off
 
 

@@ -71,10 +71,10 @@ def done_status(result: Result) -> str:
     if result.attention and result.attention[0].size > 1:
         end = result.video_seconds
         looked = [float(times[int(att.argmax())]) for att, times in zip(result.attention, result.attention_seconds)]
-        places = [f"{t:.1f} s" + (" (past the video's end: its padding)" if end is not None and t > end else "")
-                  for t in looked]
+        places = [f"{t:.1f} s" + (", past the video's end (where its features are padding)"
+                                   if end is not None and t > end else "") for t in looked]
         text += (" When it chose the last sound token, the model looked most at the video around "
-                 + ", ".join(places) + " (the plots below each sample).")
+                 + "; ".join(places) + ". The plot below each sample shows where it looked.")
     return text
 
 
