@@ -43,6 +43,11 @@ def sampler(tmp_path_factory, checkpoint, original_fixtures) -> AppSampler:
     return AppSampler(cfg, tmp_path_factory.mktemp("app_run"), load_user_models(cfg))
 
 
+def press(sampler: AppSampler, video, clip_id, settings: SamplingSettings, **options):
+    """One press of "Generate" to its end: the Result (the stream's last item)."""
+    return list(sampler.stream(video, clip_id, settings, **{**PRESS, **options}))[-1]
+
+
 def _with(sampler: AppSampler, **changes) -> AppSampler:
     """The same models under another config (its run folder, classifier, ...)."""
     run_dir = changes.pop("run_dir", sampler.run_dir)
@@ -51,8 +56,8 @@ def _with(sampler: AppSampler, **changes) -> AppSampler:
 
 def test_an_uploaded_video_gives_sounds_videos_spectrograms_and_a_reconstruction(sampler, tmp_path):
     video = write_clip(tmp_path / "clip.mp4", 2.0)
-    result = sampler.generate(str(video), None, SamplingSettings("half", 0.9, 8, 0.9),
-                              **{**PRESS, "samples": 2, "seed": 3, "reconstruct": True})
+    result = press(sampler, str(video), None, SamplingSettings("half", 0.9, 8, 0.9), samples=2, seed=3,
+                   reconstruct=True)
     assert len(result.waves) == len(result.mels) == len(result.mp4s) == 2
     for wave, mel, mp4, wav in zip(result.waves, result.mels, result.mp4s, result.wavs):
         assert wave.dtype == np.float32 and abs(len(wave) / 22050 - 2.0) < 0.05  # cut to the video's length
@@ -62,7 +67,7 @@ def test_an_uploaded_video_gives_sounds_videos_spectrograms_and_a_reconstruction
     recon = result.reconstruction
     assert recon["mel"].shape == (80, 848) and abs(len(recon["wave"]) / 22050 - 2.0) < 0.05
     assert recon["wav"].exists()
-    again = sampler.generate(str(video), None, SETTINGS, **{**PRESS, "seed": 3, "max_seconds": 1.5})
+    again = press(sampler, str(video), None, SETTINGS, seed=3, max_seconds=1.5)
     assert again.folder != result.folder and abs(len(again.waves[0]) / 22050 - 1.5) < 0.05  # a folder per press
 
 
@@ -75,12 +80,12 @@ def test_a_data_set_clip_uses_its_stored_features(sampler, outputs):
                     np.zeros((215, 256), np.float32))
     here = _with(sampler, dataset={"root": str(root)})  # the same models, the data set made here
     assert here.clips() == ["chirp/video_00001", "noise/video_00001"]
-    result = here.generate(None, "noise/video_00001", SETTINGS, **PRESS)
+    result = press(here, None, "noise/video_00001", SETTINGS)
     assert result.mp4s == [None] and result.mels[0].shape == (80, 848) and result.video_seconds is None
     with pytest.raises(ValueError, match="needs the clip's video"):
-        here.generate(None, "noise/video_00001", SETTINGS, **{**PRESS, "reconstruct": True})
+        press(here, None, "noise/video_00001", SETTINGS, reconstruct=True)
     with pytest.raises(ValueError, match="upload a video or pick a clip"):
-        here.generate(None, None, SETTINGS, **PRESS)
+        press(here, None, None, SETTINGS)
 
 
 def test_the_page_builds_and_without_gradio_the_error_names_the_extra(sampler, monkeypatch):
@@ -127,7 +132,7 @@ def test_a_long_video_sounds_on_the_page_as_from_the_stage(sampler, tmp_path):
     """A 12-s video: the page samples it as `stages.sample` does (the sliding window, the condition following the
     picture), the same tokens and files, and its attention plot covers the last window's frames."""
     video = write_clip(tmp_path / "long.mp4", 12.0)
-    result = sampler.generate(str(video), None, SETTINGS, **{**PRESS, "seed": 7})
+    result = press(sampler, str(video), None, SETTINGS, seed=7)
     expected = sample_user_clip(sampler.models, video, [tmp_path / "stage" / "long_sample_0"], SETTINGS, seed=7,
                                 max_seconds=None)[0]
     assert expected["clip"].window["slide_cond"]  # the stage's long-video path
@@ -192,8 +197,8 @@ def test_the_classifier_gives_the_top_five_classes(sampler, classifier_ckpt, tmp
     import torch
 
     path, model, classes = classifier_ckpt
-    result = _with(sampler, classifier={"ckpt": str(path)}).generate(str(write_clip(tmp_path / "clip.mp4", 2.0)),
-                                                                     None, SETTINGS, **{**PRESS, "seed": 1})
+    result = press(_with(sampler, classifier={"ckpt": str(path)}), str(write_clip(tmp_path / "clip.mp4", 2.0)), None,
+                   SETTINGS, seed=1)
     [top5] = result.top5
     with torch.no_grad():
         x = (torch.from_numpy(result.mels[0])[None] - 0.5) / 0.2

@@ -225,8 +225,8 @@ def test_every_entry_point_samples_through_the_stages_sampler(models, outputs, t
                   "sampling.precision=bf16")
     page = AppSampler(cfg, tmp_path / "app", load_user_models(cfg))
     sampler_calls.clear()
-    page.generate(str(long), None, SamplingSettings("nopix", 1.0, 8, None), samples=1, max_seconds=None, seed=0,
-                  class_id=None, reconstruct=False)
+    list(page.stream(str(long), None, SamplingSettings("nopix", 1.0, 8, None), samples=1, max_seconds=None, seed=0,
+                     class_id=None, reconstruct=False))
     assert sampler_calls == [(fast, 5 * 65, True)]
 
     make_dataset(outputs / "demo_data", train=1, valid=1)  # the training stage's logged samples

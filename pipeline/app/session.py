@@ -137,13 +137,6 @@ class AppSampler:
         return (video if video.exists() else None), features
 
     # --- one press of the button ---------------------------------------------------------------------------
-    def generate(self, video: str | Path | None, clip_id: str | None, settings: SamplingSettings,
-                 **options) -> Result:
-        """`stream` to its end: the Result alone."""
-        for item in self.stream(video, clip_id, settings, **options):
-            pass
-        return item
-
     def stream(self, video: str | Path | None, clip_id: str | None, settings: SamplingSettings, *, samples: int,
                max_seconds: float | None, seed: int, class_id: int | None,
                reconstruct: bool) -> Iterator[Preview | Result]:

@@ -10,8 +10,8 @@ Random weights (speed does not depend on them). Parts, each timed:
    the exact fp32 path at the same batch; targets: <= 100 ms of tokens and <= 150 ms end to end at batch 1, >= 100
    clips/s at batch >= 16; the first call's time (compiling, capturing) apart.
 3. The decoding step at batch 1 against the card's bandwidth bound (a roofline probe of the same run: bf16 GEMV
-   GB/s; the step must read every weight once): the sampler's (compiled) step and the eager step in a graph, and
-   their CUDA kernels per step; target >= 60% of the bound.
+   GB/s; the step must read every weight once, and the cache's keys and values): the sampler's (compiled) step and
+   the eager step in a graph, and their CUDA kernels per step; target >= 60% of the bound.
 4. Training (`pipeline.bench.gpu_training`): codebook and transformer steps, the original's procedure against
    `trainer=gpu` at the paper's batch and at the largest that fits 80 GB, samples/s and MFU.
 5. Extraction (`pipeline.bench.gpu_extraction`): ResNet50 features on the card and mels, videos decoded in worker
@@ -36,7 +36,7 @@ from pipeline.bench.measure import load_line, roofline
 from pipeline.bench.paper_models import SMOKE, build_models, linear_bytes, paper_sizes
 from pipeline.build.vocoder import Vocoder
 from pipeline.config.presets import compose_stage
-from pipeline.generate.decoding import StaticDecoder, TokenSampler
+from pipeline.generate.decoding import StaticDecoder, TokenSampler, describe
 from pipeline.generate.sampling import sample
 from pipeline.generate.settings import SamplingSettings
 from pipeline.generate.user_clip import generate
@@ -119,10 +119,17 @@ def compiled_agreement(sampler: TokenSampler, sizes: dict, device: torch.device,
     return diff
 
 
+def step_bytes(gpt, batch: int, cond_length: int, grid: tuple[int, int]) -> int:
+    """What one decoding step must read: every weight of the GPT's linear layers and, in attention, the keys and
+    values of every slot of the static cache (S + H * W per sequence, 2 x n_layer x n_embd values each)."""
+    slots = cond_length + grid[0] * grid[1]
+    return linear_bytes(gpt) + 2 * gpt.n_layer * batch * slots * gpt.n_embd * gpt.pos_emb.element_size()
+
+
 def clips(model, generator, sizes: dict, device: torch.device, sampler: TokenSampler,
-          sampling, step_bound_s: float) -> dict[int, dict]:
+          sampling, probe) -> dict[int, dict]:
     """Seconds per clip end to end through the stage's sampler (`generate`, the vocoder under its autocast) against
-    the exact fp32 path, per batch; the tokens' bound is 265 steps at the bandwidth bound of a step."""
+    the exact fp32 path, per batch; the tokens' bound is 265 steps at the bandwidth bound of a step (`step_bytes`)."""
     H, W = model.first_stage_permuter.H, model.first_stage_permuter.W
     num_tokens = sizes.get("num_tokens", H * W)
     exact = TokenSampler(model, "fp32", False)
@@ -150,17 +157,19 @@ def clips(model, generator, sizes: dict, device: torch.device, sampler: TokenSam
         row = {"seconds_per_clip": seconds / batch, "clips_per_s": batch / seconds, "peak_gib": peak,
                "tokens_seconds_per_clip": tokens_s / batch, "fp32_seconds_per_clip": base / batch,
                "first_call_s": first, "waveform_samples": int(wave.shape[-1]),
-               "tokens_bound_s": num_tokens * step_bound_s / batch}
+               "tokens_bound_s": num_tokens * probe.memory_seconds(step_bytes(sampler.gpt, batch, sizes["S"],
+                                                                              sampler.grid)) / batch}
         out[batch] = row
         if batch == 1:
             target = (f"targets <= {1e3 * TARGETS['tokens_s']:.0f} ms of tokens, <= {1e3 * TARGETS['clip_s']:.0f} ms "
                       f"end to end")
         else:
             target = f"target >= {TARGETS['clips_per_s']:.0f} clips/s at batch >= 16"
-        print(f"{clip_s:.2f}-s clip end to end, batch {batch}, {sampler.describe(batch)}: {1e3 * seconds / batch:.1f} "
-              f"ms per clip = {batch / seconds:.1f} clips/s ({1e3 * tokens_s / batch:.1f} ms of it the {num_tokens} "
-              f"tokens, bound {1e3 * row['tokens_bound_s']:.1f} ms; first call {first:.1f} s; peak {peak:.2f} GiB) vs "
-              f"the exact fp32 path {1e3 * base / batch:.1f} ms per clip ({base / seconds:.1f}x); {target}")
+        print(f"{clip_s:.2f}-s clip end to end, batch {batch}, {describe(sampler.path, batch)}: "
+              f"{1e3 * seconds / batch:.1f} ms per clip = {batch / seconds:.1f} clips/s ({1e3 * tokens_s / batch:.1f} "
+              f"ms of it the {num_tokens} tokens, bound {1e3 * row['tokens_bound_s']:.1f} ms; first call "
+              f"{first:.1f} s; peak {peak:.2f} GiB) vs the exact fp32 path {1e3 * base / batch:.1f} ms per clip "
+              f"({base / seconds:.1f}x); {target}")
     return out
 
 
@@ -182,7 +191,8 @@ def decoding_step(sampler: TokenSampler, sizes: dict, device: torch.device, prob
     """The batch-1 decoding step of the sampler and of the eager step in a graph, against the bandwidth bound."""
     S, repeats = sizes["S"], 200 if device.type == "cuda" else 5
     position = S + min(100, sampler.grid[0] * sampler.grid[1] - 2)  # a step in the middle of a clip
-    floor = probe.memory_seconds(linear_bytes(sampler.gpt))
+    nbytes = step_bytes(sampler.gpt, 1, S, sampler.grid)
+    floor = probe.memory_seconds(nbytes)
     token = torch.zeros(1, 1, dtype=torch.long, device=device)
     feats = torch.rand(1, sizes["feat_depth"], S, device=device)
     rows = {}
@@ -198,7 +208,7 @@ def decoding_step(sampler: TokenSampler, sizes: dict, device: torch.device, prob
             kernels = _kernels_per_step(lambda d=decoder: d.step_fn(d.idx, d.pos, d.cache), device)
             rows[name] = {"step_s": step, "bound_share": floor / step, "kernels": kernels}
             print(f"bf16 decoding step, batch 1, {name} ({describe_decoder(decoder)}): {1e6 * step:.0f} us against "
-                  f"the bandwidth bound {1e6 * floor:.0f} us ({linear_bytes(sampler.gpt) / 2**20:.0f} MiB at "
+                  f"the bandwidth bound {1e6 * floor:.0f} us ({nbytes / 2**20:.0f} MiB at "
                   f"{probe.gemv_gbs:.0f} GB/s) = {100 * floor / step:.0f}% (target >= "
                   f"{100 * TARGETS['bound_share']:.0f}%)" + (f"; {kernels} CUDA kernels per step" if kernels else ""))
     return rows
@@ -240,9 +250,8 @@ def run(smoke: bool = False, device: str | torch.device | None = None) -> dict[s
     sampling = stage_sampling(smoke)
     sampler = TokenSampler.from_config(model, sampling)
     print(f"the sample stage's sampler here: {sampler}")
-    step_bound = probe.memory_seconds(linear_bytes(sampler.gpt))
     part("static", lambda: exactness(model, sizes, device))
-    part("clips", lambda: clips(model, generator, sizes, device, sampler, sampling, step_bound))
+    part("clips", lambda: clips(model, generator, sizes, device, sampler, sampling, probe))
     part("compiled_logit_diff", lambda: compiled_agreement(sampler, sizes, device))
     part("decoding_step", lambda: decoding_step(sampler, sizes, device, probe))
     sampler = None  # its copy, caches and graphs: the memory goes to training

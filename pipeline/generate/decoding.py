@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from models.gpt import GPT
-from pipeline.generate.sampling import CacheStepper, decode_steps, gpt_of, grid_of, sampling_call
+from pipeline.generate.sampling import decode_steps, gpt_of, grid_of, sample_steps, sampling_call
 from pipeline.generate.settings import SamplingSettings
 
 log = logging.getLogger(__name__)
@@ -200,10 +200,6 @@ class TokenSampler:
     def __str__(self) -> str:
         return describe(self.path)
 
-    def describe(self, batch_size: int) -> str:
-        """What samples a batch of `batch_size`, in words."""
-        return describe(self.path, batch_size)
-
     @torch.no_grad()
     def refresh(self) -> None:
         """The fast copy takes the model's current weights (in place: graphs and compiled steps stay valid)."""
@@ -229,13 +225,11 @@ class TokenSampler:
         """(tokens done, the (B, num_tokens) buffer) after every token, as `sample_steps` (`window`: its
         `slide_cond`, `cond_frames`)."""
         options = dict(**settings.options(), gt_tokens=gt_tokens, generator=generator, **window)
-        call = sampling_call(self.gpt, cond, num_tokens, grid=self.grid, **options)
-        if self.path["fast"]:
-            decoder = self.decoder(call.B, call.S)
-            decoder.reset()
-        else:
-            decoder = CacheStepper(call.gpt, call.B, call.S + min(call.num_tokens, call.H * call.W))
-        yield from decode_steps(call, decoder)
+        if not self.path["fast"]:
+            yield from sample_steps(self.gpt, cond, num_tokens, grid=self.grid, **options)
+            return
+        call = sampling_call(self.gpt, cond, num_tokens, grid=self.grid, **options)  # its batch and condition
+        yield from self.decoder(call.B, call.S).steps(cond, num_tokens, **options)
 
     def sample(self, cond, settings: SamplingSettings, num_tokens: int | None = None, **options) -> torch.Tensor:
         """Tokens (B, num_tokens) (arguments as `steps`)."""
