@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU wheel by default; GPU users: make install TORCH_SPEC="torch"
 TORCH_SPEC ?= torch==2.13.0
-DEMO_DIR ?= outputs/demo_data
+# where stages.make_demo_data writes (dataset=demo's root)
+DEMO_DIR ?= $(or $(SPECVQGAN_OUTPUTS),outputs)/demo_data
 export WANDB_MODE ?= offline
 export PYTHONHASHSEED := 0
 
@@ -23,8 +24,10 @@ $(VENV)/.installed: setup.cfg
 
 install: $(VENV)/.installed  ## make a .venv with everything (CPU torch unless TORCH_SPEC says otherwise)
 
-demo: install  ## the whole pipeline on a generated data set, on CPU
-	$(PY) -m pipeline.demo.demo
+# the demo is the chain on a generated folder of videos (class subfolders); its events.json gives the synchrony target
+demo: install  ## the whole pipeline on a generated data set, on CPU: stages.chain on its folder of videos
+	$(PY) -m stages.make_demo_data
+	$(PY) -m stages.chain dataset=folder dataset.root=$(DEMO_DIR)/videos dataset.events=$(DEMO_DIR)/events.json models=tiny
 
 # Debian packages of the real components the tests start (a SLURM cluster with accounting, a headless browser for
 # report.html); one list, extend it

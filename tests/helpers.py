@@ -25,6 +25,12 @@ CLASSES = ("chirp", "noise")      # make_dataset's two classes
 FEATURES = "efficientnet_lite0"   # dataset=demo's features; the files are made here, no network runs
 FEAT_FOLDER = "feature_efficientnet_lite0_dim1280_21.5fps"
 DEPTH = 1280
+# the chain (stages.chain) on the tiny presets with a few steps each: its steps, not the models' quality, under test
+CHAIN_FEW_STEPS = ["logger=none", "codebook.schedule.max_steps=4", "codebook.schedule.val_every=2",
+                   "vocoder.schedule.max_steps=2", "vocoder.schedule.val_every=2", "vocoder.optim.batch_size=2",
+                   "classifier.schedule.max_steps=2", "classifier.schedule.val_every=2",
+                   "classifier.optim.batch_size=2", "transformer.schedule.max_steps=4",
+                   "transformer.schedule.val_every=2", "samples_per_clip=2"]
 SMALL_VGG = {"conv_layers": (4, "MP", 8, 8, "MP", 8), "num_classes": 7, "hidden": 16}  # a VGGishish in a few ms
 
 
@@ -200,3 +206,27 @@ def fast_melception(num_classes: int):
 def demo_spec(**overrides) -> DemoSpec:
     """The demo data set's spec as conf/make_demo_data.yaml composes it, with `overrides` (smaller sets for tests)."""
     return DemoSpec.from_config(compose_stage("make_demo_data"), **overrides)
+
+
+def video_folder(root: Path, classes: int = 2, clips: int = 4, seconds: float = 3.0, bad: bool = True) -> Path:
+    """A folder of the demo's videos (pipeline.demo.make_demo_data: `classes` x `clips` of `seconds`, 64 px) in class
+    subfolders whose names, like their files', have spaces; with `bad`, a truncated copy of a clip and a video
+    without sound beside them."""
+    import shutil
+
+    from pipeline.demo.make_demo_data import class_list, generate
+
+    made = root.parent / f".{root.name}-generated"
+    generate(made, demo_spec(num_classes=classes, clips_per_class=clips, seconds=seconds, size=64, seed=0))
+    for c in class_list(classes):
+        folder = root / c.name.split("_", 1)[1].replace("_", " ")  # 00_chirp_circle -> "chirp circle"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, video in enumerate(sorted((made / "videos" / c.name).glob("*.mp4"))):
+            shutil.copyfile(video, folder / f"clip {k}.mp4")
+    shutil.rmtree(made)
+    if bad:
+        first = sorted(root.glob("*/clip 0.mp4"))[0]
+        data = first.read_bytes()
+        (first.parent / "broken clip.mp4").write_bytes(data[: len(data) // 2])
+        write_clip(first.parent / "no sound.mp4", seconds, audio=None)
+    return root

@@ -15,8 +15,9 @@ STAGES = sorted(p.stem for p in (ROOT / "stages").glob("*.py") if not p.stem.sta
 REQUIRED = {"codec": ["mode=encode", "input=x.wav", "output=x.svqc", "codebook.ckpt=c.pt"],
             "evaluate": ["classifier.ckpt=melception.pt"], "download": ["what=list"], "paper_table": ["table=c"]}
 # files a user must name, asked for only where they are used: the feature network's weights (where frames
-# become features) and the LPAPS trunk (when the paper codebook is trained with its perceptual loss)
-NEEDED_ONLY_WHEN_USED = {"features.weights", "codebook.loss.lpaps_trunk"}
+# become features) and the LPAPS trunk (when the paper codebook is trained with its perceptual loss); the SLURM
+# partition (when a chain or table is submitted to SLURM)
+NEEDED_ONLY_WHEN_USED = {"features.weights", "codebook.loss.lpaps_trunk", "slurm.partition"}
 
 
 def test_every_stage_has_a_primary_config():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT, make_codebook, make_dataset, write_clip
+from tests.helpers import CHAIN_FEW_STEPS, ROOT, make_codebook, make_dataset, video_folder, write_clip
 
 pytestmark = pytest.mark.slurm  # a real SLURM cluster: `make test` only, not the fast lane
 
@@ -44,6 +44,16 @@ def demo(outputs: Path) -> Path:
     return make_codebook(outputs / "codebook.pt")
 
 
+def _summaries(sweep_dir: Path) -> list[Path]:
+    """The sweeps' own summaries in a sweep folder, oldest first."""
+    return sorted(sweep_dir.glob("sweep_summary_*.json"))
+
+
+def _jobs(sweep_dir: Path) -> list[dict]:
+    """The jobs of the latest sweep's summary."""
+    return json.loads(_summaries(sweep_dir)[-1].read_text())["jobs"]
+
+
 def _queue(cluster) -> list[str]:
     return (cluster.run_ok("squeue", "-h", "-o", "%i") or "").split()
 
@@ -68,7 +78,7 @@ def test_a_two_job_sweep_runs_each_job_in_its_own_folder_and_writes_a_summary(sl
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + slurm_cluster.log_tail()
     print(f"two-job sweep on the local cluster: {time.monotonic() - tic:.1f} s")
     sweep_dir = outputs / "train_transformer" / "demo"
-    jobs = json.loads((sweep_dir / "sweep_summary.json").read_text())["jobs"]
+    jobs = _jobs(sweep_dir)
     assert [j["state"] for j in jobs] == ["COMPLETED", "COMPLETED"]
     assert [Path(j["run_dir"]).name for j in jobs] == [RUN.format(1), RUN.format(5)]
     for job in jobs:
@@ -87,6 +97,12 @@ def test_a_two_job_sweep_runs_each_job_in_its_own_folder_and_writes_a_summary(sl
     assert result.returncode != 0
     assert "1 of 1 sweep jobs failed" in result.stderr and "trainer.grad_accum: 1 there, 2 now" in result.stderr
     assert torch.load(Path(jobs[1]["last"]), weights_only=True)["train_state"]["step"] == 10  # untouched
+    # the failed job's own log, by its real path; the second sweep's summary beside the first's, which stays
+    log = Path(result.stderr.split("its log: ")[1].split(" (every job's")[0])
+    assert log.is_file() and "%j" not in str(log) and "grad_accum" in log.read_text()
+    first, second = _summaries(sweep_dir)
+    assert json.loads(first.read_text())["jobs"] == jobs
+    assert [j["state"] for j in json.loads(second.read_text())["jobs"]] == ["FAILED"]
 
 
 def test_the_launcher_stops_bad_sweeps_before_or_at_submission(slurm_cluster, demo, outputs):
@@ -162,7 +178,7 @@ def test_a_two_task_job_trains_as_two_ranks_into_one_folder(slurm_cluster, demo,
     result = _sweep(outputs, "transformer.feat_sample_size=2", f"codebook.ckpt={demo}", "trainer.max_steps=6",
                     "trainer.val_every=3", "hydra.launcher.tasks_per_node=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    jobs = json.loads((outputs / "train_transformer" / "demo" / "sweep_summary.json").read_text())["jobs"]
+    jobs = _jobs(outputs / "train_transformer" / "demo")
     run = Path(jobs[0]["run_dir"])
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["train_state"]["num_processes"] == 2 and ckpt["train_state"]["step"] == 6
@@ -192,7 +208,7 @@ def test_an_array_job_fills_in_a_half_done_extraction(slurm_cluster, outputs, co
                             cwd=ROOT, env=_env(outputs), capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     sweep = outputs / "extract_mels" / "demo"
-    jobs = json.loads((sweep / "sweep_summary.json").read_text())["jobs"]
+    jobs = _jobs(sweep)
     assert [j["state"] for j in jobs] == ["COMPLETED", "COMPLETED"] and "_" in jobs[0]["job_id"]  # an array
     assert len({j["run_dir"] for j in jobs}) == 1  # the shards of one run share its folder
     said = [(sweep / ".submitit" / j["job_id"] / f"{j['job_id']}_0_log.out").read_text() for j in jobs]
@@ -200,3 +216,68 @@ def test_an_array_job_fills_in_a_half_done_extraction(slurm_cluster, outputs, co
     assert "2 processed, 0 skipped (already done), 0 failed" in said[1]
     assert sorted(p.name for p in mels.glob("*_mel.npy")) == [f"clip{k}_mel.npy" for k in range(4)]
     assert {name: (mels / name).stat().st_mtime_ns for name in done} == done
+
+
+# the chain (pipeline/chain/slurm.py): every step a job after the jobs it needs, on the tiny presets with few steps
+CHAIN_ON_SLURM = ["submit=slurm", "slurm.partition=debug", "slurm.gpus_per_node=0", "slurm.cpus_per_task=1",
+                  "slurm.mem_gb=1", "slurm.timeout_min=30", "slurm.cpu.cpus_per_task=1", "slurm.cpu.mem_gb=1",
+                  "slurm.shards=2"]
+
+
+def _chain(outputs: Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
+    from pipeline.chain.graph import quoted
+
+    command = [sys.executable, "-m", "stages.chain", "dataset=folder", quoted("dataset.root", root), "models=tiny",
+               *CHAIN_FEW_STEPS, *CHAIN_ON_SLURM, *extra]
+    return subprocess.run(command, cwd=ROOT, env=_env(outputs), capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def _chain_settles(outputs: Path, root: Path, *extra: str, timeout: float = 900) -> str:
+    """The chain's `action=status` once no job of it is queued or running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = _chain(outputs, root, *extra, "action=status")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        states = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("  ")
+                  and len(line.split()) > 1]
+        if not any(s in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING") for s in states):
+            return result.stdout
+        time.sleep(3)
+    raise AssertionError(f"the chain's jobs did not finish in {timeout} s: {result.stdout[-3000:]}")
+
+
+def test_the_chain_runs_every_step_as_a_dependent_job(slurm_cluster, outputs, tmp_path):
+    root = video_folder(tmp_path / "my videos")
+    tic = time.monotonic()
+    result = _chain(outputs, root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert time.monotonic() - tic < 60 and "11 job(s) submitted" in result.stdout  # it submits and returns
+    (run,) = (outputs / "chain" / "folder").iterdir()
+    jobs = json.loads((run / "slurm" / "jobs.json").read_text())["jobs"]
+    assert jobs["train_transformer"]["after"] == [jobs["splits"]["job_id"], jobs["train_codebook"]["job_id"]]
+    assert jobs["splits"]["after"] == [jobs["extract_mels"]["job_id"], jobs["extract_features"]["job_id"]]
+    said = _chain_settles(outputs, root)
+    assert "FAILED" not in said and "[chain] targets, each beside its baseline" in said, said
+    samples = run / "sample" / "samples" / "valid"
+    assert (samples / "report.html").is_file() and json.loads((samples / "metrics.json").read_text())["num_fakes"] == 4
+    print(f"the chain on the local cluster: {time.monotonic() - tic:.1f} s")
+    # SLURM ran them: the extraction as arrays of 2 tasks, each step after the ones it needs
+    accounted = slurm_cluster.run_ok("sacct", "-n", "-X", "-P", "-o", "JobID,JobName,State") or ""
+    mels = [line for line in accounted.splitlines() if line.startswith(f"{jobs['extract_mels']['job_id']}_")]
+    assert len(mels) == 2 and all(line.endswith("|chain-extract_mels|COMPLETED") for line in mels)
+    # again: every step's outputs exist, nothing is submitted
+    again = _chain(outputs, root)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout + again.stderr
+
+    # a step that fails: the steps that need it are cancelled, the reason printed; the others are not submitted
+    trained = {g: run / f"train_{g}" / "checkpoints" / "best.pt" for g in ("vocoder", "classifier")}
+    failing = ("codebook.optim.batch_size=1000", f"vocoder.ckpt={trained['vocoder']}",
+               f"classifier.ckpt={trained['classifier']}")
+    result = _chain(outputs, root, *failing)
+    assert result.returncode == 0 and "5 job(s) submitted" in result.stdout, result.stdout + result.stderr
+    said = _chain_settles(outputs, root, *failing)
+    rows = {line.split()[0]: line.split()[1] for line in said.splitlines() if line.startswith("  ")}
+    assert rows["train_codebook"] == "FAILED" and rows["index"] == "COMPLETED"
+    assert {rows[s] for s in ("train_transformer", "sample", "sample_shuffled", "evaluate")} == {"CANCELLED"}
+    assert "[chain] step train_codebook failed: job " in said and "fewer than one batch" in said

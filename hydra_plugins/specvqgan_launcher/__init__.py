@@ -3,6 +3,7 @@ pipeline/cluster/launcher.py adds (required keys, dry run, never-starting jobs, 
 torch.distributed in multi-task jobs). Hydra only loads launcher plugins from the `hydra_plugins` package."""
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -43,8 +44,12 @@ class _Launcher(BaseSubmititLauncher):
                 sweep_config.hydra.output_subdir = None
                 if "root" in sweep_config.hydra.job_logging:
                     sweep_config.hydra.job_logging.root.handlers = ["console"]
-        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
-                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
+                      job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+        if ret.status.name == "FAILED":  # Hydra keeps the error in the return value: the job's log gets it too
+            error = ret._return_value
+            print(f"job failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        return ret
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
@@ -76,18 +81,20 @@ class _Launcher(BaseSubmititLauncher):
             jobs = executor.map_array(self, *zip(*job_params))
         except Exception as error:  # submitit wraps sbatch's stderr in a FailedJobError
             raise SystemExit(cluster.sbatch_refusal(error)) from None
-        log.info("submitted %s", " ".join(str(j.job_id) for j in jobs))
+        log.info("submitted %s; submitit's logs: %s", " ".join(str(j.job_id) for j in jobs),
+                 Path(cluster.job_log(jobs[0])).parent)
         cluster.wait_for_jobs(jobs, slurm=self._EXECUTOR == "slurm")
         rows, returns = [], []
         for job, overrides in zip(jobs, job_overrides):
             row, ret = cluster.summary_row(job, filter_overrides(overrides), None)
             rows.append(row)
             returns.append(ret)
-        cluster.write_summary(sweep_dir, rows)
+        summary = cluster.write_summary(sweep_dir, rows, str(jobs[0].job_id))
         failed = [r for r in rows if r["state"] != "COMPLETED"]
         if failed:
             raise SystemExit(f"{len(failed)} of {len(rows)} sweep jobs failed; first: job {failed[0]['job_id']} "
-                             f"({failed[0]['overrides']}): {failed[0].get('error')}; logs in {init['folder']}")
+                             f"({failed[0]['overrides']}): {failed[0].get('error')}; its log: {failed[0]['log']} "
+                             f"(every job's: {summary})")
         return returns
 
 

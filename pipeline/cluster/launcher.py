@@ -2,10 +2,11 @@
 
 Before anything is submitted: required launcher keys (`???`) are named, and a dry run prints the sbatch
 script. While waiting: a line every 30 s says how many jobs are done, and a job SLURM can never start (reason
-PartitionConfig and the like) is cancelled and reported at once. After: `<sweep dir>/sweep_summary.json` lists
-each job's state, run folder, final validation metrics and checkpoints (from the `result.json` every training
-run writes). Inside a job with several tasks, each task exports the torch.distributed environment from
-submitit's job environment before Accelerate starts. Errors reach the user as one line (SystemExit), not as a
+PartitionConfig and the like) is cancelled and reported at once. After: this sweep's own summary
+(`<sweep dir>/sweep_summary_<when>_<first job id>.json`) lists each job's state, run folder, log file, final
+validation metrics and checkpoints (from the `result.json` every training run writes). Inside a job with
+several tasks, each task exports the torch.distributed environment from submitit's job environment before
+Accelerate starts. Errors reach the user as one line (SystemExit), not as a
 submitit traceback.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ NEVER_STARTS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "
                 "InvalidAccount", "InvalidQOS", "QOSMaxCpuPerJobLimit", "QOSMaxGRESPerJob", "QOSMaxMemoryPerJob",
                 "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit", "AssocMaxWallDurationPerJobLimit",
                 "AssocMaxCpuPerJobLimit", "AssocMaxNodePerJobLimit")
-SUMMARY_FILE = "sweep_summary.json"
+SUMMARY_STEM = "sweep_summary"  # <sweep dir>/sweep_summary_<when>_<first job id>.json (summary_path)
 
 
 class RequiredLauncherKeys(Callback):
@@ -113,21 +114,34 @@ def wait_for_jobs(jobs: Sequence[Any], slurm: bool, poll_s: float = 2.0, report_
         time.sleep(poll_s)
 
 
-def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> Path:
-    """`<sweep dir>/sweep_summary.json` plus a short table on stdout."""
-    path = Path(sweep_dir) / SUMMARY_FILE
+def summary_path(sweep_dir: Path, first_job_id: str) -> Path:
+    """`<sweep dir>/sweep_summary_<date>T<time>_<first job id>.json`: each sweep its own (sweeps of one stage and data
+    set share the sweep folder), in the order they ended."""
+    return Path(sweep_dir) / f"{SUMMARY_STEM}_{time.strftime('%Y%m%dT%H%M%S')}_{str(first_job_id).split('_')[0]}.json"
+
+
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], first_job_id: str) -> Path:
+    """This sweep's summary (`summary_path`) plus a short table on stdout, with each failed job's log."""
+    path = summary_path(sweep_dir, first_job_id)
     save_json(path, {"jobs": rows})
     print(f"sweep summary: {path}")
     for row in rows:
         loss = row.get("metrics", {}).get("val/loss")
         print(f"  {row['state']:<10} {row.get('job_id', '-'):<10} {Path(row.get('run_dir', '-')).name:<40} "
               f"val/loss={'-' if loss is None else f'{loss:.4g}'} {row.get('best') or row.get('last') or ''}")
+        if row["state"] != "COMPLETED" and row.get("log"):
+            print(f"    its log: {row['log']}")
     return path
+
+
+def job_log(job) -> str:
+    """A submitit job's own log file (stderr, where a failure's traceback goes), with its real job id."""
+    return str(job.paths.stderr)
 
 
 def summary_row(job, overrides: Sequence[str], run_dir: Path | None) -> tuple[dict[str, Any], Any]:
     """One job's summary row and its Hydra JobReturn (None when the job failed)."""
-    row: dict[str, Any] = {"overrides": " ".join(overrides), "job_id": str(job.job_id)}
+    row: dict[str, Any] = {"overrides": " ".join(overrides), "job_id": str(job.job_id), "log": job_log(job)}
     ret = None
     try:
         ret = job.results()[0]

@@ -8,13 +8,14 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from pipeline.config.schemas import register as register_schemas
-from pipeline.runs.folders import run_checkpoint, run_name
+from pipeline.runs.folders import folder_label, run_checkpoint, run_name
 
 
 def register_resolvers() -> None:
     resolvers = {
         "run_name": run_name,
         "run_checkpoint": run_checkpoint,
+        "folder_label": folder_label,
         "sum": lambda *xs: sum(xs),
         "floordiv": lambda a, b: a // b,
     }

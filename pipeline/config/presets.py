@@ -14,13 +14,14 @@ import pipeline.config  # noqa: F401  (registers the resolvers and the schemas)
 from pipeline import CONF
 
 
-def compose_stage(stage: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """conf/<stage>.yaml composed with `overrides`, schemas checked, as `python -m stages.<stage>` would compose it.
-    Inside a running stage (Hydra already initialised on conf/) it composes through that instance."""
+def compose_stage(stage: str, overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """conf/<stage>.yaml composed with `overrides`, schemas checked, as `python -m stages.<stage>` would compose it
+    (with its `hydra` node, run folder and choices included, when `return_hydra_config`). Inside a running stage
+    (Hydra already initialised on conf/) it composes through that instance."""
     if GlobalHydra.instance().is_initialized():
-        return compose(stage, overrides=list(overrides))
+        return compose(stage, overrides=list(overrides), return_hydra_config=return_hydra_config)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(stage, overrides=list(overrides))
+        return compose(stage, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def preset(group: str, name: str) -> DictConfig:

@@ -156,6 +156,7 @@ class CodebookSchema:
     """conf/codebook/*.yaml: a VQGAN codebook (models/vqgan.py, models/vqgan_loss.py)."""
 
     name: str = MISSING
+    ckpt: Optional[str] = MISSING          # a trained model instead of training this preset (the chain's)
     model: CodebookModel = field(default_factory=CodebookModel)
     loss: CodebookLoss = field(default_factory=CodebookLoss)
     optim: CodebookOptim = field(default_factory=CodebookOptim)
@@ -195,6 +196,7 @@ class VocoderSchema:
     """conf/vocoder/*.yaml: MelGAN (models/melgan.py); `model` and `loss` are its constructors' keyword arguments."""
 
     name: str = MISSING
+    ckpt: Optional[str] = MISSING          # a trained model instead of training this preset (the chain's)
     seq_len: int = MISSING
     model: Dict[str, Any] = MISSING
     loss: Dict[str, Any] = MISSING
@@ -212,6 +214,7 @@ class ClassifierSchema:
     """conf/classifier/*.yaml: Melception or VGGish-ish; `model` holds the architecture's own keyword arguments."""
 
     name: str = MISSING
+    ckpt: Optional[str] = MISSING          # a trained model instead of training this preset (the chain's)
     model: Dict[str, Any] = MISSING
     stats: Optional[str] = MISSING
     bn_recalibration_batches: int = 0

@@ -3,10 +3,14 @@
 VAS layout (VAS and the generated demo set): split rows are `<class>/<id>`, files lie under
 `<features>/<class>/<kind>/<id>...`. VGGSound layout: split rows are clip ids `<YTID>_<start_ms>_<end_ms>`,
 files lie under `<features>/<kind>/<clip>...`, labels come from the headerless `vggsound.csv`.
+A data set with a clip index (`dataset.clips`: a folder of videos, pipeline/data/folder.py) says there where each
+clip's video lies and where in it the clip starts (`clip_source`).
 """
 from __future__ import annotations
 
 import csv
+import functools
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -163,3 +167,32 @@ def video_path(videos_dir: str | os.PathLike, clip_id: str, layout: str) -> Path
     if layout not in ("vas", "vggsound"):
         raise ValueError(f"unknown dataset layout {layout!r}: use 'vas' or 'vggsound'")
     return Path(videos_dir) / f"{clip_id}.mp4"
+
+
+@functools.lru_cache(maxsize=4)
+def _clip_index(path: str, mtime_ns: int) -> dict[str, dict[str, Any]]:
+    return json.loads(Path(path).read_text())["clips"]
+
+
+def clip_index(dataset_cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """{clip id: {"video", "start", "split", "label"}} of a data set with a clip index (`dataset.clips`), else None."""
+    table = dataset_cfg.get("clips")
+    if not table:
+        return None
+    path = Path(str(table))
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset.clips={path} does not exist: index the folder first (`python -m "
+                                f"stages.folder_dataset part=index dataset.root=...`, or `python -m stages.chain`)")
+    return _clip_index(str(path), path.stat().st_mtime_ns)
+
+
+def clip_source(dataset_cfg: Mapping[str, Any], clip_id: str) -> tuple[Path, float]:
+    """(video file, start in seconds) of a clip: from the clip index when the data set has one, else
+    `video_path` at 0."""
+    index = clip_index(dataset_cfg)
+    if index is None:
+        return video_path(dataset_cfg["videos"], clip_id, layout_of(dataset_cfg)), 0.0
+    if clip_id not in index:
+        raise KeyError(f"clip {clip_id!r} is not in the clip index {dataset_cfg['clips']}: index the folder again")
+    entry = index[clip_id]
+    return Path(str(dataset_cfg["videos"])) / entry["video"], float(entry["start"])

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.layout import audio_path, layout_of, video_path
+from pipeline.data.layout import audio_path, clip_source
 from pipeline.files.writes import atomic_write
 from pipeline.media.audio import SR, load_audio, save_wav
 
@@ -46,8 +46,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def real_audio(dataset_cfg: Mapping[str, Any], clip_id: str) -> np.ndarray:
     """The clip's own sound at 22050 Hz: decoded from its video, else the stored 10-s waveform (`_audio.npy`)."""
 
-    video = video_path(dataset_cfg["videos"], clip_id, layout_of(dataset_cfg)) if dataset_cfg.get("videos") else None
-    if video is not None and video.is_file():
+    video, start = clip_source(dataset_cfg, clip_id) if dataset_cfg.get("videos") else (None, 0.0)
+    if video is not None and video.is_file() and not start:  # a window of a longer video: its stored sound
         return load_audio(video, sr=SR, mono=True)
     stored = audio_path(dataset_cfg, clip_id)
     if stored.is_file():
@@ -75,9 +75,8 @@ def write_av_benchmark(dataset_cfg: Mapping[str, Any], rows: Sequence[Mapping[st
         gt = out / "gt_audio" / f"{name}.wav"
         if not gt.exists():
             save_wav(gt, real_audio(dataset_cfg, clip_id), SR, subtype="PCM_16")
-        video = video_path(dataset_cfg["videos"], clip_id, layout_of(dataset_cfg)) if dataset_cfg.get("videos") \
-            else None
-        if video is not None and video.is_file():
+        video, start = clip_source(dataset_cfg, clip_id) if dataset_cfg.get("videos") else (None, 0.0)
+        if video is not None and video.is_file() and not start:  # a window of a longer video has no file of its own
             _link_or_copy(video, out / "videos" / f"{name}.mp4")
         else:
             videos_missing += 1

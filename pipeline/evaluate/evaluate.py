@@ -38,7 +38,7 @@ from pipeline.checkpoints.zoo import (
 from pipeline.config.device import forces_cpu
 from pipeline.data.conditions import center_offset
 from pipeline.data.datasets import MelFiles
-from pipeline.data.layout import Labels, audio_path, layout_of, mel_path, require_files, split_ids, video_path
+from pipeline.data.layout import Labels, audio_path, clip_source, mel_path, require_files, split_ids
 from pipeline.evaluate.events import onset_frames
 from pipeline.evaluate.metrics import fid, fid_too_few, inception_score, isc_too_few, kid, kid_too_few, mkl
 from pipeline.evaluate.model_checks import (
@@ -245,11 +245,12 @@ def report_clips(folder: Path, dataset: Mapping[str, Any], samples: Sequence[tup
             import soundfile as sf
 
             fake_wav = path.with_suffix(".wav").relative_to(folder).as_posix()
-            mp4 = video_path(dataset["videos"], clip, layout_of(dataset)) if dataset.get("videos") else None
+            mp4, start = clip_source(dataset, clip) if dataset.get("videos") else (None, 0.0)
             if mp4 is not None and mp4.is_file():
                 wave, _ = sf.read(path.with_suffix(".wav"), dtype="float32")
                 seconds = clip_duration(frame_times(mp4))
-                wave = np.concatenate([np.zeros(offset, np.float32), wave])[:round(seconds * SR)]  # in sync
+                before = offset + round(start * SR)  # the window of a longer video plays where it lies
+                wave = np.concatenate([np.zeros(before, np.float32), wave])[:round(seconds * SR)]  # in sync
                 video = f"{ASSETS}/{stem}_generated.mp4"
                 mux_audio(mp4, wave, folder / video, sr=SR)
         clip_events = None if isinstance(events, str) else events.get(clip)

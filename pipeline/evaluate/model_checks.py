@@ -25,7 +25,7 @@ from pipeline.build.codebook import load_codebook
 from pipeline.build.vocoder import load_vocoder_or_griffinlim
 from pipeline.checkpoints.reading import read_checkpoint
 from pipeline.data.datasets import load_mel_crop
-from pipeline.data.layout import layout_of, mel_path, require_files, video_path
+from pipeline.data.layout import clip_source, mel_path, require_files
 from pipeline.evaluate.events import clip_events, loop_period_samples, read_events, synchrony
 from pipeline.media.mel import mel_spectrogram, unit_mel
 
@@ -138,10 +138,10 @@ def clip_event_frames(events_file: str | None, dataset_cfg: Mapping[str, Any], c
         return f"{len(absent)} clip(s) have no events in {events_file}, e.g. {absent[0]}"
     frames = {}
     for clip in clip_ids:
-        video = video_path(dataset_cfg["videos"], clip, layout_of(dataset_cfg))
+        video, start = clip_source(dataset_cfg, clip)
         if not video.is_file():
             return f"{video} does not exist: the loop period of a short clip is read from its video"
-        frames[clip] = clip_events(onsets[clip], loop_period_samples(video))
+        frames[clip] = clip_events(onsets[clip], None if start else loop_period_samples(video))  # a window: no loop
     return frames
 
 

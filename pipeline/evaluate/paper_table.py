@@ -11,6 +11,12 @@ Several GPUs: `accelerate launch --num_processes 4 -m stages.paper_table ...` sp
 the processes (as `stages.sample` does); the main process writes the results.
 The time is the sample stage's wall time per generated spectrogram (10 s of sound), model loading included
 (negligible at the paper's 768 x 100 or 14,512 x 10 samples, not on a handful of clips).
+
+`submit=slurm` makes the table a graph of SLURM jobs (`table_graph`, run by pipeline/chain/slurm.py): one download
+job fetches what the rows share (Melception, its statistics) and each row's released transformer, then a GPU job
+per row samples and evaluates it (this stage with `rows=[ROW]`), then a job writes the table once every row is
+done. The rows sample released models, so no row trains anything: there is no codebook to share between them.
+`action=status` prints each job's state; a finished row (its result.json) is never submitted again.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.chain import slurm
+from pipeline.chain.graph import ChainSpec, Graph, Step, quoted
 from pipeline.checkpoints.zoo import Artefact, Zoo
 from pipeline.config.device import device_name
 from pipeline.evaluate import evaluate
@@ -32,6 +40,7 @@ from pipeline.generate import sample
 log = logging.getLogger(__name__)
 
 PASSED_ON = ("paths", "zoo", "logger", "seed")  # what the row's sample / evaluate configs take from this one
+RESULT = "result.json"  # a row's outcome in its folder (<work_dir>/<row>_<N>spv/)
 
 
 def table_rows(zoo: Zoo, table: str) -> list[Artefact]:
@@ -91,7 +100,7 @@ def run_row(cfg: DictConfig, zoo: Zoo, entry: Artefact, work_dir: Path) -> dict[
 
     settings = row_settings(zoo, entry, cfg.get("samples_per_clip"))
     folder = work_dir / f"{entry.name}_{settings['samples_per_clip']}spv"
-    result_file = folder / "result.json"
+    result_file = folder / RESULT
     device = str(cfg.device)
     sample_cfg = _child("sample", [f"dataset={settings['dataset']}", f"model={entry.name}",
                                    f"split={settings['split']}", f"samples_per_clip={settings['samples_per_clip']}",
@@ -160,9 +169,45 @@ def markdown(zoo: Zoo, table: str, entries: Sequence[Artefact], results: Mapping
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """`stages.paper_table`: every chosen row sampled and evaluated; the markdown table written and printed."""
+ROW_KEYS = ("paths", "zoo", "logger", "seed", "samples_per_clip", "classifier", "stats", "eval_batch_size",
+            "degenerate_metrics", "device")  # what a row's job takes from the command line (beside table, rows)
 
+
+def table_graph(spec: ChainSpec) -> Graph:
+    """The table as steps: the shared downloads, a job per row after them, the table after every row."""
+    cfg = spec.cfg
+    zoo = Zoo.from_cfg(cfg)
+    table = str(cfg["table"])
+    entries = pick_rows(zoo, table, cfg["rows"] if isinstance(cfg["rows"], str) else list(cfg["rows"]))
+    work, jobs = Path(str(cfg["work_dir"])).absolute(), Path(str(cfg["work_dir"])).absolute() / "jobs"
+    where = [quoted("paths.outputs", Path(str(cfg["paths"]["outputs"])).absolute())]
+    common = [f"table={table}", *where, *[o for o in spec.passed(ROW_KEYS) if not o.startswith("paths.outputs=")]]
+    names = [str(n) for n in (cfg["classifier"], cfg["stats"]) if str(n) in zoo] + [e.name for e in entries]
+    steps = [Step("download", "download", lambda: [*where, *spec.passed(("paths", "zoo")), f"what=[{','.join(names)}]"],
+                  jobs / "download", resources="cpu", done_files=lambda: [zoo.local_path(zoo.get(n)) for n in names],
+                  about=f"the released {', '.join(names)}")]
+    for entry in entries:
+        folder = work / f"{entry.name}_{row_settings(zoo, entry, cfg.get('samples_per_clip'))['samples_per_clip']}spv"
+        steps.append(Step(f"row_{entry.name}", "paper_table", lambda entry=entry: [*common, f"rows=[{entry.name}]"],
+                          jobs / entry.name, deps=("download",), done_files=lambda folder=folder: [folder / RESULT],
+                          about=f"sample and evaluate {entry.name}"))
+    steps.append(Step("table", "paper_table", lambda: [*common, f"rows=[{','.join(e.name for e in entries)}]"],
+                      jobs / "table", deps=tuple(s.name for s in steps[1:]), resources="cpu",
+                      done_files=lambda: [Path(str(cfg["out"])).absolute()], about=f"table ({table})"))
+    return Graph(steps)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """`stages.paper_table`: every chosen row sampled and evaluated; the markdown table written and printed (or,
+    with submit=slurm, the same as a graph of jobs)."""
+
+    if cfg.submit == "slurm":
+        spec = ChainSpec.from_hydra(cfg)
+        graph = table_graph(spec)
+        return slurm.status(graph, spec) if cfg.action == "status" else slurm.submit(graph, spec, table_graph)
+    if cfg.submit != "local" or cfg.action != "run":
+        raise ValueError(f"submit={cfg.submit} action={cfg.action}: use submit=local (action=run) or submit=slurm "
+                         f"(action=run or status)")
     zoo = Zoo.from_cfg(cfg)
     table = str(cfg.table)
     rows = cfg.rows if isinstance(cfg.rows, str) else list(cfg.rows)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
-from pipeline.data.layout import read_split, video_path
+from pipeline.data.layout import clip_index, read_split, video_path
 from pipeline.files.writes import FailureManifest
 from pipeline.media.source import ClipError, check_source
 
@@ -36,11 +36,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Clip:
-    """One clip: `id` as in split files (`dog/video_02677` for VAS, the clip id for VGGSound)."""
+    """One clip: `id` as in split files (`dog/video_02677` for VAS, the clip id for VGGSound); its `source` video,
+    where in it the clip starts (`start`, s: a window of a longer video) and the files it gives."""
 
     id: str
     source: Path
     outputs: tuple[Path, ...] = field(default=())
+    start: float = 0.0
 
     @property
     def name(self) -> str:
@@ -120,6 +122,25 @@ def list_clips(
         pattern = "*/*.mp4" if layout == "vas" else "*.mp4"
         ids = sorted(str(p.relative_to(videos_dir).with_suffix("")) for p in videos_dir.glob(pattern))
     return [Clip(i, video_path(videos_dir, i, layout), tuple(outputs(i))) for i in ids]
+
+
+def dataset_clips(
+    dataset_cfg: dict[str, Any],
+    split_file: str | os.PathLike | None = None,
+    outputs: Callable[[str], Sequence[Path]] = lambda clip_id: (),
+) -> list[Clip]:
+    """The clips of a data set config: from its clip index (`dataset.clips`: videos and starts) when it has one,
+    else `list_clips` of its videos folder; only those of `split_file` when given."""
+    index = clip_index(dataset_cfg)
+    if index is None:
+        return list_clips(dataset_cfg["videos"], dataset_cfg["layout"], split_file, outputs)
+    ids = read_split(split_file) if split_file else sorted(index)
+    unknown = [i for i in ids if i not in index]
+    if unknown:
+        raise KeyError(f"{len(unknown)} clip(s) of {split_file} are not in the clip index {dataset_cfg['clips']}, "
+                       f"e.g. {unknown[0]!r}: index the folder again")
+    videos = Path(str(dataset_cfg["videos"]))
+    return [Clip(i, videos / index[i]["video"], tuple(outputs(i)), float(index[i]["start"])) for i in ids]
 
 
 def shard(items: Sequence, index: int, count: int) -> list:

@@ -9,18 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from pipeline.config.device import resolve_device
 from pipeline.data.layout import feature_path, layout_of
-from pipeline.extract.clips import Clip, list_clips, run_clips, shard
+from pipeline.extract.clips import Clip, dataset_clips, run_clips, shard
 from pipeline.extract.visual import RANDOM_MARKER, STREAMS, Preprocessing, check_kind, extract_streams, load_model
 from pipeline.files.writes import atomic_write, save_json, save_pickle
+from pipeline.media.audio import SR
+from pipeline.media.mel import LENGTH
 from pipeline.runs.folders import run_folder
 
 log = logging.getLogger(__name__)
 
 
+CLIP_SECONDS = LENGTH / SR  # a clip's window: frames past it are never decoded (a long video's windows)
 _MODELS: dict[tuple, nn.Module] = {}  # one network per worker process, loaded on first use
 
 
@@ -50,7 +54,8 @@ class ClipJob:
             torch.set_num_threads(self.threads)
             cv2.setNumThreads(self.threads)
         streams = extract_streams(clip.source, self.kind, self.model(), self.prep,
-                                  batch_size=self.batch_size, device=self.device)
+                                  batch_size=self.batch_size, device=self.device, start=clip.start,
+                                  span=CLIP_SECONDS)
         for name, path in zip(self.outputs, clip.outputs):
             if self.weights == "random":
                 mark_random(path.parent)
@@ -82,12 +87,12 @@ def run(cfg, run_dir: str | os.PathLike | None = None) -> None:
         raise ValueError(f"features.folders has {len(folders)} entries but {kind} writes {len(streams)} "
                          f"streams {streams}: one folder per stream, in that order")
     width = fcfg.get("width")
-    dataset = dict(cfg.dataset)
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     dataset["features"] = str(cfg.features_dir)
+    layout_of(dataset)
     split = cfg.get("split")
-    split_file = cfg.dataset.splits[split] if split else None
-    clips = list_clips(cfg.dataset.videos, layout_of(dataset), split_file,
-                       lambda cid: [feature_path(dataset, f, cid) for f in folders])
+    split_file = dataset["splits"][split] if split else None
+    clips = dataset_clips(dataset, split_file, lambda cid: [feature_path(dataset, f, cid) for f in folders])
     clips = shard(clips, int(cfg.shard), int(cfg.num_shards))
     device = resolve_device(cfg.device)
     job = ClipJob(kind, str(fcfg.weights), None if width is None else float(width), Preprocessing.from_cfg(fcfg),

@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.layout import audio_path, mel_path
-from pipeline.extract.clips import Clip, ClipError, list_clips, run_clips, shard
+from pipeline.extract.clips import Clip, ClipError, dataset_clips, run_clips, shard
 from pipeline.files.writes import save_npy
 from pipeline.media.mel import CHAINS, extract_mel_and_audio
 from pipeline.runs.folders import run_folder
@@ -27,7 +27,7 @@ def process_clip(clip: Clip, chain: str, length: int, spec_len: int, sample_rate
                  save_audio: bool) -> None:
     """Mel (and waveform) of one clip, written atomically to `clip.outputs` (mel first, then audio)."""
     mel, wave, info = extract_mel_and_audio(clip.source, chain=chain, length=length, spec_len=spec_len,
-                                            sr=sample_rate)
+                                            sr=sample_rate, start=clip.start)
     if info.peak < silence_peak:
         raise ClipError(f"silent: the audio of {clip.source} peaks at {info.peak:.2e} < {silence_peak:g}; "
                         "drop the clip from the split (a silent mel teaches nothing)")
@@ -61,8 +61,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
         mel = mel_path(dataset, clip_id)
         return (mel, audio_path(dataset, clip_id)) if cfg.save_audio else (mel,)
 
-    clips = shard(list_clips(dataset["videos"], dataset["layout"], split_file, outputs), cfg.shard,
-                  cfg.num_shards)
+    clips = shard(dataset_clips(dataset, split_file, outputs), cfg.shard, cfg.num_shards)
 
     run_dir = run_folder(run_dir)
     log.info("%d clips (shard %d of %d), chain=%s -> %s", len(clips), cfg.shard, cfg.num_shards, cfg.chain,
@@ -75,5 +74,5 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
     message = f"extract_mels: {summary}. Mels in {cfg.features_dir} (<class>/melspec_10s_22050hz for the " \
               f"VAS layout, melspec_10s_22050hz for VGGSound)"
     print(message, flush=True)
-    if summary.failed:
+    if summary.failed and cfg.fail_on_clip_errors:
         raise SystemExit(message)

@@ -241,14 +241,15 @@ def _jpeg(image: np.ndarray, quality: int | None) -> np.ndarray:
 
 
 def _bninception_streams(video: Path, model: nn.Module, prep: Preprocessing, batch_size: int,
-                         device: torch.device) -> dict[str, np.ndarray]:
+                         device: torch.device, start: float = 0.0, span: float | None = None
+                         ) -> dict[str, np.ndarray]:
     import cv2
 
 
     width, height = prep.frame_size
     frames = read_clip_frames(  # RegNet's dump: BGR frames at 340 x 256 (cv2 bilinear)
         video, prep.fps, lambda im: cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR),
-        loop_to=prep.loop_to, extra=prep.extra_frames, pix_fmt="bgr24")
+        loop_to=prep.loop_to, extra=prep.extra_frames, pix_fmt="bgr24", start=start, span=span)
     if len(frames) < 2:
         raise ClipError(f"{video}: {len(frames)} frame(s) at {prep.fps} fps; flow needs at least 2")
     size = prep.input_size
@@ -273,8 +274,11 @@ def extract_streams(
     *,
     batch_size: int = 64,
     device: str | torch.device | None = None,
+    start: float = 0.0,
+    span: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-stream features of one video, as the original's pickles hold them (float32 arrays).
+    """Per-stream features of one video, as the original's pickles hold them (float32 arrays); the clip is `span`
+    s of it from `start` (a window of a longer video; None: to its end).
 
     resnet50 / efficientnet_lite0: {"rgb": (215, D)} (tiled); bninception: {"rgb": (216, 1024),
     "flow": (216, 1024)}.
@@ -284,11 +288,11 @@ def extract_streams(
     video = Path(video_path)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if kind == "bninception":
-        streams = _bninception_streams(video, model, prep, batch_size, device)
+        streams = _bninception_streams(video, model, prep, batch_size, device, start, span)
     else:
         frames = read_clip_frames(
             video, prep.fps, lambda im: center_crop(resize_short_side(im, prep.short_side), prep.crop),
-            loop_to=prep.loop_to, extra=prep.extra_frames)
+            loop_to=prep.loop_to, extra=prep.extra_frames, start=start, span=span)
         feats = encode_frames(model, frames, imagenet_input, batch_size, device)
         streams = {"rgb": tile_to(feats, prep.feat_len) if prep.tile else feats}
     for name, x in streams.items():

@@ -20,14 +20,15 @@ SR = 22050  # the rate of every waveform in the pipeline (the original's): mels,
 
 
 def load_audio(path: str | os.PathLike, sr: int = SR, mono: bool = True,
-               pcm16: bool = False) -> np.ndarray:
+               pcm16: bool = False, start: float = 0.0, duration: float | None = None) -> np.ndarray:
     """Decode the first audio stream of `path` (wav, flac, mp3, mp4...) and resample it with libswresample.
 
     Returns float32, shape (samples,) when `mono`, else (channels, samples). `pcm16` mimics the original's
     `ffmpeg -f wav` demux: samples are first stored as 16-bit at the source rate and layout (clipping
     overshoots at +-1, which AAC decoders produce), then down-mixed and resampled to 16-bit, and read
-    back as int / 32768 like librosa does. Raises `ClipError` naming the file when it is missing, has no
-    audio stream, or cannot be decoded.
+    back as int / 32768 like librosa does. `start` / `duration` (s) cut a window out of the decoded sound (decoding
+    stops past its end). Raises `ClipError` naming the file when it is missing, has no audio stream, or cannot be
+    decoded.
     """
     import av
 
@@ -60,6 +61,8 @@ def load_audio(path: str | os.PathLike, sr: int = SR, mono: bool = True,
         try:
             for frame in container.decode(stream):
                 push([frame], 0)
+                if duration is not None and frame.time is not None and frame.time > start + duration + 1.0:
+                    break  # past the window (1 s of margin for the resamplers' delay)
             for i in range(len(stages)):  # flush each resampler's delay line in order
                 push(stages[i].resample(None), i + 1)
         except (av.error.FFmpegError, OSError, ValueError) as error:
@@ -70,7 +73,11 @@ def load_audio(path: str | os.PathLike, sr: int = SR, mono: bool = True,
     channels = 1 if mono else stream.codec_context.channels
     wave = np.concatenate([c.reshape(-1) for c in chunks])
     wave = wave.astype(np.float32) / 32768.0 if pcm16 else wave.astype(np.float32, copy=False)
-    return wave if mono else wave.reshape(-1, channels).T.copy()  # (channels, samples)
+    wave = wave if mono else wave.reshape(-1, channels).T.copy()  # (channels, samples)
+    if start or duration is not None:
+        first = round(start * sr)
+        wave = wave[..., first:None if duration is None else first + round(duration * sr)]
+    return wave
 
 
 def source_rate(path: str | os.PathLike) -> int:

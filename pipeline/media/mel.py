@@ -242,14 +242,19 @@ class MelInfo:
 
 
 def extract_mel_and_audio(path: str | os.PathLike, chain: str = "direct", length: int = LENGTH,
-                          spec_len: int = SPEC_LEN, sr: int = SR) -> tuple[np.ndarray, np.ndarray, MelInfo]:
-    """(mel (80, spec_len) float32, the `length`-sample float32 waveform it came from, MelInfo)."""
+                          spec_len: int = SPEC_LEN, sr: int = SR, start: float = 0.0
+                          ) -> tuple[np.ndarray, np.ndarray, MelInfo]:
+    """(mel (80, spec_len) float32, the `length`-sample float32 waveform it came from, MelInfo) of the clip that
+    starts `start` s into the file (a window of a longer video: chain=direct)."""
+    if start and chain != "direct":
+        raise ValueError(f"{path}: a clip starting at {start:g} s (a window of a longer video) needs chain=direct; "
+                         f"the original's chain always starts at 0")
     if chain == "original":
         source_rate(path)  # a clear ClipError for a missing, corrupt or silent-video file before ffmpeg runs
         wave, duration = original_chain_audio(path, duration=round(length / sr), sr=sr)
         looped = duration < length / sr
     elif chain == "direct":
-        wave = load_audio(path, sr=sr, mono=True, pcm16=True)
+        wave = load_audio(path, sr=sr, mono=True, pcm16=True, start=start, duration=length / sr if start else None)
         duration = len(wave) / sr
         looped = len(wave) < length
         if looped and len(wave):

@@ -80,23 +80,30 @@ def sample_indices(
     *,
     loop_to: float | None = None,
     extra: int = 0,
+    start: float = 0.0,
+    span: float | None = None,
 ) -> np.ndarray:
     """Which decoded frame each output frame at `fps` shows; (N,) int64 indices into `times`.
 
     N = round(D * fps) + extra with D the clip's duration, or `loop_to` when looping (the clip is repeated
     from its start until `loop_to` seconds and cut there). `extra` frames past the end repeat the last one,
-    as ffmpeg's constant-rate output does.
+    as ffmpeg's constant-rate output does. The clip is the video from `start` (s) on, at most `span` s of it (a
+    window of a longer video; None: to the end).
     """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    duration = clip_duration(times)
+    duration = clip_duration(times) - start
+    if duration <= 0:
+        raise ClipError(f"a clip starting at {start:g} s lies past the end of its video ({duration + start:.2f} s)")
+    if span is not None:
+        duration = min(duration, float(span))
     total = float(loop_to) if loop_to else duration
     count = math.floor(total * fps + 0.5) + int(extra)
     t = np.arange(count, dtype=np.float64) / fps  # (N,) output frame times
     t = np.minimum(t, total - 1e-6)  # past the end: the last frame stays on screen
     if loop_to:
         t = np.mod(t, duration)
-    idx = np.searchsorted(times, t + 1e-6, side="right") - 1  # the frame on screen at t
+    idx = np.searchsorted(times, start + t + 1e-6, side="right") - 1  # the frame on screen at t
     return np.clip(idx, 0, len(times) - 1).astype(np.int64)
 
 
@@ -165,9 +172,12 @@ def read_clip_frames(
     loop_to: float | None = None,
     extra: int = 0,
     pix_fmt: str = "rgb24",
+    start: float = 0.0,
+    span: float | None = None,
 ) -> list[np.ndarray]:
-    """A clip's frames at `fps` (optionally looped / cut to `loop_to` s), each through `transform`."""
-    idx = sample_indices(frame_times(path), fps, loop_to=loop_to, extra=extra)
+    """A clip's frames at `fps` (optionally looped / cut to `loop_to` s), each through `transform`; the clip is
+    `span` s of the video from `start` (`sample_indices`)."""
+    idx = sample_indices(frame_times(path), fps, loop_to=loop_to, extra=extra, start=start, span=span)
     return read_frames(path, idx, transform, pix_fmt)
 
 

@@ -7,6 +7,7 @@ log, `run.json` (`pipeline.runs.identity`), `result.json` (RESULT_FILE), `checkp
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 RESULT_FILE = "result.json"  # a training run's outcome (pipeline.train.run), read by sweep summaries
 CHECKPOINTS = "checkpoints"  # a training run's checkpoint folder
 LAST, BEST = "last.pt", "best.pt"  # the latest checkpoint (resume) and the best by validation
+MAX_NAME = 200  # characters of a run folder's name (file systems allow 255)
 
 # Overrides that say where or how a run executes, not what it computes: they stay out of run-folder names.
 # `dataset=NAME` is a folder level of its own, but keys inside it (split files, roots, features) and
@@ -22,6 +24,7 @@ FOLDER_LEVELS = ("dataset",)
 EXCLUDED_PREFIXES = ("paths.outputs", "paths.shared", "paths.models", "force_resume", "logger", "trainer", "hydra",
                      "num_workers", "shard", "num_shards",
                      "device", "resume", "overwrite", "zoo.",
+                     "submit", "slurm", "action",  # the chain's: where its steps run, and what it is asked to do
                      "codebook.ckpt", "vocoder.ckpt")  # checkpoint paths: long, and chained by default
 
 
@@ -45,10 +48,25 @@ def run_name(overrides) -> str:
         if value in ("True", "False"):  # Hydra's sweeper writes a swept `false` back as `False`
             value = value.lower()
         if "/" in value:
-            value = f"{value.rstrip('/').rsplit('/', 1)[-1]}-{hashlib.sha1(value.encode()).hexdigest()[:8]}"
+            value = path_label(value)
         kept.append(f"{key}-{value}" if value else key)
     name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", "+".join(sorted(kept))).strip("-")
-    return name[:200] or "default"
+    if len(name) > MAX_NAME:  # cut, with a hash of the whole: two long override lists never share a folder
+        name = f"{name[:MAX_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name or "default"
+
+
+def path_label(path: str) -> str:
+    """A path as a folder-name part: its last component and a short hash of the whole (`videos-1a2b3c4d`), so that
+    two folders of one name in different places never share a folder."""
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", path.rstrip("/").rsplit("/", 1)[-1]).strip("-")
+    return f"{name}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+
+
+def folder_label(path: str) -> str:
+    """`path_label` of the absolute path (`${folder_label:${.root}}`): the same folder, named relatively or not,
+    gets the same label."""
+    return path_label(os.path.abspath(os.path.expanduser(str(path))))
 
 
 def run_folder(given: str | Path | None = None, required: bool = True) -> Path | None:

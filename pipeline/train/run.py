@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 def train(task: Task, cfg: DictConfig) -> dict[str, float]:
     """Train `task` (at its own batch size) under `cfg.trainer` in the Hydra run folder; prints where the
     checkpoints are."""
+    if OmegaConf.select(cfg, f"{task.kind}.ckpt", default=None) is not None:
+        raise ValueError(f"{task.kind}.ckpt={cfg[task.kind].ckpt}: that key gives the chain a trained {task.kind} "
+                         f"instead of training one; this stage trains one: drop it (or use it in the later stages)")
     folder = run_folder()
     config = OmegaConf.to_container(cfg, resolve=True)
     record = check_run_folder(folder, config)  # every process refuses a folder that holds another run
