@@ -132,3 +132,17 @@ def test_split_files_list_the_clips_extraction_made_and_the_manifest_the_rest(tm
     shutil.rmtree(tmp_path / "made")
     with pytest.raises(RuntimeError, match="run the extraction stages first"):
         write_splits(dataset, lambda c: [tmp_path / "made" / c], [failures], log=quiet)
+
+
+def test_a_window_deep_in_a_video_decodes_the_same_frames_after_a_seek(tmp_path):
+    import av
+
+    from pipeline.media.video import SEEK_AFTER, stream_frames
+
+    video = write_clip(tmp_path / "long.mp4", 40.0, fps=10)  # 400 frames, a keyframe every 250 (x264's default)
+    with av.open(str(video)) as container:
+        every = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    wanted = sample_indices(frame_times(video), 21.5, start=30.0, span=10.0)
+    assert wanted[0] > SEEK_AFTER
+    got = list(stream_frames(video, wanted))
+    assert len(got) == len(wanted) and all(np.array_equal(g, every[i]) for g, i in zip(got, wanted))

@@ -29,6 +29,7 @@ from pipeline.files.writes import atomic_write
 from pipeline.media.source import ClipError
 
 FPS = 21.5  # the original's visual frame rate: 4 mel frames per visual frame
+SEEK_AFTER = 250  # frames: a first wanted frame further in is reached by seeking, not by decoding every frame before
 
 
 def open_video(path: str | os.PathLike):
@@ -55,16 +56,20 @@ def frame_times(path: str | os.PathLike) -> np.ndarray:
     """
     with open_video(path) as container:
         stream = container.streams.video[0]
-        tb = stream.time_base
-        try:
-            pts = [p.pts for p in container.demux(stream) if p.pts is not None and p.size > 0]
-        except Exception as error:
-            raise ClipError(f"cannot read the packets of {path} ({type(error).__name__}: {error}): the file "
-                            f"is corrupt; re-download or re-encode it") from error
+        pts = _frame_pts(container, stream, path)
+    return (pts - pts[0]).astype(np.float64) * float(stream.time_base)
+
+
+def _frame_pts(container, stream, path) -> np.ndarray:
+    """The sorted, unique presentation timestamps of a video stream's frames, from its packets (nothing decoded)."""
+    try:
+        pts = [p.pts for p in container.demux(stream) if p.pts is not None and p.size > 0]
+    except Exception as error:
+        raise ClipError(f"cannot read the packets of {path} ({type(error).__name__}: {error}): the file "
+                        f"is corrupt; re-download or re-encode it") from error
     if not pts:
         raise ClipError(f"{path} has no video frames")
-    pts = np.unique(np.asarray(pts, dtype=np.int64))
-    return (pts - pts[0]).astype(np.float64) * float(tb)
+    return np.unique(np.asarray(pts, dtype=np.int64))
 
 
 def clip_duration(times: np.ndarray) -> float:
@@ -117,8 +122,10 @@ def stream_frames(
     through `transform`: the one frame decoder of the project.
 
     Frames are decoded once in presentation order and only the wanted ones are converted; one frame is held at a
-    time, so memory does not grow with the video's length. A broken tail (fewer decodable frames than packets)
-    repeats the last decoded frame. `pix_fmt` is `rgb24` or `bgr24` (H, W, 3 uint8).
+    time, so memory does not grow with the video's length. When the first wanted frame lies more than SEEK_AFTER
+    frames in (a window deep in a long video), decoding starts at the keyframe before it instead of the first
+    frame. A broken tail (fewer decodable frames than packets) repeats the last decoded frame. `pix_fmt` is `rgb24`
+    or `bgr24` (H, W, 3 uint8).
     """
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
@@ -128,10 +135,19 @@ def stream_frames(
     position, image, j = 0, None, -1
     with open_video(path) as container:
         stream = container.streams.video[0]
+        pts = None
+        if indices[0] > SEEK_AFTER:
+            pts = _frame_pts(container, stream, path)
+            container.seek(int(pts[min(int(indices[0]), pts.size - 1)]), stream=stream, backward=True)
         stream.thread_type = "AUTO"  # frame-parallel decoding
         try:
             for frame in container.decode(stream):
-                j += 1
+                if pts is not None and frame.pts is not None:  # after a seek: the frame's index from its time
+                    j = int(np.searchsorted(pts, frame.pts))
+                elif pts is not None and j < 0:
+                    continue  # no time, no index yet: wait for a frame that has one
+                else:
+                    j += 1
                 if j == indices[position]:
                     image = frame.to_ndarray(format=pix_fmt)
                     image = transform(image) if transform is not None else image
