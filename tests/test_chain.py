@@ -121,3 +121,12 @@ def test_the_paper_table_is_a_graph_downloads_then_rows_then_the_table(tmp_path,
     (tmp_path / "paper_table" / "c" / "vas_transformer_212feats_bn_2spv" / "result.json").write_text("{}")
     row.mark_done()
     assert row.done() and not graph[rows[1]].done()
+
+
+def test_make_demo_runs_the_demo_chain_on_the_generated_folder():
+    from pipeline.demo.chain import demo_chain
+
+    recipe = (ROOT / "Makefile").read_text().split("\ndemo:")[1].split("\n\n")[0]
+    chain_line = next(line for line in recipe.splitlines() if "-m stages.chain" in line)
+    assert "-m stages.make_demo_data" in recipe.split(chain_line)[0]  # the folder first
+    assert chain_line.split("-m stages.chain ")[1].split() == demo_chain("$(DEMO_DIR)")

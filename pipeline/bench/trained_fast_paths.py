@@ -1,8 +1,9 @@
 """bf16 and int8 sampling judged on TRAINED weights: the demo's models (`make demo`), against fp32.
 
 Random weights give nearly flat logits, where agreement between precisions means nothing; this reads the demo's
-trained transformer (with its codebook) and classifier from the outputs folder (`SPECVQGAN_OUTPUTS`, default
-`outputs/`; only read, never written) and the demo's validation split, and for each opt-in copy of
+trained transformer (with its codebook) and classifier from the demo chain's run folder under the outputs folder
+(`SPECVQGAN_OUTPUTS`, default `outputs/`; pipeline/demo/chain.py; only read, never written) and the demo's
+validation split, and for each opt-in copy of
 `pipeline.bench.copies.bench_copy` (bf16 weights; per-row int8 dynamic quantisation; both with fused qkv)
 reports, against the exact fp32 sampler:
 - greedy agreement: the share of greedy tokens equal to fp32's (free running, so one early difference changes
@@ -27,10 +28,12 @@ from pipeline.bench.measure import load_line
 from pipeline.build.classifier import FEATURES, load_melception
 from pipeline.config.presets import compose_stage
 from pipeline.data.datasets import ConditionedDataset, batch_condition
+from pipeline.demo.chain import demo_request
 from pipeline.evaluate.metrics import fid
 from pipeline.evaluate.model_checks import load_real_mels
 from pipeline.generate.loading import features_config, load_model, sampling_settings
 from pipeline.generate.sampling import sample
+from pipeline.runs.folders import checkpoint_path
 
 SAMPLES_PER_CLIP = 2 if os.environ.get("BENCH_QUICK", "") not in ("", "0") else 4  # BENCH_QUICK: 2
 VARIANTS = {"fp32 (exact)": None, "bf16, fused qkv": {"dtype": torch.bfloat16, "fuse_qkv": True},
@@ -38,20 +41,21 @@ VARIANTS = {"fp32 (exact)": None, "bf16, fused qkv": {"dtype": torch.bfloat16, "
 
 
 def _config():
-    return compose_stage("sample", ["dataset=demo"])
-
-
-def _classifier_path(outputs: Path) -> Path:
-    return outputs / "train_classifier" / "demo" / "classifier-melception_tiny" / "checkpoints" / "best.pt"
+    """The sample stage's config on the demo's folder, reading the demo chain's transformer (pipeline/demo/chain.py);
+    and the demo chain's run folder."""
+    demo = demo_request()
+    transformer = checkpoint_path(demo.run_dir / "train_transformer", demo.cfg["transformer_checkpoint"])
+    dataset = [o for o in demo.overrides if o.startswith("dataset")]
+    return compose_stage("sample", [*dataset, f"transformer.ckpt={transformer}"]), demo.run_dir
 
 
 def main() -> list[str]:
 
     torch.set_num_threads(1)  # agreement, not speed: tiny models run fastest on one thread of a shared machine
-    cfg = _config()
-    outputs = Path(str(cfg.paths.outputs))
+    cfg, run = _config()
+    classifier_path = checkpoint_path(run / "train_classifier")
     device = torch.device("cpu")
-    missing = [str(p) for p in (_classifier_path(outputs), Path(str(cfg.dataset.root))) if not p.exists()]
+    missing = [str(p) for p in (classifier_path, Path(str(cfg.dataset.clips))) if not p.exists()]
     try:
         model, meta = load_model(cfg, device)
     except FileNotFoundError as e:
@@ -68,8 +72,8 @@ def main() -> list[str]:
     batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
     cond = batch_condition(batch, str(args.get("condition", "features")), device)
     targets = np.asarray(ds.targets)
-    classifier, normalize, _ = load_melception(str(_classifier_path(outputs)), None, device)
-    print(f"demo models from {outputs} (transformer {meta['path']}), {len(ds)} {cfg.split} clips, grid {grid}, "
+    classifier, normalize, _ = load_melception(str(classifier_path), None, device)
+    print(f"demo models from {run} (transformer {meta['path']}), {len(ds)} {cfg.split} clips, grid {grid}, "
           f"top_k {settings['top_k']}, {SAMPLES_PER_CLIP} samples per clip; {torch.get_num_threads()} thread(s); "
           f"{load_line()}")
 
