@@ -146,3 +146,39 @@ def test_a_window_deep_in_a_video_decodes_the_same_frames_after_a_seek(tmp_path)
     assert wanted[0] > SEEK_AFTER
     got = list(stream_frames(video, wanted))
     assert len(got) == len(wanted) and all(np.array_equal(g, every[i]) for g, i in zip(got, wanted))
+
+
+def _video(path: Path, codec: str, audio_codec: str, rate: int, seconds: float = 2.0, fps: int = 12) -> Path:
+    """A small stereo video in any container PyAV writes (the suffix picks it)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream(codec, rate=fps)
+        video.width, video.height, video.pix_fmt = 48, 32, "yuv420p"
+        sound = out.add_stream(audio_codec, rate=rate, layout="stereo")
+        for i in range(round(seconds * fps)):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(np.full((32, 48, 3), 9 * i % 256, np.uint8), "rgb24")))
+        out.mux(video.encode())
+        t = np.arange(int(seconds * rate)) / rate
+        wave = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 660 * t)]).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        out.mux(sound.encode(frame))
+        out.mux(sound.encode(None))
+    return path
+
+
+def test_any_container_rate_and_channel_count_gives_clips(tmp_path, outputs):
+    root = tmp_path / "mixed"
+    made = [_video(root / "a" / "one.mkv", "libx264", "aac", 48000),
+            _video(root / "a" / "two.avi", "mpeg4", "mp3", 44100),
+            _video(root / "b" / "three.mov", "libx264", "aac", 32000)]
+    dataset = dataset_cfg(root)
+    record = index(dataset, CLIP_SECONDS, log=quiet)
+    assert sorted(record["clips"]) == ["a/one", "a/two", "b/three"] and not any(e["skipped"] for e in
+                                                                               record["videos"].values())
+    for clip in dataset_clips(dataset):
+        assert clip.source in made
+        mel, wave, info = extract_mel_and_audio(clip.source)
+        assert mel.shape == (80, 860) and wave.shape == (LENGTH,) and info.looped and 0.2 < info.peak < 0.6

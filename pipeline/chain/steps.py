@@ -10,6 +10,7 @@ A model given as `<model>.ckpt=` (a file or a released name) is used instead of 
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +26,6 @@ from pipeline.runs.folders import RESULT_FILE, checkpoint_path
 # override prefixes and the steps they go to (beside the chain's derived arguments)
 DATA_KEYS = ("dataset", "paths", "zoo")                  # every step: which data, where things are
 RUN_KEYS = ("logger", "seed", "force_resume")            # every model step
-MODEL_GROUPS = ("codebook", "transformer", "vocoder", "classifier")
 CHAIN_ONLY = ("models", "action", "submit", "slurm", "transformer_checkpoint", "samples_per_clip",
               "sample_batch_size", "mel_chain", "num_workers", "hydra")
 OWN = ("dataset", "dataset.root", "paths.outputs", "codebook.ckpt", "vocoder.ckpt", "classifier.ckpt")  # derived
@@ -163,11 +163,17 @@ def samples_dir(spec: ChainSpec) -> Path:
     return spec.run_dir / "sample" / "samples" / str(spec.cfg["dataset"]["eval_split"])
 
 
+@functools.lru_cache(maxsize=1)
+def min_samples() -> int:
+    """evaluate's `min_samples` (conf/evaluate.yaml): the samples the class-match target counts over."""
+    return int(compose_stage("evaluate").min_samples)
+
+
 def samples_per_clip(cfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> int:
     """`samples_per_clip`, or enough samples of each evaluation clip for the class-match target to count
     (evaluate's `min_samples` over the clips of the evaluation split)."""
     if cfg.get("samples_per_clip"):
         return int(cfg["samples_per_clip"])
-    wanted = int(compose_stage("evaluate").min_samples)
+    wanted = min_samples()
     clips = read_split(dataset["splits"][dataset["eval_split"]])
     return max(1, math.ceil(wanted / max(len(clips), 1)))

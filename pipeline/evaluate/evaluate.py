@@ -252,7 +252,12 @@ def report_clips(folder: Path, dataset: Mapping[str, Any], samples: Sequence[tup
                 before = offset + round(start * SR)  # the window of a longer video plays where it lies
                 wave = np.concatenate([np.zeros(before, np.float32), wave])[:round(seconds * SR)]  # in sync
                 video = f"{ASSETS}/{stem}_generated.mp4"
-                mux_audio(mp4, wave, folder / video, sr=SR)
+                try:
+                    mux_audio(mp4, wave, folder / video, sr=SR)
+                except Exception as error:  # noqa: BLE001 - e.g. a VP8 picture mp4 cannot hold: the page goes on
+                    log.warning("report: %s with its generated sound could not be written (%s: %s); the page "
+                                "shows the clip without it", mp4, type(error).__name__, error)
+                    video = None
         clip_events = None if isinstance(events, str) else events.get(clip)
         views.append(ClipView(clip, labels.label(clip), real, fake, clip_events, onset_frames(real),
                               onset_frames(fake), real_wav, fake_wav, video, predicted[j]))
