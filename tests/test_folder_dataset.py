@@ -182,3 +182,12 @@ def test_any_container_rate_and_channel_count_gives_clips(tmp_path, outputs):
         assert clip.source in made
         mel, wave, info = extract_mel_and_audio(clip.source)
         assert mel.shape == (80, 860) and wave.shape == (LENGTH,) and info.looped and 0.2 < info.peak < 0.6
+
+
+def test_an_unlabelled_folder_has_no_class_targets():
+    from pipeline.evaluate.model_checks import targets
+
+    rows = targets({"chance": 1.0, "real_class_match_rate": 1.0, "class_match_rate": 1.0, "num_fakes": 40,
+                    "shuffled_class_match_rate": 1.0})
+    classes = [r for r in rows if "class" in r["measure"]]
+    assert len(classes) == 3 and all(r["met"] is None and r["note"].startswith("one class") for r in classes)

@@ -170,18 +170,20 @@ def targets(m: Mapping[str, Any], min_samples: int = 32) -> list[dict[str, Any]]
     """The demo's targets (issue 11) from the evaluate stage's metrics; `met` None where a measure is absent."""
     chance = m.get("chance")
     rows = []
+    one = "one class (an unlabelled folder): nothing to tell apart" if chance == 1 else ""
     top1 = m.get("real_class_match_rate")
     rows.append(_row("classifier top-1 on the real validation clips", top1, chance, "chance", ">= 0.95",
-                     None if top1 is None else top1 >= 0.95))
+                     None if top1 is None or one else top1 >= 0.95, one))
     match, n = m.get("class_match_rate"), m.get("num_fakes", 0)
     rows.append(_row(f"class match of generated samples ({n} samples)", match, chance, "chance",
                      f">= 0.9 over >= {min_samples} samples",
-                     None if match is None else bool(match >= 0.9 and n >= min_samples)))
+                     None if match is None or one else bool(match >= 0.9 and n >= min_samples), one))
     shuffled = m.get("shuffled_class_match_rate")
     # "falls toward chance": at least half-way from the conditioned rate, which must itself be above chance
-    fall = None if shuffled is None or match is None else bool(match > chance and shuffled <= (match + chance) / 2)
+    fall = None if shuffled is None or match is None or one else bool(match > chance
+                                                                       and shuffled <= (match + chance) / 2)
     rows.append(_row("class match, visual condition shuffled across clips", shuffled, chance, "chance",
-                     "<= (conditioned + chance) / 2", fall, m.get("shuffled_note", "")))
+                     "<= (conditioned + chance) / 2", fall, one or m.get("shuffled_note", "")))
     sync = m.get("synchrony") or {}
     if "skipped" in sync or not sync:
         rows.append(_row("synchrony (events with a sound onset within 16 frames)", None, None, "shuffled condition",
