@@ -68,6 +68,8 @@ def run_stage_here(stage: str, args: list[str]) -> str:
         runpy.run_module(f"stages.{stage}", run_name="__main__", alter_sys=False)
         return ""
     except SystemExit as exit_:
+        if isinstance(exit_.code, int) and (exit_.code == -1 or exit_.code >= 128):
+            raise  # stopped by a signal (preemption, requeue, time limit) after saving: SLURM / submitit requeue it
         return "" if exit_.code in (0, None) else sys.stderr.text() or f"exit {exit_.code}"
     except Exception as error:  # noqa: BLE001 - the job records every failure's reason, then fails
         return f"{sys.stderr.text()}\n{type(error).__name__}: {error}".strip()
