@@ -183,7 +183,7 @@ def submit(graph: Graph, spec: ChainSpec, build: Callable[[ChainSpec], Graph]) -
     ids: dict[str, str] = {}
     lines = []
     for step in graph:
-        if step.done():
+        if step.done() and not any(d in ids for d in step.deps):  # after a step that runs again, it runs again
             lines.append(f"  {step.name:<18} finished        -")
             continue
         previous = old.get(step.name)
