@@ -130,3 +130,13 @@ def test_make_demo_runs_the_demo_chain_on_the_generated_folder():
     chain_line = next(line for line in recipe.splitlines() if "-m stages.chain" in line)
     assert "-m stages.make_demo_data" in recipe.split(chain_line)[0]  # the folder first
     assert chain_line.split("-m stages.chain ")[1].split() == demo_chain("$(DEMO_DIR)")
+
+
+@pytest.mark.parametrize("models, presets, checkpoint, vocoder", [
+    ("tiny", ("tiny", "tiny", "tiny", "melception_tiny", "efficientnet_lite0"), "last", None),
+    ("paper", ("vas", "vas", "vggsound", "melception", "bninception"), "best", "melgan")])
+def test_models_picks_every_preset_together(compose, models, presets, checkpoint, vocoder):
+    cfg = compose("chain", "dataset.root=/videos", f"models={models}")
+    assert tuple(cfg[g].name for g in ("codebook", "transformer", "vocoder", "classifier", "features")) == presets
+    assert cfg.transformer_checkpoint == checkpoint and cfg.vocoder.ckpt == vocoder
+    assert compose("chain", "dataset.root=/videos", f"models={models}", "codebook=vggsound").codebook.name == "vggsound"
