@@ -157,6 +157,7 @@ class CodebookSchema:
 
     name: str = MISSING
     ckpt: Optional[str] = MISSING          # a trained model instead of training this preset (the chain's)
+    init_from: Optional[str] = MISSING    # a checkpoint, log folder or released name a new run starts from; null: none
     model: CodebookModel = field(default_factory=CodebookModel)
     loss: CodebookLoss = field(default_factory=CodebookLoss)
     optim: CodebookOptim = field(default_factory=CodebookOptim)
@@ -186,6 +187,8 @@ class TransformerSchema:
     attn_pdrop: float = MISSING
     roll_columns: bool = MISSING
     init: str = MISSING                   # original | time_aligned (Net2NetTransformer.init_time_aligned)
+    init_from: Optional[str] = MISSING    # a checkpoint, log folder or released name a new run starts from; null: none
+    trainable: Optional[List[str]] = MISSING  # glob patterns of the GPT parameters that train; null: all
     optim: TransformerOptim = field(default_factory=TransformerOptim)
     sampling: SamplingSchema = field(default_factory=SamplingSchema)
     schedule: Schedule = field(default_factory=Schedule)

@@ -36,7 +36,8 @@ RENAMED = {"codebook.optim.base_learning_rate": "codebook.optim.lr",
            "transformer.optim.early_stop_patience": "transformer.schedule.early_stop_patience"}
 # Keys added since: a record made before they existed lacks them, and its run computed what their values say.
 ADDED = ("*.optim.scale_lr", "*.schedule.max_epochs", "*.schedule.early_stop_patience", "trainer.max_epochs",
-         "trainer.early_stop_patience", "codebook.ckpt", "vocoder.ckpt", "classifier.ckpt")
+         "trainer.early_stop_patience", "codebook.ckpt", "vocoder.ckpt", "classifier.ckpt", "*.init_from",
+         "transformer.trainable")
 
 
 class RunFolderMismatch(ValueError):

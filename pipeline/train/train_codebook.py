@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.build.codebook import build_codebook, build_loss
 from pipeline.build.vocoder import load_vocoder_or_griffinlim
 from pipeline.data.datasets import SpectrogramDataset
+from pipeline.train.init_from import InitSource, codebook_source, starts_fresh
 from pipeline.train.loop import Task
 from pipeline.train.media import log_spectrograms
 from pipeline.train.run import train
@@ -46,10 +47,25 @@ class CodebookTask(Task):
             raise ValueError(f"codebook.optim.disc_step={self.disc_step!r} is unknown: use original (the discriminator "
                              f"judges the reconstruction after the autoencoder's update, as the original) or fast "
                              f"(the one from before it, saving a forward pass)")
+        self.source: InitSource | None = None  # codebook.init_from's weights, read by preflight for a new run
+
+    def preflight(self, run_dir) -> None:
+        """`codebook.init_from` (a new run only): read and checked against codebook.model / codebook.loss here, before
+        any work (`pipeline.train.init_from`)."""
+        if self.codebook_cfg.init_from and starts_fresh(run_dir):
+            self.source = codebook_source(self.cfg)
 
     def build(self) -> None:
         model = build_codebook(self.codebook_cfg.model)
         loss = build_loss(self.codebook_cfg.loss)
+        if self.source is not None:  # a new run from another codebook's weights (and its discriminator's)
+            state = self.source.state_dict
+            model.load_state_dict({k: v for k, v in state.items() if not k.startswith("loss.")}, strict=True)
+            disc = {k[len("loss.discriminator."):]: v for k, v in state.items() if k.startswith("loss.discriminator.")}
+            if disc:
+                loss.discriminator.load_state_dict(disc, strict=True)
+            log.info("starting from the weights of %s", self.source.describe())
+            self.source = None
         optim = self.codebook_cfg.optim
         lr = self.trainer.learning_rate(optim)
         betas = tuple(optim.betas)

@@ -39,6 +39,7 @@ from pipeline.data.datasets import ConditionedDataset, batch_condition
 from pipeline.generate.decoding import TokenSampler
 from pipeline.generate.settings import SamplingSettings
 from pipeline.runs.folders import checkpoint_path
+from pipeline.train.init_from import InitSource, freeze_all_but, starts_fresh, transformer_source
 from pipeline.train.loop import Task
 from pipeline.train.media import log_spectrograms
 from pipeline.train.run import train
@@ -98,6 +99,14 @@ def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
     if tcfg.condition == "class" and tcfg.get("n_classes") is None:
         raise ValueError("transformer.condition=class needs transformer.n_classes (VAS 8, VGGSound 309)")
     return codebook
+
+
+def init_source(cfg: DictConfig, run_dir: str | Path | None, codebook: torch.nn.Module) -> InitSource | None:
+    """The weights `transformer.init_from` names, checked to fit (`pipeline.train.init_from`); None without one or
+    when the run folder has a last.pt to resume (the source is then not read)."""
+    if not cfg.transformer.init_from or not starts_fresh(run_dir):
+        return None
+    return transformer_source(cfg, model_args_from_stage(cfg, codebook), codebook)
 
 
 class RolledColumns(Dataset):
@@ -178,22 +187,34 @@ class TransformerTask(Task):
         self.vocode = None
         self.sampler: TokenSampler | None = None  # the logged samples' (log_media)
         self.codes: CodeCache | None = None  # made by build unless data.random_crop (a clip's mel then varies)
+        self.source: InitSource | None = None  # transformer.init_from's weights, read by preflight for a new run
 
     def preflight(self, run_dir: Path) -> None:
         self.codebook = preflight(self.cfg, run_dir)
+        self.source = init_source(self.cfg, run_dir, self.codebook)
 
     def build(self) -> None:
         codebook = self.codebook
         codebook.loss = None  # inside the transformer the codebook has no loss (the original's DummyLoss)
         torch.manual_seed(int(self.cfg.seed))
         wrapper = build_transformer(self.model_args(), codebook)
-        if self.tcfg.init == "time_aligned":
+        if self.source is not None:  # a new run from another model's weights (transformer.init_from)
+            wrapper.load_state_dict({**wrapper.state_dict(), **self.source.state_dict}, strict=True)
+            log.info("starting from the weights of %s", self.source.describe())
+            self.source = None
+        elif self.tcfg.init == "time_aligned":
             wrapper.init_time_aligned()
+        if self.tcfg.trainable is not None:
+            trained = freeze_all_but(wrapper.transformer, list(self.tcfg.trainable), "transformer.trainable")
+            log.info("training %d of %d parameter tensors of the GPT (transformer.trainable)", len(trained),
+                     len(list(wrapper.transformer.parameters())))
         optim = self.tcfg.optim
         lr = self.trainer.learning_rate(optim)
-        log.info("%.2f M trainable parameters", sum(p.numel() for p in wrapper.transformer.parameters()) / 1e6)
+        log.info("%.2f M trainable parameters", sum(p.numel() for p in wrapper.transformer.parameters()
+                                                     if p.requires_grad) / 1e6)
         self.modules = {"model": wrapper}
-        groups = wrapper.transformer_param_groups(float(optim.weight_decay))
+        groups = [{**group, "params": [p for p in group["params"] if p.requires_grad]}
+                  for group in wrapper.transformer_param_groups(float(optim.weight_decay))]
         self.optimizers = {"transformer": torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas),
                                                             **self.trainer.optimizer_options())}
         if not bool(self.cfg.data.random_crop):
