@@ -24,6 +24,7 @@ from pipeline.generate.loading import load_user_models
 from pipeline.generate.settings import MODES, SamplingSettings
 from pipeline.media.audio import SR
 from pipeline.runs.folders import run_folder
+from pipeline.runs.lock import hold_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,8 @@ def run(cfg, run_dir: str | Path | None = None) -> None:
     """`python -m stages.app`: build the page and serve it on `server_name`:`port` until interrupted."""
     run_dir = run_folder(run_dir)
     import_gradio()  # fail before loading any model
-    sampler = AppSampler(cfg, run_dir, load_user_models(cfg))
-    app = build_app(sampler)
-    launch(app, sampler)
-    app.block_thread()  # until Ctrl-C (gradio then closes the server)
+    with hold_run_folder(run_dir):  # two servers on one folder would number their requests alike
+        sampler = AppSampler(cfg, run_dir, load_user_models(cfg))
+        app = build_app(sampler)
+        launch(app, sampler)
+        app.block_thread()  # until Ctrl-C (gradio then closes the server)

@@ -56,6 +56,7 @@ from pipeline.media.audio import SR, save_wav
 from pipeline.media.mel import HOP, SPEC_LEN
 from pipeline.media.video import clip_duration, frame_times, mux_audio
 from pipeline.runs.folders import run_folder
+from pipeline.runs.lock import hold_run_folder
 from pipeline.train.logger import Logger
 
 log = logging.getLogger(__name__)
@@ -277,8 +278,14 @@ def _flat_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, flo
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate `cfg.samples_dir` against the reals of `cfg.split`; returns (and writes) the metrics.
 
-    `run_dir` (the run folder: the logger's, the report's) defaults to Hydra's.
+    `run_dir` (the run folder: the logger's, the report's) defaults to Hydra's; one process holds it at a time.
     """
+    with hold_run_folder(run_folder(run_dir)):
+        return evaluate(cfg, run_dir)
+
+
+def evaluate(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """`run` in its run folder, held."""
     from accelerate import Accelerator
 
     if cfg.reals not in ("all", "sampled"):

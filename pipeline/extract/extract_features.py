@@ -20,6 +20,7 @@ from pipeline.files.writes import atomic_write, save_json, save_pickle
 from pipeline.media.audio import SR
 from pipeline.media.mel import LENGTH
 from pipeline.runs.folders import run_folder
+from pipeline.runs.lock import hold_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ def run(cfg, run_dir: str | os.PathLike | None = None) -> None:
                   threads=max(1, (os.cpu_count() or 1) // int(cfg.num_workers)) if int(cfg.num_workers) > 0 else 0)
     job.model()  # fail on bad weights before any clip is touched
     log.info("extracting %s features of %d clips on %s into %s", kind, len(clips), device, cfg.features_dir)
-    summary = run_clips(clips, job, run_dir / "failures.jsonl", int(cfg.num_workers), desc=f"{kind} features")
+    with hold_run_folder(run_dir, name=f"shard {cfg.shard} of {cfg.num_shards}"):  # shards share the folder
+        summary = run_clips(clips, job, run_dir / "failures.jsonl", int(cfg.num_workers), desc=f"{kind} features")
     save_json(run_dir / "summary.json", {**dataclasses.asdict(summary), "kind": kind, "weights": job.weights,
                                           "folders": folders, "device": str(device)})
     message = f"{kind} features: {summary}"

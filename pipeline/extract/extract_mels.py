@@ -19,6 +19,7 @@ from pipeline.extract.clips import Clip, ClipError, dataset_clips, run_clips, sh
 from pipeline.files.writes import save_npy
 from pipeline.media.mel import CHAINS, extract_mel_and_audio
 from pipeline.runs.folders import run_folder
+from pipeline.runs.lock import hold_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
     process = functools.partial(process_clip, chain=cfg.chain, length=cfg.length, spec_len=cfg.spec_len,
                                 sample_rate=cfg.sample_rate, silence_peak=cfg.silence_peak,
                                 save_audio=cfg.save_audio)
-    summary = run_clips(clips, process, run_dir / "failures.jsonl", num_workers=cfg.num_workers,
-                        desc=f"mels ({cfg.chain})")
+    with hold_run_folder(run_dir, name=f"shard {cfg.shard} of {cfg.num_shards}"):  # shards share the folder
+        summary = run_clips(clips, process, run_dir / "failures.jsonl", num_workers=cfg.num_workers,
+                            desc=f"mels ({cfg.chain})")
     message = f"extract_mels: {summary}. Mels in {cfg.features_dir} (<class>/melspec_10s_22050hz for the " \
               f"VAS layout, melspec_10s_22050hz for VGGSound)"
     print(message, flush=True)

@@ -58,6 +58,7 @@ from pipeline.generate.user_clip import generate, sample_user_clip, video_second
 from pipeline.media.audio import SR, save_wav
 from pipeline.media.source import ClipError
 from pipeline.runs.folders import run_folder
+from pipeline.runs.lock import hold_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,10 @@ def run(cfg, run_dir: str | Path | None = None) -> dict[str, Any]:
     """The stage: a user's video / features (`video`, `features_file`) or a data set split."""
 
     run_dir = run_folder(run_dir)
-    if cfg.get("video") or cfg.get("features_file"):
-        return run_user(cfg, run_dir)
-    return run_split(cfg, run_dir)
+    with hold_run_folder(run_dir):  # one launch per run folder (its ranks share the clips: rank 0 holds it)
+        if cfg.get("video") or cfg.get("features_file"):
+            return run_user(cfg, run_dir)
+        return run_split(cfg, run_dir)
 
 
 # ------------------------------------------------------------------------------------------ (a) a split

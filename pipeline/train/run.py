@@ -1,5 +1,5 @@
-"""Run a training task from a stage's Hydra config: the run folder (its identity checked and recorded in
-run.json, its outcome in result.json), seeding, logging, the trainer."""
+"""Run a training task from a stage's Hydra config: the run folder (held by one process: pipeline.runs.lock; its
+identity checked and recorded in run.json, its outcome in result.json), seeding, logging, the trainer."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.files.writes import save_json
 from pipeline.runs.folders import RESULT_FILE, checkpoint_path, run_folder
 from pipeline.runs.identity import check_run_folder, record_start
+from pipeline.runs.lock import hold_run_folder
 from pipeline.train.loop import Task, Trainer
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,11 @@ def train(task: Task, cfg: DictConfig) -> dict[str, float]:
         raise ValueError(f"{task.kind}.ckpt={cfg[task.kind].ckpt}: that key gives the chain a trained {task.kind} "
                          f"instead of training one; this stage trains one: drop it (or use it in the later stages)")
     folder = run_folder()
+    with hold_run_folder(folder):  # a second process on this folder refuses here, naming the holder
+        return _train(task, cfg, folder)
+
+
+def _train(task: Task, cfg: DictConfig, folder: Path) -> dict[str, float]:
     config = OmegaConf.to_container(cfg, resolve=True)
     record = check_run_folder(folder, config)  # every process refuses a folder that holds another run
     trainer = Trainer(task, OmegaConf.to_container(cfg.trainer, resolve=True), folder,

@@ -1,0 +1,159 @@
+"""Fine-tuning on a few clips: a transformer trained on two of the demo's classes, fine-tuned (`transformer.init_from=`
+with `experiment=finetune_few_clips`) on a few clips of the other two, against one trained from scratch on the
+same clips with the same steps (the demo's own recipe, conf/transformer/tiny.yaml), per seed.
+
+Reads the demo's data set, codebook and Melception (`make demo`; from `SPECVQGAN_OUTPUTS`, default `outputs/`; only
+read) and trains under `<outputs>/bench/finetune_transfer/` with the real stage commands. The demo's classes, sorted:
+the first two are the base classes, the last two the new ones. Of each new class the first FEW training clips are
+the fine-tuning set, its other training clips the held-out clips that choose the checkpoint (early stopping on their
+validation loss: both runs are judged from best.pt), and its validation clips the test clips. Per seed (every
+stage's `seed=`), on the test clips, SAMPLES_PER_CLIP samples each at the checkpoint's top-k:
+- class match: the demo's Melception (trained on all four classes) puts the sample in its clip's class;
+- synchrony: the share of the video's events with a sound onset within one code column (pipeline.evaluate.events).
+The result is the worst seed of each measure. Skips (with the command that makes them) when the demo's models are
+missing. `python -m pipeline.bench finetune_transfer`.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from pipeline import ROOT
+from pipeline.bench.measure import load_line
+from pipeline.build.classifier import load_melception
+from pipeline.build.transformer import load_transformer
+from pipeline.config.presets import compose_stage
+from pipeline.data.datasets import ConditionedDataset, batch_condition
+from pipeline.data.layout import split_ids
+from pipeline.evaluate.events import synchrony
+from pipeline.evaluate.model_checks import clip_event_frames
+from pipeline.generate.settings import SamplingSettings
+from pipeline.generate.user_clip import generate
+
+SEEDS = (0, 1, 2)
+FEW = 2                 # fine-tuning clips of each new class
+SAMPLES_PER_CLIP = 8    # 4 test clips x 8 = 32 samples per model and seed
+RECIPE = "experiment=finetune_few_clips"
+
+
+def _classifier(outputs: Path) -> Path:
+    return outputs / "train_classifier" / "demo" / "classifier-melception_tiny" / "checkpoints" / "best.pt"
+
+
+def _codebook(outputs: Path) -> Path:
+    return outputs / "train_codebook" / "demo" / "default" / "checkpoints" / "best.pt"
+
+
+def splits(dataset: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """The split files of the comparison (module docstring), written under `folder`."""
+    train, valid = split_ids(dataset, "train"), split_ids(dataset, "valid")
+    classes = sorted({clip.split("/")[0] for clip in train})
+    base, new = classes[:2], classes[2:4]
+
+    def of(ids, names):
+        return [i for i in ids if i.split("/")[0] in names]
+
+    few = [i for c in new for i in of(train, [c])[:FEW]]
+    files = {"base_train": of(train, base), "base_valid": of(valid, base), "few": few,
+             "heldout": [i for i in of(train, new) if i not in few], "test": of(valid, new)}
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, ids in files.items():
+        if not ids:
+            raise ValueError(f"the comparison's {name} split is empty: the demo data set needs >= 4 classes and > "
+                             f"{FEW} training clips per class")
+        out[name] = folder / f"{name}.txt"
+        out[name].write_text("".join(f"{i}\n" for i in ids))
+    return out
+
+
+def train(run_dir: Path, seed: int, train_split: Path, valid_split: Path, overrides: list[str]) -> Path:
+    """`python -m stages.train_transformer` into `run_dir` (resumes when it is there); returns best.pt."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "stages.train_transformer", "dataset=demo", "logger=none", "trainer=cpu",
+           f"seed={seed}", f"dataset.splits.train={train_split}", f"dataset.splits.valid={valid_split}", *overrides,
+           f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+    return run_dir / "checkpoints" / "best.pt"
+
+
+@torch.no_grad()
+def judge(ckpt: Path, dataset: dict[str, Any], features: dict[str, Any], test: Path, classifier, normalize,
+          classes: list[str], events_file: str, seed: int) -> dict[str, float]:
+    """Class match and synchrony of SAMPLES_PER_CLIP samples per test clip."""
+    model = load_transformer(ckpt).eval()
+    args = model.model_args
+    data = {**dataset, "splits": {**dataset["splits"], "bench_test": str(test)}}
+    ds = ConditionedDataset(data, features, "bench_test", int(args["feat_sample_size"]), condition="features")
+    batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+    cond = batch_condition(batch, "features", torch.device("cpu"))
+    settings = SamplingSettings.coerce(torch.load(ckpt, map_location="cpu", weights_only=True)["sampling"])
+    mels, ids = [], list(ds.ids)
+    for k in range(SAMPLES_PER_CLIP):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + k)
+        mels.append(generate(model, cond, settings, model.num_tokens, generator=generator))
+    mels = torch.cat(mels)  # (K * N, 80, T), sample k of clip i at k * N + i
+    logits = classifier.features(normalize(mels, zero_one=True), ["logits"])["logits"]
+    wanted = np.tile([classes.index(i.split("/")[0]) for i in ids], SAMPLES_PER_CLIP)
+    events = clip_event_frames(events_file, data, ids)
+    pairs = [(events[ids[j % len(ids)]], mels[j].numpy()) for j in range(len(mels))]
+    return {"class_match": float((logits.argmax(1).numpy() == wanted).mean()), "synchrony": synchrony(pairs)["rate"]}
+
+
+def main() -> list[str]:
+    torch.set_num_threads(1)
+    cfg = compose_stage("train_transformer", ["dataset=demo"])
+    outputs = Path(str(cfg.paths.outputs)).resolve()
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    missing = [str(p) for p in (_classifier(outputs), _codebook(outputs), Path(dataset["splits"]["train"]))
+               if not p.exists()]
+    if missing:
+        print(f"SKIPPED: the demo's data and models are missing ({'; '.join(missing)}): run `make demo` first (or "
+              f"point SPECVQGAN_OUTPUTS at an outputs folder that holds them)")
+        return ["SKIPPED: no demo models (make demo)"]
+    work = outputs / "bench" / "finetune_transfer"
+    files = splits(dataset, work / "splits")
+    recipe = compose_stage("train_transformer", ["dataset=demo", RECIPE]).transformer.schedule
+    steps = [f"transformer.schedule.max_steps={recipe.max_steps}", f"transformer.schedule.val_every={recipe.val_every}",
+             f"transformer.schedule.early_stop_patience={recipe.early_stop_patience}"]
+    classifier, normalize, classes = load_melception(str(_classifier(outputs)), None, torch.device("cpu"))
+    classes = list(classes or sorted({c.split("/")[0] for c in split_ids(dataset, "train")}))
+    features = OmegaConf.to_container(cfg.features, resolve=True)
+    print(f"base classes {files['base_train'].read_text().split()[0].split('/')[0]}..., fine-tuning on {FEW} clips "
+          f"of each new class, {SAMPLES_PER_CLIP} samples per test clip; seeds {list(SEEDS)}; both runs "
+          f"{recipe.max_steps} steps at most, judged from best.pt; {load_line()}")
+    rows = []
+    for seed in SEEDS:
+        folder = work / f"seed-{seed}"
+        base = train(folder / "base", seed, files["base_train"], files["base_valid"], [])
+        runs = {"fine-tuned": train(folder / "finetuned", seed, files["few"], files["heldout"],
+                                    [RECIPE, f"transformer.init_from={base.parent / 'last.pt'}"]),
+                "from scratch": train(folder / "scratch", seed, files["few"], files["heldout"], steps)}
+        row = {"seed": seed}
+        for name, ckpt in runs.items():
+            row[name] = judge(ckpt, dataset, features, files["test"], classifier, normalize, classes,
+                              str(dataset["events"]), seed)
+        rows.append(row)
+        print(f"seed {seed}: " + "; ".join(f"{name} class match {row[name]['class_match']:.3f}, synchrony "
+                                           f"{row[name]['synchrony']:.3f}" for name in runs), flush=True)
+    worst = {name: {m: min(r[name][m] for r in rows) for m in ("class_match", "synchrony")} for name in runs}
+    margin = {m: min(r["fine-tuned"][m] - r["from scratch"][m] for r in rows) for m in ("class_match", "synchrony")}
+    line = (f"worst seed: fine-tuned class match {worst['fine-tuned']['class_match']:.3f} vs from scratch "
+            f"{worst['from scratch']['class_match']:.3f}, synchrony {worst['fine-tuned']['synchrony']:.3f} vs "
+            f"{worst['from scratch']['synchrony']:.3f}; smallest margin per seed: class match "
+            f"{margin['class_match']:+.3f}, synchrony {margin['synchrony']:+.3f}")
+    print(line)
+    return [line]
+
+
+if __name__ == "__main__":
+    main()
