@@ -2,16 +2,19 @@
 with `experiment=finetune_few_clips`) on a few clips of the other two, against one trained from scratch on the
 same clips with the same steps (the demo's own recipe, conf/transformer/tiny.yaml), per seed.
 
-Reads the demo's data set, codebook and Melception (`make demo`; from `SPECVQGAN_OUTPUTS`, default `outputs/`; only
-read) and trains under `<outputs>/bench/finetune_transfer/` with the real stage commands. The demo's classes, sorted:
-the first two are the base classes, the last two the new ones. Of each new class the first FEW training clips are
-the fine-tuning set, its other training clips the held-out clips that choose the checkpoint (early stopping on their
-validation loss: both runs are judged from best.pt), and its validation clips the test clips. Per seed (every
-stage's `seed=`), on the test clips, SAMPLES_PER_CLIP samples each at the checkpoint's top-k:
+Reads the demo's codebook and Melception (`make demo`; from `SPECVQGAN_OUTPUTS`, default `outputs/`; only read) and
+works under `<outputs>/bench/finetune_transfer/`, with the real stage commands: a demo data set of its own with
+CLIPS_PER_CLASS clips per class, half of them held out (made once, then reused), and the runs. The classes, sorted:
+the first two are the base classes (the base transformer trains on their training clips), the last two the new
+ones. Of each new class the first FEW training clips are the fine-tuning set, its other training clips the
+held-out clips that choose the checkpoint (early stopping on their validation loss: both runs are judged from
+best.pt), and its validation clips the test clips. Per seed (every stage's `seed=`), on the test clips,
+SAMPLES_PER_CLIP samples each at the checkpoint's top-k:
 - class match: the demo's Melception (trained on all four classes) puts the sample in its clip's class;
 - synchrony: the share of the video's events with a sound onset within one code column (pipeline.evaluate.events).
-The result is the worst seed of each measure. Skips (with the command that makes them) when the demo's models are
-missing. `python -m pipeline.bench finetune_transfer`.
+The result is the worst seed of each measure, and the smallest margin of the fine-tuned run over the scratch run
+in any seed. Skips (with the command that makes them) when the demo's models are missing.
+`python -m pipeline.bench finetune_transfer`.
 """
 from __future__ import annotations
 
@@ -38,8 +41,9 @@ from pipeline.generate.settings import SamplingSettings
 from pipeline.generate.user_clip import generate
 
 SEEDS = (0, 1, 2)
+CLIPS_PER_CLASS = 16    # half held out: 8 test clips per new class, so one clip moves the class match by 1/16
 FEW = 2                 # fine-tuning clips of each new class
-SAMPLES_PER_CLIP = 8    # 4 test clips x 8 = 32 samples per model and seed
+SAMPLES_PER_CLIP = 4    # 16 test clips x 4 = 64 samples per model and seed
 RECIPE = "experiment=finetune_few_clips"
 
 
@@ -74,15 +78,30 @@ def splits(dataset: dict[str, Any], folder: Path) -> dict[str, Path]:
     return out
 
 
-def train(run_dir: Path, seed: int, train_split: Path, valid_split: Path, overrides: list[str]) -> Path:
-    """`python -m stages.train_transformer` into `run_dir` (resumes when it is there); returns best.pt."""
+def stage(name: str, *overrides: str) -> None:
+    """`python -m stages.NAME dataset=demo logger=none ...`; raises with its stderr when it fails."""
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "stages.train_transformer", "dataset=demo", "logger=none", "trainer=cpu",
-           f"seed={seed}", f"dataset.splits.train={train_split}", f"dataset.splits.valid={valid_split}", *overrides,
-           f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", f"stages.{name}", "dataset=demo", "logger=none", *overrides]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+
+
+def make_data(root: Path) -> list[str]:
+    """The comparison's data set under `root` (generated, mels, features; what exists is kept); the overrides that
+    point a stage at it."""
+    data = [f"dataset.root={root}"]
+    stage("make_demo_data", *data, f"clips_per_class={CLIPS_PER_CLASS}", "valid_share=0.5")
+    stage("extract_mels", *data, "chain=direct")
+    stage("extract_features", *data)
+    return data
+
+
+def train(run_dir: Path, seed: int, data: list[str], train_split: Path, valid_split: Path,
+          overrides: list[str]) -> Path:
+    """`python -m stages.train_transformer` into `run_dir` (resumes when it is there); returns best.pt."""
+    stage("train_transformer", "trainer=cpu", f"seed={seed}", *data, f"dataset.splits.train={train_split}",
+          f"dataset.splits.valid={valid_split}", *overrides, f"hydra.run.dir={run_dir}")
     return run_dir / "checkpoints" / "best.pt"
 
 
@@ -111,16 +130,16 @@ def judge(ckpt: Path, dataset: dict[str, Any], features: dict[str, Any], test: P
 
 def main() -> list[str]:
     torch.set_num_threads(1)
-    cfg = compose_stage("train_transformer", ["dataset=demo"])
-    outputs = Path(str(cfg.paths.outputs)).resolve()
-    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
-    missing = [str(p) for p in (_classifier(outputs), _codebook(outputs), Path(dataset["splits"]["train"]))
-               if not p.exists()]
+    outputs = Path(str(compose_stage("train_transformer", ["dataset=demo"]).paths.outputs)).resolve()
+    missing = [str(p) for p in (_classifier(outputs), _codebook(outputs)) if not p.exists()]
     if missing:
-        print(f"SKIPPED: the demo's data and models are missing ({'; '.join(missing)}): run `make demo` first (or "
-              f"point SPECVQGAN_OUTPUTS at an outputs folder that holds them)")
+        print(f"SKIPPED: the demo's models are missing ({'; '.join(missing)}): run `make demo` first (or point "
+              f"SPECVQGAN_OUTPUTS at an outputs folder that holds them)")
         return ["SKIPPED: no demo models (make demo)"]
     work = outputs / "bench" / "finetune_transfer"
+    data = make_data(work / "data")
+    cfg = compose_stage("train_transformer", ["dataset=demo", *data])
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     files = splits(dataset, work / "splits")
     recipe = compose_stage("train_transformer", ["dataset=demo", RECIPE]).transformer.schedule
     steps = [f"transformer.schedule.max_steps={recipe.max_steps}", f"transformer.schedule.val_every={recipe.val_every}",
@@ -128,16 +147,18 @@ def main() -> list[str]:
     classifier, normalize, classes = load_melception(str(_classifier(outputs)), None, torch.device("cpu"))
     classes = list(classes or sorted({c.split("/")[0] for c in split_ids(dataset, "train")}))
     features = OmegaConf.to_container(cfg.features, resolve=True)
-    print(f"base classes {files['base_train'].read_text().split()[0].split('/')[0]}..., fine-tuning on {FEW} clips "
-          f"of each new class, {SAMPLES_PER_CLIP} samples per test clip; seeds {list(SEEDS)}; both runs "
+    print(f"base classes {sorted({i.split('/')[0] for i in files['base_train'].read_text().split()})}, new "
+          f"{sorted({i.split('/')[0] for i in files['test'].read_text().split()})}: fine-tuning on {FEW} clips of "
+          f"each, {len(files['test'].read_text().split())} test clips x {SAMPLES_PER_CLIP} samples; seeds "
+          f"{list(SEEDS)}; both runs "
           f"{recipe.max_steps} steps at most, judged from best.pt; {load_line()}")
     rows = []
     for seed in SEEDS:
         folder = work / f"seed-{seed}"
-        base = train(folder / "base", seed, files["base_train"], files["base_valid"], [])
-        runs = {"fine-tuned": train(folder / "finetuned", seed, files["few"], files["heldout"],
+        base = train(folder / "base", seed, data, files["base_train"], files["base_valid"], [])
+        runs = {"fine-tuned": train(folder / "finetuned", seed, data, files["few"], files["heldout"],
                                     [RECIPE, f"transformer.init_from={base.parent / 'last.pt'}"]),
-                "from scratch": train(folder / "scratch", seed, files["few"], files["heldout"], steps)}
+                "from scratch": train(folder / "scratch", seed, data, files["few"], files["heldout"], steps)}
         row = {"seed": seed}
         for name, ckpt in runs.items():
             row[name] = judge(ckpt, dataset, features, files["test"], classifier, normalize, classes,
