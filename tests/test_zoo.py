@@ -257,3 +257,26 @@ def test_an_original_log_folder_by_path_brings_its_backbone(original_fixtures):
     assert meta["zoo"] is None and meta["features"]["name"] == "bninception" and meta["features"]["depth"] == 2048
     assert released_meta(folder / "checkpoints" / "epoch_000.ckpt")["features"]["name"] == "bninception"
     assert released_meta(original_fixtures / "transformer_small.ckpt") == {"features": None, "zoo": None}
+
+
+def test_a_released_transformer_by_name_starts_a_fine_tuning_run_when_it_fits(served, tmp_path):
+    """`transformer.init_from=<released name>`: fetched, checked against the data's features and the codebook, and the
+    new run's GPT starts from its weights; with another network's features the run is refused before any work."""
+    from pipeline.build.transformer import load_transformer
+    from pipeline.train.init_from import SourceMismatch
+    from pipeline.train.train_transformer import TransformerTask
+
+    overrides = ["dataset=vas", "codebook.ckpt=fixture_vas_codebook", f"transformer.init_from={ENTRY}",
+                 "transformer.feat_sample_size=5", "transformer.n_layer=2", "transformer.n_head=2",
+                 "transformer.n_embd=64", f"paths.models={tmp_path / 'models'}", f"zoo.registry={served['registry']}"]
+    task = TransformerTask(compose("train_transformer", *overrides, "features=resnet50"))
+    task.preflight(tmp_path / "run")
+    want = load_transformer(tmp_path / "models" / TRANSFORMER_RUN).transformer.state_dict()
+    assert set(task.source.state_dict) == {f"transformer.{k}" for k in want}
+    for key, value in want.items():
+        torch.testing.assert_close(task.source.state_dict[f"transformer.{key}"], value, rtol=0, atol=0)
+
+    other = TransformerTask(compose("train_transformer", *overrides, "features=efficientnet_lite0"))
+    with pytest.raises(SourceMismatch, match=r"the source reads 2048-wide resnet50 features, this data set has "
+                                             r"1280-wide efficientnet_lite0 features: extract `features=resnet50`"):
+        other.preflight(tmp_path / "run")
