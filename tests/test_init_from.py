@@ -88,6 +88,7 @@ def test_trainable_patterns_freeze_the_rest(demo, outputs):
         _trainer(TransformerTask(cfg), outputs / "other").task.build()
 
 
+@pytest.mark.slow
 def test_the_stage_names_its_run_by_the_source_and_a_rerun_resumes_without_it(demo, outputs):
     source = make_transformer(outputs / "source.pt", demo, features_preset(FEATURES))
     first = _stage(outputs, f"codebook.ckpt={demo}", f"transformer.init_from={source}", "trainer.max_steps=2",
@@ -108,6 +109,7 @@ def test_the_stage_names_its_run_by_the_source_and_a_rerun_resumes_without_it(de
     assert torch.load(runs[0] / "checkpoints" / "last.pt", weights_only=True)["train_state"]["step"] == 3
 
 
+@pytest.mark.slow
 def test_the_released_layout_on_the_demo_data_is_refused_before_training(demo, outputs, original_fixtures):
     """The original's released log folder (2048-wide BN-Inception features, a 16-code vocabulary, 5 frames) on the
     demo's data (1280-wide EfficientNet-Lite0 features, a 32-code codebook): refused by the stage, naming both sizes

@@ -150,6 +150,7 @@ def test_the_lock_is_reentrant_and_named_parts_do_not_exclude_each_other(tmp_pat
     assert not list(tmp_path.glob(".lock*"))
 
 
+@pytest.mark.slow
 def test_two_training_processes_on_one_run_folder(tmp_path):
     """The real stage: a second identical command refuses while the first trains; after a SIGKILL the next start
     takes the lock over and resumes."""

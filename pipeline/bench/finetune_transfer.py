@@ -39,20 +39,21 @@ from pipeline.evaluate.events import synchrony
 from pipeline.evaluate.model_checks import clip_event_frames
 from pipeline.generate.settings import SamplingSettings
 from pipeline.generate.user_clip import generate
+from pipeline.runs.folders import checkpoint_path, stage_run_dir
 
 SEEDS = (0, 1, 2)
 CLIPS_PER_CLASS = 16    # half held out: 8 test clips per new class, so one clip moves the class match by 1/16
 FEW = 2                 # fine-tuning clips of each new class
-SAMPLES_PER_CLIP = 4    # 16 test clips x 4 = 64 samples per model and seed
+SAMPLES_PER_CLIP = 8    # 16 test clips x 8 = 128 samples per model and seed
 RECIPE = "experiment=finetune_few_clips"
 
 
 def _classifier(outputs: Path) -> Path:
-    return outputs / "train_classifier" / "demo" / "classifier-melception_tiny" / "checkpoints" / "best.pt"
+    return checkpoint_path(stage_run_dir(outputs, "train_classifier", "demo", ["classifier=melception_tiny"]))
 
 
 def _codebook(outputs: Path) -> Path:
-    return outputs / "train_codebook" / "demo" / "default" / "checkpoints" / "best.pt"
+    return checkpoint_path(stage_run_dir(outputs, "train_codebook", "demo"))
 
 
 def splits(dataset: dict[str, Any], folder: Path) -> dict[str, Path]:
@@ -102,7 +103,7 @@ def train(run_dir: Path, seed: int, data: list[str], train_split: Path, valid_sp
     """`python -m stages.train_transformer` into `run_dir` (resumes when it is there); returns best.pt."""
     stage("train_transformer", "trainer=cpu", f"seed={seed}", *data, f"dataset.splits.train={train_split}",
           f"dataset.splits.valid={valid_split}", *overrides, f"hydra.run.dir={run_dir}")
-    return run_dir / "checkpoints" / "best.pt"
+    return checkpoint_path(run_dir)
 
 
 @torch.no_grad()
@@ -157,7 +158,7 @@ def main() -> list[str]:
         folder = work / f"seed-{seed}"
         base = train(folder / "base", seed, data, files["base_train"], files["base_valid"], [])
         runs = {"fine-tuned": train(folder / "finetuned", seed, data, files["few"], files["heldout"],
-                                    [RECIPE, f"transformer.init_from={base.parent / 'last.pt'}"]),
+                                    [RECIPE, f"transformer.init_from={checkpoint_path(base.parent.parent, 'last')}"]),
                 "from scratch": train(folder / "scratch", seed, data, files["few"], files["heldout"], steps)}
         row = {"seed": seed}
         for name, ckpt in runs.items():
