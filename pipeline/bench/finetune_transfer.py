@@ -45,6 +45,7 @@ from pipeline.data.datasets import ConditionedDataset, batch_condition
 from pipeline.data.layout import split_ids
 from pipeline.evaluate.events import synchrony
 from pipeline.evaluate.model_checks import clip_event_frames
+from pipeline.generate.decoding import TokenSampler
 from pipeline.generate.settings import SamplingSettings
 from pipeline.generate.user_clip import generate
 from pipeline.runs.folders import checkpoint_path, stage_run_dir
@@ -119,6 +120,7 @@ def judge(ckpt: Path, dataset: dict[str, Any], features: dict[str, Any], test: P
           classes: list[str], events_file: str, seed: int) -> dict[str, float]:
     """Class match and synchrony of SAMPLES_PER_CLIP samples per test clip."""
     model = load_transformer(ckpt).eval()
+    sampler = TokenSampler(model, "fp32", False)  # the exact path (CPU)
     args = model.model_args
     data = {**dataset, "splits": {**dataset["splits"], "bench_test": str(test)}}
     ds = ConditionedDataset(data, features, "bench_test", int(args["feat_sample_size"]), condition="features")
@@ -128,7 +130,7 @@ def judge(ckpt: Path, dataset: dict[str, Any], features: dict[str, Any], test: P
     mels, ids = [], list(ds.ids)
     for k in range(SAMPLES_PER_CLIP):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + k)
-        mels.append(generate(model, cond, settings, model.num_tokens, generator=generator))
+        mels.append(generate(sampler, cond, settings, model.num_tokens, generator=generator))
     mels = torch.cat(mels)  # (K * N, 80, T), sample k of clip i at k * N + i
     logits = classifier.features(normalize(mels, zero_one=True), ["logits"])["logits"]
     wanted = np.tile([classes.index(i.split("/")[0]) for i in ids], SAMPLES_PER_CLIP)
