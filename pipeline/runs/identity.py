@@ -37,7 +37,7 @@ RENAMED = {"codebook.optim.base_learning_rate": "codebook.optim.lr",
 # Keys added since: a record made before they existed lacks them, and its run computed what their values say.
 ADDED = ("*.optim.scale_lr", "*.schedule.max_epochs", "*.schedule.early_stop_patience", "trainer.max_epochs",
          "trainer.early_stop_patience", "codebook.ckpt", "vocoder.ckpt", "classifier.ckpt", "*.init_from",
-         "transformer.trainable")
+         "transformer.trainable", "*.sampling.precision", "*.sampling.compile")
 
 
 class RunFolderMismatch(ValueError):
