@@ -219,7 +219,7 @@ def test_the_codec_tab_round_trips_any_audio(sampler, tmp_path):
     out, out_sr = soundfile.read(report.output)
     assert out_sr == 22050 and abs(out.size - 2.5 * 22050) <= 1
     assert (report.source_rate, report.source_channels) == (44100, 2) and report.bitrate_kbps > 0
-    assert report.mel_l1 is not None and np.isfinite(report.snr_db)
+    assert report.mel_l1 is not None and np.isfinite(report.lsd_db)
     with pytest.raises(ValueError, match="upload an audio file"):
         sampler.codec_round_trip(None)
 
@@ -358,7 +358,7 @@ def test_the_page_in_headless_chromium(sampler, classifier_ckpt, tmp_path):
                 page.locator("#codec_report").get_by_text("kbps").wait_for(timeout=120_000)
                 page.locator("#codec_out audio").first.wait_for(state="attached", timeout=60_000)
                 report = page.locator("#codec_report").inner_text()
-                assert "48000 Hz" in report and "compression" in report
+                assert "48000 Hz" in report and "compression" in report and "log-spectral distance" in report
                 page.screenshot(path=str(shots / "5_codec.png"), full_page=True)
             finally:
                 context.close()

@@ -14,6 +14,8 @@ from pipeline.checkpoints.zoo import resolve
 from pipeline.codec.transcode import (
     AUDIO_SUFFIXES,
     DEFAULT_OVERLAP_FRAMES,
+    SNR_NOTE,
+    CodecError,
     Report,
     codebook_identity,
     decode_file,
@@ -23,6 +25,7 @@ from pipeline.codec.transcode import (
 from pipeline.config.device import resolve_device
 from pipeline.files.writes import save_json
 from pipeline.runs.folders import run_folder
+from pipeline.runs.outcomes import Outcomes, say
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,9 @@ def run(cfg, run_dir: str | os.PathLike | None = None) -> list[Report]:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {cfg.mode!r}")
     overlap = DEFAULT_OVERLAP_FRAMES if cfg.get("overlap_frames") is None else int(cfg.overlap_frames)
 
+    pairs = _pairs(Path(cfg.input), Path(cfg.output), cfg.mode)  # the inputs first, before any model loads
+    if not pairs:
+        raise FileNotFoundError(f"no {'.svqc' if cfg.mode == 'decode' else 'audio'} files under {cfg.input}")
     run_dir = run_folder(run_dir, required=False)  # none outside @hydra.main: no report file
     torch.set_num_threads(max(1, int(cfg.get("num_threads") or torch.get_num_threads())))
     device = resolve_device(cfg.device)
@@ -59,23 +65,32 @@ def run(cfg, run_dir: str | os.PathLike | None = None) -> list[Report]:
     identity = codebook_identity(model)
     vocoder = None
     if cfg.mode in ("decode", "roundtrip"):
-
         vocoder = load_vocoder_or_griffinlim(cfg.vocoder.ckpt, device=device, zoo_cfg=cfg)
     reports = []
-    for inp, out in _pairs(Path(cfg.input), Path(cfg.output), cfg.mode):
+    done = Outcomes("codec")
+    for inp, out in pairs:
         kwargs = {"window_frames": int(cfg.window_frames), "full_last_window": bool(cfg.full_last_window),
                   "overlap_frames": overlap}
-        if cfg.mode == "encode":
-            r = encode_file(model, inp, out, batch_size=int(cfg.batch_size), identity=identity, **kwargs)
-        elif cfg.mode == "roundtrip":
-            r = round_trip_file(model, inp, out, vocoder, batch_size=int(cfg.batch_size), identity=identity, **kwargs)
-        else:
-            r = decode_file(model, inp, out, vocoder, batch_size=int(cfg.batch_size), identity=identity)
-        log.info("%s %s -> %s: %s", cfg.mode, inp, out, r.summary())
-        print(f"{cfg.mode}: {inp} -> {out}  {r.summary()}", flush=True)
+        try:
+            if cfg.mode == "encode":
+                r = encode_file(model, inp, out, batch_size=int(cfg.batch_size), identity=identity, **kwargs)
+            elif cfg.mode == "roundtrip":
+                r = round_trip_file(model, inp, out, vocoder, batch_size=int(cfg.batch_size), identity=identity,
+                                    **kwargs)
+            else:
+                r = decode_file(model, inp, out, vocoder, batch_size=int(cfg.batch_size), identity=identity)
+        except (CodecError, ValueError, OSError) as error:
+            if len(pairs) == 1:
+                raise
+            done.failed(inp, error)
+            continue
+        done.written(f"{inp} -> {out}  ({cfg.mode}: {r.summary()})")
         reports.append(r)
-    if not reports:
-        raise FileNotFoundError(f"no {'.svqc' if cfg.mode == 'decode' else 'audio'} files under {cfg.input}")
+    if cfg.mode == "roundtrip":
+        say(f"[codec] {SNR_NOTE}")
     if run_dir is not None:
         save_json(Path(run_dir) / "codec_report.json", [r.as_dict() for r in reports])
+    done.finish()
+    if done.any_failed:
+        raise SystemExit(f"[codec] {done.summary()}: " + "; ".join(f"{i}: {why}" for i, why in done.failures))
     return reports

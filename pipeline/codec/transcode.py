@@ -35,7 +35,7 @@ import torch
 from models.vqgan import VQModel
 from pipeline.files.writes import save_bytes
 from pipeline.media.audio import SR, fit_to_length, load_audio, save_wav, source_rate
-from pipeline.media.mel import CROP_LEN, HOP, mel_spectrogram, unit_mel
+from pipeline.media.mel import CROP_LEN, HOP, N_FFT, N_MELS, mel_spectrogram, unit_mel
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no overlap byte (always 0 there)
 DEFAULT_OVERLAP_FRAMES = 96  # mel frames shared by consecutive windows (6 code columns, 1.1 s): crossfade_weights
 _HEADER = struct.Struct("<4sBBBB32sIHHHHIQI")
+MAX_CODES = 1 << 16  # the most codes a codebook may have (the paper's: 128 and 1024); bounds bits per code to 16
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus", ".mp4", ".mkv", ".webm")
 
 
@@ -74,6 +75,8 @@ class Header:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "input") -> Header:
+        """The header of a codec file's bytes, every field checked against the others and against the file's size
+        (`check_fields`) before anything is allocated from it."""
         if len(data) < _HEADER.size or data[:4] != MAGIC:
             raise CodecError(f"{source} is not a SpecVQGAN codec file (no {MAGIC!r} header); "
                              f"encode audio with `mode=encode` first")
@@ -81,8 +84,43 @@ class Header:
          n_samples, n_tokens) = _HEADER.unpack_from(data)
         if version not in READABLE_VERSIONS:
             raise CodecError(f"{source} has codec version {version}; this code reads versions {READABLE_VERSIONS}")
-        return cls(bits, identity, n_embed, n_mels, window_frames, grid_f, grid_t, sample_rate, n_samples,
-                   n_tokens, bool(flags & 1), overlap if version >= 2 else 0)
+        header = cls(bits, identity, n_embed, n_mels, window_frames, grid_f, grid_t, sample_rate, n_samples,
+                     n_tokens, bool(flags & 1), overlap if version >= 2 else 0)
+        header.check_fields(len(data) - _HEADER.size, source)
+        return header
+
+    def check_fields(self, payload_bytes: int, source: str = "input") -> None:
+        """Refuse a damaged or crafted header, naming the field: each count within what the others and the
+        `payload_bytes` after the header allow, so that decoding allocates no more than the file's size implies
+        (at most `window_frames * HOP` samples per code column the payload holds)."""
+
+        def bad(field: str, value, allowed: str) -> CodecError:
+            return CodecError(f"{source}: damaged codec header: {field}={value}, {allowed}")
+
+        if not 1 <= self.n_embed <= MAX_CODES:
+            raise bad("n_embed", self.n_embed, f"a codebook has 1 to {MAX_CODES} codes")
+        if self.bits != bits_per_code(self.n_embed):
+            raise bad("bits_per_code", self.bits, f"{self.n_embed} codes take {bits_per_code(self.n_embed)} bits")
+        if self.sample_rate != SR:
+            raise bad("sample_rate", self.sample_rate, f"the codec decodes at {SR} Hz only")
+        for field in ("n_mels", "window_frames", "grid_f", "grid_t"):
+            if getattr(self, field) < 1:
+                raise bad(field, getattr(self, field), "it must be at least 1")
+        if self.grid_f > self.n_mels or self.n_mels % self.grid_f:
+            raise bad("grid_f", self.grid_f, f"it must divide n_mels={self.n_mels}")
+        if self.grid_t > self.window_frames or self.window_frames % self.grid_t:
+            raise bad("grid_t", self.grid_t, f"it must divide window_frames={self.window_frames}")
+        if not 2 * self.overlap_columns * self.factor < self.window_frames:
+            raise bad("overlap", self.overlap_columns, f"shared columns must stay below half of the window's "
+                                                       f"{self.grid_t}")
+        expected = math.ceil(self.n_tokens * self.bits / 8)
+        if payload_bytes != expected:
+            raise bad("n_tokens", self.n_tokens, f"{self.n_tokens} codes of {self.bits} bits take {expected} bytes "
+                                                 f"but the file holds {payload_bytes} after its header (truncated?)")
+        columns = self.n_tokens // self.grid_f  # every window is grid_f codes tall
+        if not 1 <= self.n_samples <= columns * self.factor * HOP:
+            raise bad("n_samples", self.n_samples, f"{self.n_tokens} codes cover 1 to "
+                                                   f"{columns * self.factor * HOP} samples")
 
     @property
     def factor(self) -> int:
@@ -220,9 +258,15 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, Source]:
 class Report:
     """What one encode, decode or round trip did. `bitrate_kbps` counts payload bits only, `file_kbps` the whole
     file; `compression_ratio` is the input as 16-bit PCM at its own rate and channels (decode: the 22050 Hz mono
-    output) over the file's bits. A round trip adds `mel_l1` (mean |mel(input) - mel(output)| of the [0, 1]
-    mels, through the vocoder), `codes_mel_l1` (the same for the decoder's mel, before the vocoder) and
-    `snr_db` (waveform SNR; a mel codec keeps no phase, so expect it near or below 0 dB)."""
+    output) over the file's bits.
+
+    A round trip adds measures a listener can read, all in dB between the input and what came back:
+    `mel_distance_db`, the mean |difference| of the log-mel spectrograms (the original's 80-bin mel, through the
+    vocoder; `mel_l1` is the same on the [0, 1] scale, 100 dB wide), `codes_mel_distance_db` the same for the
+    decoder's mel before the vocoder (what the codes keep), and `lsd_db`, the log-spectral distance of the
+    513-bin power spectra (per frame the RMS over frequency of the dB difference, averaged over frames). No sample
+    SNR: the decoder generates its waveform from a mel, which keeps no phase, so its output is not sample-aligned
+    with the input and an SNR is about 0 dB for a perfect-sounding result as for noise (`SNR_NOTE`)."""
     input: str
     output: str
     seconds: float
@@ -239,8 +283,9 @@ class Report:
     compression_ratio: float
     overlap_frames: int = 0
     mel_l1: float | None = None
-    codes_mel_l1: float | None = None
-    snr_db: float | None = None
+    mel_distance_db: float | None = None
+    codes_mel_distance_db: float | None = None
+    lsd_db: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -249,10 +294,15 @@ class Report:
         line = (f"{self.seconds:.2f} s ({self.source_rate} Hz, {self.source_channels} ch), {self.windows} window(s), "
                 f"{self.tokens} tokens x {self.bits_per_code} bits = {self.bitrate_kbps:.3f} kbps (file "
                 f"{self.file_bytes} B = {self.file_kbps:.3f} kbps), compression {self.compression_ratio:.0f}:1")
-        if self.mel_l1 is not None:
-            line += (f"; round trip: mel L1 {self.mel_l1:.4f} (codes {self.codes_mel_l1:.4f}), "
-                     f"SNR {self.snr_db:.2f} dB")
+        if self.mel_distance_db is not None:
+            line += (f"; round trip: mel distance {self.mel_distance_db:.1f} dB (codes alone "
+                     f"{self.codes_mel_distance_db:.1f} dB), log-spectral distance {self.lsd_db:.1f} dB")
         return line
+
+
+SNR_NOTE = ("mel distance: mean |difference| of the log-mel spectrograms; log-spectral distance: the same over the "
+            "full spectrum (lower is closer, 0 dB identical). No waveform SNR: the decoder makes its own phase, so "
+            "its output is not sample-aligned with the input and SNR reads about 0 dB however good it sounds.")
 
 
 def _report(inp, out, header: Header, file_bytes: int, source: Source | None = None) -> Report:
@@ -264,20 +314,45 @@ def _report(inp, out, header: Header, file_bytes: int, source: Source | None = N
                   source.channels, source.pcm16_bits / (file_bytes * 8), header.overlap_columns * header.factor)
 
 
+MEL_DB_RANGE = 100.0  # dB spanned by the original's [0, 1] mel (pipeline.media.mel.mel_spectrogram)
+LSD_RANGE_DB = 80.0  # power spectra are floored this far below the input's loudest bin: silence and dither are not -inf
+
+
+def log_power_db(wave: np.ndarray) -> np.ndarray:
+    """10 log10 of the STFT power (n_fft 1024, hop 256, reflect-padded: the mel's frames): (513, frames)."""
+    import librosa
+
+    stft = librosa.stft(np.asarray(wave, dtype=np.float32), n_fft=N_FFT, hop_length=HOP, window="hann",
+                        center=True, pad_mode="reflect")
+    return 10 * np.log10(np.maximum(np.abs(stft) ** 2, 1e-30))
+
+
+def log_spectral_distance(reference: np.ndarray, decoded: np.ndarray) -> float:
+    """The log-spectral distance in dB: per frame, the RMS over frequency bins of the dB difference of the power
+    spectra (both floored LSD_RANGE_DB below the reference's loudest bin); the mean over frames. Phase-blind, so it
+    judges a generative decoder by what is heard."""
+    ref, out = log_power_db(reference), log_power_db(decoded)
+    floor = ref.max() - LSD_RANGE_DB
+    frames = min(ref.shape[1], out.shape[1])
+    diff = np.maximum(ref[:, :frames], floor) - np.maximum(out[:, :frames], floor)
+    return float(np.sqrt((diff ** 2).mean(axis=0)).mean())
+
+
 def round_trip_measures(reference: np.ndarray, decoded: np.ndarray, decoded_mel: np.ndarray | None = None
                         ) -> dict[str, float]:
-    """mel_l1, codes_mel_l1 (with `decoded_mel`) and snr_db of a decoded 22050 Hz wave against its input."""
+    """mel_l1 and mel_distance_db (the decoded wave's mel against the input's), codes_mel_distance_db (with
+    `decoded_mel`: the decoder's mel before the vocoder) and lsd_db of a decoded 22050 Hz wave against its input."""
 
     n = min(reference.size, decoded.size)
-    ref, out = reference[:n].astype(np.float64), decoded[:n].astype(np.float64)
     ref_mel = mel_spectrogram(reference[:n])
     frames = min(ref_mel.shape[1], math.ceil(n / HOP))
     out_mel = mel_spectrogram(decoded[:n])
-    measures = {"mel_l1": float(np.abs(ref_mel[:, :frames] - out_mel[:, :frames]).mean())}
+    mel_l1 = float(np.abs(ref_mel[:, :frames] - out_mel[:, :frames]).mean())
+    measures = {"mel_l1": mel_l1, "mel_distance_db": MEL_DB_RANGE * mel_l1}
     if decoded_mel is not None:
-        measures["codes_mel_l1"] = float(np.abs(ref_mel[:, :frames] - decoded_mel[:, :frames]).mean())
-    noise = float(np.sum((ref - out) ** 2))
-    measures["snr_db"] = float(10 * np.log10(max(float(np.sum(ref ** 2)), 1e-20) / max(noise, 1e-20)))
+        measures["codes_mel_distance_db"] = MEL_DB_RANGE * float(
+            np.abs(ref_mel[:, :frames] - decoded_mel[:, :frames]).mean())
+    measures["lsd_db"] = log_spectral_distance(reference[:n], decoded[:n])
     return measures
 
 
@@ -327,16 +402,22 @@ def encode_wave(model: VQModel, wave: np.ndarray, window_frames: int = CROP_LEN,
 
 
 def read_codes(data: bytes, source: str = "input") -> tuple[Header, list[np.ndarray]]:
-    """Codec file bytes -> (header, one (grid_f, width) int64 array per window)."""
+    """Codec file bytes -> (header, one (grid_f, width) int64 array per window). Every header field is checked
+    before anything is allocated from it (`Header.check_fields`), and every code against the codebook's size."""
     header = Header.from_bytes(data, source)
-    flat = unpack_codes(data[_HEADER.size:], header.n_tokens, header.bits)
     try:
         widths = [w for _, w in header.layout()]
     except ValueError as error:
         raise CodecError(f"{source}: damaged header ({error})") from None
     sizes = [header.grid_f * (w // header.factor) for w in widths]
     if sum(sizes) != header.n_tokens:
-        raise CodecError(f"{source}: header says {header.n_tokens} codes, its length implies {sum(sizes)}")
+        raise CodecError(f"{source}: damaged codec header: n_tokens={header.n_tokens}, but n_samples="
+                         f"{header.n_samples} in windows of {header.window_frames} frames imply {sum(sizes)} codes")
+    flat = unpack_codes(data[_HEADER.size:], header.n_tokens, header.bits)
+    beyond = np.flatnonzero(flat >= header.n_embed)
+    if beyond.size:
+        raise CodecError(f"{source}: damaged codes: {beyond.size} code(s) beyond the codebook's {header.n_embed} "
+                         f"(the first, {int(flat[beyond[0]])}, at position {int(beyond[0])})")
     out, start = [], 0
     for w, n in zip(widths, sizes):
         out.append(flat[start:start + n].reshape(header.grid_f, w // header.factor))
@@ -351,6 +432,11 @@ def check_codebook(header: Header, model: VQModel, source: str = "input", identi
         raise CodecError(f"{source} was made by another codebook (identity {header.identity.hex()[:16]}..., "
                          f"{header.n_embed} codes); the loaded one is {identity.hex()[:16]}... with "
                          f"{model.n_embed} codes: decode with the codebook.ckpt that encoded it")
+    grid = model.grid(header.n_mels, header.window_frames)
+    if header.n_mels != N_MELS or header.factor != model.downsample_factor or grid != (header.grid_f, header.grid_t):
+        raise CodecError(f"{source}: damaged codec header: n_mels={header.n_mels}, window_frames="
+                         f"{header.window_frames}, grid {header.grid_f} x {header.grid_t}; the codebook decodes "
+                         f"{N_MELS} mel bins into a grid of 1/{model.downsample_factor} of them")
 
 
 @torch.no_grad()
