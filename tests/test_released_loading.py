@@ -244,6 +244,35 @@ def test_legacy_format_files_are_read_and_tampered_ones_refused(original_fixture
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("how", ["legacy", "raw_pickle"])
+def test_every_loader_refuses_a_legacy_or_raw_pickle_checkpoint_as_unsafe(original_fixtures, tmp_path, how):
+    """Every loader, the memory-mapped readers of the sample and training stages and the feature networks' weights
+    included, gives the same unsafe-file message for torch < 1.6's format and for a bare pickle (before: "mmap can
+    only be used with ... the file may be truncated"), and nothing runs."""
+    import pickle
+
+    from pipeline.extract.visual import load_model
+
+    marker = tmp_path / "ran"
+    state = {**torch.load(original_fixtures / "melgan_netG_small.pt", weights_only=True),
+             "hook": _Payload(f"touch {marker}")}
+    evil = tmp_path / "evil.pt"
+    if how == "legacy":
+        torch.save(state, evil, _use_new_zipfile_serialization=False)
+    else:
+        evil.write_bytes(pickle.dumps(state, protocol=4))
+    assert not zipfile.is_zipfile(evil)
+    loaders = {"read_checkpoint(mmap)": lambda: read_checkpoint(evil, mmap=True), "read_checkpoint":
+               lambda: read_checkpoint(evil), "codebook": lambda: load_codebook(evil), "transformer":
+               lambda: load_transformer(evil), "vocoder": lambda: load_vocoder(evil), "classifier":
+               lambda: load_classifier(evil), "feature weights": lambda: load_model("resnet50", str(evil))}
+    for name, load in loaders.items():
+        with pytest.raises(UnsafeCheckpointError, match=rf"evil.pt: refused global\(s\) {os.system.__module__}"
+                                                        rf"\.system.*Nothing was run"):
+            load()
+        assert not marker.exists(), name
+
+
 def test_unreadable_and_missing_files_name_the_path(tmp_path):
     (tmp_path / "cut.ckpt").write_bytes(b"PK\x03\x04 cut off")
     with pytest.raises(ValueError, match=r"cut\.ckpt.*truncated"):

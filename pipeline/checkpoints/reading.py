@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -71,9 +73,14 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist" if not path.exists() else
                                 f"checkpoint {path} is a folder, not a file")
+    if mmap and not zipfile.is_zipfile(path):
+        mmap = False  # torch < 1.6's format (or a bare pickle) cannot be mapped: read it through the same unpickler
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         try:
-            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            try:
+                obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            except UnicodeDecodeError:  # a Python 2 pickle (the 2017 BN-Inception weights): its str are bytes
+                obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap, encoding="latin1")
         except pickle.UnpicklingError as error:
             refused = _refused_globals(path) or re.findall(r"GLOBAL ([\w.]+)", str(error))
             if refused:
@@ -95,11 +102,32 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def _refused_globals(path: Path) -> list[str]:
-    """The globals in `path`'s pickle outside the allowlist, read without unpickling (empty if unknown)."""
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # noqa: BLE001 - a legacy (non-zip) file: the unpickler's own message has to do
-        return []
+    """The globals in `path`'s pickle outside the allowlist, read without unpickling (empty if unknown): torch's own
+    scan for its zip format; for the legacy format and bare pickles, the pickles at the start of the file read
+    opcode by opcode (`pickletools.genops` decodes, it never imports or calls)."""
+    if zipfile.is_zipfile(path):
+        try:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 - an unreadable archive: the unpickler's own message has to do
+            return []
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = set(_get_allowed_globals()) | {name for _, name in SAFE_GLOBALS}
+    named: list[str] = []
+    with open(path, "rb") as f:
+        while True:  # the legacy format is several pickles in a row, then raw storage bytes
+            strings: list[str] = []
+            try:
+                for opcode, arg, _ in pickletools.genops(f):
+                    if opcode.name == "GLOBAL":
+                        named.append(str(arg).replace(" ", "."))
+                    elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        named.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+            except Exception:  # noqa: BLE001 - past the pickles (storage bytes) or a damaged file: stop reading
+                break
+    return sorted({name for name in named if name not in allowed})
 
 
 def checkpoint_format(obj: Any) -> str:

@@ -37,6 +37,7 @@ from torch import nn
 from models.bninception import TwoStreamBNInception, flow_state_dict
 from models.efficientnet import EfficientNetLite0
 from models.resnet import ResNet
+from pipeline.checkpoints.reading import read_checkpoint
 from pipeline.data.conditions import FEAT_LEN, join_streams
 from pipeline.media.flow import consecutive_flows
 from pipeline.media.source import ClipError
@@ -107,13 +108,7 @@ def check_kind(kind: str) -> None:
 # ------------------------------------------------------------------------------------------- weights
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except UnicodeDecodeError:  # a Python 2 pickle (the 2017 BN-Inception file)
-        obj = torch.load(path, map_location="cpu", weights_only=True, encoding="latin1")
-    except Exception as error:
-        raise ValueError(f"cannot read weights {path} ({type(error).__name__}: {error}): is it a torch "
-                         f"state dict?") from error
+    obj = read_checkpoint(path)  # the restricted unpickler every loader uses (a Python 2 pickle too)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
