@@ -2,7 +2,11 @@
 
 `FileServer` serves bytes by URL path (http.server's ThreadingHTTPServer in a thread) with HTTP Range support;
 `cut_once` paths send only the first half of the body on their first full request and then close the
-connection, as a broken transfer does. Every request is logged (path, Range header, bytes sent).
+connection, as a broken transfer does; `reset_every` paths send at most that many bytes per response and then
+reset the connection (TCP RST); `trickle` paths send one byte every that many seconds; `short_once` paths
+answer their first full request with the first half of the body and a Content-Length that says it is all;
+`serve_once` paths are gone (404) after their first response, as a server that went away. Every request is
+logged (path, Range header, bytes sent).
 """
 from __future__ import annotations
 
@@ -10,8 +14,11 @@ import functools
 import hashlib
 import io
 import re
+import socket
+import struct
 import tarfile
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,6 +40,10 @@ class Request:
 class FileServer:
     files: dict[str, bytes] = field(default_factory=dict)
     cut_once: set[str] = field(default_factory=set)
+    reset_every: dict[str, int] = field(default_factory=dict)
+    trickle: dict[str, float] = field(default_factory=dict)
+    short_once: set[str] = field(default_factory=set)
+    serve_once: set[str] = field(default_factory=set)
     requests: list[Request] = field(default_factory=list)
 
     def start(self) -> FileServer:
@@ -48,6 +59,9 @@ class FileServer:
                 record = Request(self.path, self.headers.get("Range"))
                 server_self.requests.append(record)
                 body = server_self.files.get(self.path.lstrip("/"))
+                if self.path.lstrip("/") in server_self.serve_once:
+                    server_self.serve_once.discard(self.path.lstrip("/"))
+                    server_self.files.pop(self.path.lstrip("/"))
                 if body is None:
                     record.status = 404
                     self.send_error(404, "Not Found")
@@ -69,10 +83,34 @@ class FileServer:
                 else:
                     record.status = 200
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
+                payload = body[start:]
+                key = self.path.lstrip("/")
+                if key in server_self.short_once and not m:  # a short body that claims to be the whole file
+                    server_self.short_once.discard(key)
+                    payload = payload[: len(payload) // 2]
+                self.send_header("Content-Length", str(len(payload)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
-                payload = body[start:]
+                if key in server_self.reset_every:
+                    payload = payload[: server_self.reset_every[key]]
+                    self.wfile.write(payload)
+                    self.wfile.flush()
+                    record.sent = len(payload)
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()  # linger 0: a reset, not an orderly close
+                    return
+                if key in server_self.trickle:
+                    for i in range(len(payload)):
+                        try:
+                            self.wfile.write(payload[i:i + 1])
+                            self.wfile.flush()
+                        except OSError:  # the client gave up
+                            break
+                        record.sent = i + 1
+                        time.sleep(server_self.trickle[key])
+                    self.close_connection = True
+                    return
                 if self.path.lstrip("/") in server_self.cut_once and not m:
                     server_self.cut_once.discard(self.path.lstrip("/"))
                     payload = payload[: len(payload) // 2]

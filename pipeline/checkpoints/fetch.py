@@ -1,12 +1,13 @@
 """Fetching one file over HTTP(S) resumably, checking its md5, and unpacking a tar archive safely.
 
-    fetch(url, dest, md5)            # dest.part grows (HTTP Range on a rerun), md5 checked, then moved to dest
+    fetch(url, dest, md5, size=N)    # dest.part grows (HTTP Range on a rerun), md5 / size checked, then moved
     safe_extract(archive, folder)    # every member checked first; nothing outside `folder`, no links out, no devices
 
-`fetch` keeps the partial file `<dest>.part` when a transfer breaks: the next call (or the next run of the same
+`fetch` writes every block as it arrives into the partial file `<dest>.part` and keeps it when a transfer breaks
+(a reset, a cut, a stall): it resumes after a growing wait, and the next call (or the next run of the same
 command) asks the server for the remaining bytes only. A server that ignores Range makes it start over. A file
-whose md5 differs from the expected one is deleted and reported (file, expected, got). Progress is a tqdm bar
-with size and speed on stderr.
+whose md5 or size differs from the expected one is deleted and reported (file, expected, got). Progress is a
+tqdm bar with size and speed on stderr.
 """
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20          # bytes per read
+CHUNK = 1 << 20          # bytes per read when hashing a file
+READ = 1 << 16           # bytes asked of the connection per read: whatever has arrived is written at once
+STALL_BYTES = 1 << 16    # an attempt must receive this much in every `timeout` seconds, or it is broken off
+MAX_BACKOFF_S = 30.0     # the longest wait between two attempts
 USER_AGENT = "specvqgan-pipeline"
 
 
@@ -34,11 +38,15 @@ class DownloadError(RuntimeError):
 
 
 class ChecksumError(DownloadError):
-    """A fetched file's md5 is not the published one (the file has been deleted)."""
+    """A fetched file's md5 or size is not the published one (the file has been deleted)."""
 
 
 class UnsafeArchiveError(RuntimeError):
     """An archive holds a member that would land outside the target, a link out of it, or a device file."""
+
+
+class Stalled(OSError):
+    """An attempt that received less than STALL_BYTES in `timeout` seconds (a stalled or trickling link)."""
 
 
 def md5_of(path: str | os.PathLike, chunk: int = CHUNK) -> str:
@@ -60,11 +68,15 @@ def _total_size(response, offset: int) -> int | None:
     return int(length) + offset if length is not None else None
 
 
-def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
-    """One request: appends to `part` from its current size (a Range request when it is not empty)."""
+def _transfer(url: str, part: Path, timeout: float, progress: bool, size: int | None = None) -> None:
+    """One request: appends to `part` from its current size (a Range request when it is not empty). Every block is
+    written as it arrives, so a reset loses nothing received; an attempt that gets less than STALL_BYTES in
+    `timeout` seconds raises Stalled. `size` (the registry's) wins over what the server says the file's size is."""
     from tqdm import tqdm
 
     offset = part.stat().st_size if part.exists() else 0
+    if size is not None and offset == size:
+        return
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -80,47 +92,74 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
         if offset and status != 206:  # the server ignored Range: start over
             log.warning("%s: the server does not resume (HTTP %s to a Range request); starting over", url, status)
             offset = 0
-        total = _total_size(response, offset)
+        total = size if size is not None else _total_size(response, offset)
         with open(part, "ab" if offset else "wb") as f, tqdm(
                 total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name[:-5],
                 disable=not progress, leave=True, mininterval=0.5) as bar:
+            window_start, window_bytes = time.monotonic(), 0
             while True:
-                block = response.read(CHUNK)
+                block = response.read1(READ)
                 if not block:
                     break
                 f.write(block)
+                f.flush()  # on disk before the next read can fail
                 bar.update(len(block))
-    size = part.stat().st_size
-    if total is not None and size < total:
-        raise http.client.IncompleteRead(b"", total - size)
+                window_bytes += len(block)
+                if window_bytes >= STALL_BYTES:
+                    window_start, window_bytes = time.monotonic(), 0
+                elif time.monotonic() - window_start > timeout:
+                    raise Stalled(f"stalled: less than {STALL_BYTES // 1024} KiB in {timeout:g} s")
+    got = part.stat().st_size
+    if total is not None and got < total:
+        raise http.client.IncompleteRead(b"", total - got)
 
 
-def fetch(url: str, dest: str | os.PathLike, md5: str | None, *, retries: int = 3, timeout: float = 60.0,
-          progress: bool = True, backoff: float = 1.0) -> str:
+BROKEN = (http.client.IncompleteRead, http.client.RemoteDisconnected, ConnectionError, socket.timeout, TimeoutError,
+          urllib.error.URLError, Stalled)
+
+
+def fetch(url: str, dest: str | os.PathLike, md5: str | None, *, size: int | None = None, retries: int = 3,
+          timeout: float = 60.0, progress: bool = True, backoff: float = 1.0) -> str:
     """Download `url` to `dest` (atomically: `<dest>.part`, then a rename); returns the file's md5.
 
-    A broken transfer is resumed with HTTP Range up to `retries` times within the call, and by the next call.
-    `md5` None skips the check (the caller reports the md5 it got). Raises DownloadError (HTTP errors, e.g. a
-    404, and a network failing more than `retries` times: the partial file is kept for the next run) and
-    ChecksumError (md5 mismatch: the file is deleted).
+    A broken transfer (a reset, a cut, a stall: less than STALL_BYTES in `timeout` seconds) is resumed with HTTP
+    Range, after a wait of `backoff` seconds doubling each time (at most MAX_BACKOFF_S); `retries` bounds the
+    attempts in a row that bring less than STALL_BYTES, so a link that breaks often but moves on completes. The
+    next call resumes too. `md5` and `size` (bytes), when given, are checked before the file is installed: a
+    mismatch deletes it; a file shorter than `size` that the server calls complete is resumed, not installed.
+    Raises DownloadError (HTTP errors, e.g. a 404, and a network failing more than `retries` times in a row: the
+    bytes received are kept in the partial file for the next run; an empty one is removed) and ChecksumError.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    for attempt in range(retries + 1):
-        try:
-            _transfer(url, part, timeout, progress)
-            break
-        except (http.client.IncompleteRead, http.client.RemoteDisconnected, ConnectionError, socket.timeout,
-                TimeoutError, urllib.error.URLError) as error:
-            reason = getattr(error, "reason", error)
-            have = part.stat().st_size if part.exists() else 0
-            if attempt == retries or isinstance(reason, ConnectionRefusedError):  # no server there: no retry
-                raise DownloadError(f"{url}: {type(error).__name__} ({reason}) after {retries + 1} attempts; "
-                                    f"{have} bytes kept in {part}: run the same command again to resume") from None
-            log.warning("%s: %s at %d bytes; resuming (attempt %d of %d)", url, reason, have, attempt + 2,
-                        retries + 1)
-            time.sleep(backoff * (attempt + 1))
+    failures = attempts = 0
+    try:
+        while True:
+            before = part.stat().st_size if part.exists() else 0
+            attempts += 1
+            try:
+                _transfer(url, part, timeout, progress, size)
+                break
+            except BROKEN as error:
+                reason = getattr(error, "reason", error)
+                have = part.stat().st_size if part.exists() else 0
+                failures = 0 if have - before >= STALL_BYTES else failures + 1
+                if failures > retries or isinstance(reason, ConnectionRefusedError):  # no server there: no retry
+                    raise DownloadError(f"{url}: {type(error).__name__} ({reason}) after {attempts} attempts; {have} "
+                                        f"bytes kept in {part}: run the same command again to resume") from None
+                wait = 0.0 if failures == 0 else min(MAX_BACKOFF_S, backoff * 2 ** (failures - 1))  # moving: at once
+                log.warning("%s: %s at %d bytes; resuming in %.1f s (attempt %d)", url, reason, have, wait,
+                            attempts + 1)
+                time.sleep(wait)
+    finally:
+        if part.exists() and part.stat().st_size == 0:
+            part.unlink()  # a failed start leaves no empty .part behind
+    got_size = part.stat().st_size
+    if size is not None and got_size != size:
+        part.unlink()
+        raise ChecksumError(f"{dest.name} from {url}: {got_size} bytes, the registry records {size}; the file was "
+                            f"deleted (a changed file or a wrong mirror)")
     got = md5_of(part)
     if md5 is not None and got != md5.lower():
         part.unlink()

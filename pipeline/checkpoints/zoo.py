@@ -61,6 +61,7 @@ class Artefact:
     about: str
     files: tuple[str, ...]                    # paths under the host's base URL
     md5: Mapping[str, str | None]             # file -> md5 (None: not published)
+    size: Mapping[str, int | None] = field(default_factory=dict)  # file -> bytes: what verifies a file without md5
     host: str = "a3s"
     root: str = "models"                      # models -> paths.models, data -> paths.data
     into: str = ""                            # sub-folder of the root where files land / archives unpack
@@ -101,11 +102,12 @@ def _expand_data(sets: Mapping[str, Any], streams: Mapping[str, str]) -> dict[st
 
 def _artefact(name: str, spec: Mapping[str, Any]) -> Artefact:
     files = tuple(spec["files"]) if "files" in spec else (spec["file"],)
-    md5 = spec.get("md5")
+    md5, size = spec.get("md5"), spec.get("size")
     md5s = dict(md5) if isinstance(md5, Mapping) else {f: md5 for f in files}
-    known = {"kind", "about", "file", "files", "md5", "host", "root", "into", "path"}
+    sizes = dict(size) if isinstance(size, Mapping) else {f: size for f in files}
+    known = {"kind", "about", "file", "files", "md5", "size", "host", "root", "into", "path"}
     info = {k: v for k, v in spec.items() if k not in known}
-    return Artefact(name, spec["kind"], spec.get("about", ""), files, md5s, host=spec.get("host", "a3s"),
+    return Artefact(name, spec["kind"], spec.get("about", ""), files, md5s, sizes, host=spec.get("host", "a3s"),
                     root=spec.get("root", "models"), into=spec.get("into", ""), path=spec.get("path"), info=info)
 
 
@@ -217,22 +219,28 @@ class Zoo:
                  timeout: float) -> tuple[Path, bool]:
         root = self.root(entry)
         downloads = root / DOWNLOADS
-        pinned = (self.record(entry) or {}).get("md5", {})  # md5s got on a first, unverified fetch
+        pinned = (self.record(entry) or {}).get("md5", {})  # md5s got on a first fetch verified by its size
+        unverifiable = [f for f in entry.files if not (entry.md5.get(f) or pinned.get(f) or entry.size.get(f))]
+        if unverifiable:
+            raise ZooError(f"{entry.name}: no published md5 and no size in the registry ({self.source}) for "
+                           f"{', '.join(unverifiable)}, so a download could not be verified and is not attempted: "
+                           f"record each file's size in bytes under `size:` (zoo.registry=PATH for a registry of "
+                           f"your own), or fetch the files yourself and pass their local path")
         md5s, made = {}, []
         for file in entry.files:
             name = file.split("/")[-1]
-            expected = entry.md5.get(file) or pinned.get(file)
+            expected, size = entry.md5.get(file) or pinned.get(file), entry.size.get(file)
             fetched = downloads / (f"{entry.name}__{name}" if len(entry.files) > 1 else name)
             if fetched.exists():
-                got = _verified(fetched, expected)
+                got = _verified(fetched, expected, size)
             else:
-                got = fetch(self.url(entry, file), fetched, expected, retries=retries, timeout=timeout,
+                got = fetch(self.url(entry, file), fetched, expected, size=size, retries=retries, timeout=timeout,
                             progress=progress)
             if expected is None:
-                log.warning("%s: the original publishes no md5 for %s; got %s (pinned from now on)", entry.name,
-                            file, got)
-                print(f"[download] {entry.name}: no published md5 for {file}; got {got} (pinned in "
-                      f"{self.record_path(entry)})", flush=True)
+                log.warning("%s: the original publishes no md5 for %s; its size matches the registry's %d bytes; "
+                            "got md5 %s (pinned from now on)", entry.name, file, size, got)
+                print(f"[download] {entry.name}: no published md5 for {file}; its size is the registry's ({size} "
+                      f"bytes); got md5 {got} (pinned in {self.record_path(entry)})", flush=True)
             md5s[file] = got
             target = root / entry.into
             if _archive_stem(name) is not None:
@@ -288,9 +296,14 @@ class Zoo:
                            f"reached (then point paths.models at that folder), or pass a local path") from error
 
 
-def _verified(path: Path, md5: str | None) -> str:
-    """The md5 of an already downloaded archive; a mismatch deletes it (it is fetched again next time)."""
+def _verified(path: Path, md5: str | None, size: int | None = None) -> str:
+    """The md5 of an already downloaded archive; a size or md5 mismatch deletes it (it is fetched again next
+    time)."""
 
+    if size is not None and path.stat().st_size != size:
+        got_size = path.stat().st_size
+        path.unlink()
+        raise ChecksumError(f"{path}: {got_size} bytes, the registry records {size}; the file was deleted")
     got = md5_of(path)
     if md5 is not None and got != md5:
         path.unlink()
