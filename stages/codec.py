@@ -2,8 +2,9 @@
 
 Encode turns any audio file (any rate, channels, length) into a compact file of codebook indices (~0.14-0.26
 kbps); decode turns it back into 22050 Hz audio through `vocoder.ckpt` (Griffin-Lim when unset); roundtrip does
-both and reports the mel distance and log-spectral distance (dB) against the input. Each prints bitrate and compression ratio and writes
-`<run>/codec_report.json`. See pipeline/codec/transcode.py for the format, pipeline/codec/codec.py for the stage.
+both and reports the mel distance and log-spectral distance (dB) against the input. Each prints bitrate and
+compression ratio and writes `<run>/codec_report.json`. See pipeline/codec/transcode.py for the format,
+pipeline/codec/codec.py for the stage.
 """
 import hydra
 

@@ -92,6 +92,23 @@ def write_clip(path: Path, seconds: float, audio: str | None = "sine", fps: int 
     return path
 
 
+def faststart_truncated(path: Path, seconds: float = 10.0, keep: float = 0.49) -> Path:
+    """An mp4 whose header (moov first) declares `seconds` but whose data stops after `keep` of the file."""
+    import av
+
+    plain = write_clip(path.with_name("plain_" + path.name), seconds, audio="chirp")
+    with av.open(str(plain)) as src, av.open(str(path), "w", options={"movflags": "faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
+        for packet in src.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    plain.unlink()
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
 def bursts(onsets_s, seconds: float = 9.85, seed: int = 0, hiss: float = 1e-3) -> np.ndarray:
     """Faint hiss with a 0.25-s decaying 1 kHz tone (peak 0.5) starting at each onset."""
     rng = np.random.default_rng(seed)

@@ -109,7 +109,7 @@ def test_an_unknown_key_is_pointed_at_the_nearest_valid_one(outputs):
     result = subprocess.run([sys.executable, "-m", "stages.train_codebook", "dataset=demo", "logger=none",
                              "trainer.max_step=3"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "SPECVQGAN_OUTPUTS": str(outputs)}, check=False)
-    assert result.returncode == 1 and "did you mean `trainer.max_steps`?" in result.stderr, result.stderr
+    assert result.returncode == 2 and "did you mean `trainer.max_steps`?" in result.stderr, result.stderr
     assert not any(outputs.iterdir())  # nothing made: no run folder
 
 

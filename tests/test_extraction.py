@@ -3,31 +3,13 @@ manifest per run with a record per attempt, and an unwritable output folder fail
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.extract.extract_mels import run
 from pipeline.media.source import ClipError, check_source
-from tests.helpers import compose, write_clip
-
-
-def faststart_truncated(path: Path, seconds: float = 10.0, keep: float = 0.49) -> Path:
-    """An mp4 whose header (moov first) declares `seconds` but whose data stops after `keep` of the file."""
-    import av
-
-    plain = write_clip(path.with_name("plain_" + path.name), seconds, audio="chirp")
-    with av.open(str(plain)) as src, av.open(str(path), "w", options={"movflags": "faststart"}) as out:
-        streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
-        for packet in src.demux():
-            if packet.dts is not None:
-                packet.stream = streams[packet.stream.index]
-                out.mux(packet)
-    plain.unlink()
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
-    return path
+from tests.helpers import compose, faststart_truncated, write_clip
 
 
 def _cfg(*overrides: str):

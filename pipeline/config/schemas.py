@@ -1,13 +1,21 @@
-"""Typed schemas of the config groups, checked by Hydra when a stage's config is composed (before any work).
+"""Typed schemas of the configs: every key of every stage, with the range of values each takes.
 
-Each group's YAML presets list their schema first in their defaults (`- schema`, e.g. conf/trainer/cpu.yaml), the
-stages' `data` nodes theirs (`- schema/data@data: transformer`), so an override of the wrong type fails at once,
-naming the key and the expected type: `codebook.optim.batch_size=abc` -> "Value 'abc' of type 'str' could not be
-converted to Integer ... full_key: codebook.optim.batch_size". A key no schema knows fails too; the stage doors
-(`pipeline.config.check.main`) then name the nearest valid key. `register()` (called by `pipeline.config`, which
-every stage imports before composing) stores the schemas in Hydra's ConfigStore.
+Two checks read them, both before any work and before a run folder is made:
+- Hydra's, for the config groups: each group's YAML presets list their schema first in their defaults (`- schema`,
+  e.g. conf/trainer/cpu.yaml), the stages' `data` nodes theirs (`- schema/data@data: transformer`), so an override
+  of the wrong type fails while the config is composed: `codebook.optim.batch_size=abc` -> "Value 'abc' of type
+  'str' could not be converted to Integer ... full_key: codebook.optim.batch_size".
+- `pipeline.config.check.config_problems`, for the whole composed config of a stage (`STAGE_SCHEMAS`, top-level
+  keys included): a key no schema knows (also one added with `+`), a value of the wrong type, a value out of its
+  range; each named with its value and what is allowed (`samples_per_clip=0: an integer >= 1`).
+
+A range sits next to its key's type: `samples_per_clip: int = ranged(ge=1)`, `mode: str = ranged(choices=MODES)`.
+A key declared without one (`x: int = MISSING`) is checked for its type only, so adding a key never needs a range.
+Fields typed `Dict[str, Any]` (or `Any`) are open: any key below them is accepted.
 
 The values live in the YAML files only: fields without a default here are MISSING, so a preset must set them.
+`register()` (called by `pipeline.config`, which every stage imports before composing) stores the group schemas in
+Hydra's ConfigStore.
 """
 from __future__ import annotations
 
@@ -19,21 +27,84 @@ from omegaconf import MISSING
 # Hydra reads these annotations at run time (OmegaConf does not take `int | None` on Python 3.10): Optional/List/Dict.
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a key takes beyond its type: bounds (`ge`, `gt`, `le`, `lt`; each element of a list) or `choices`;
+    `also` lists words accepted beside a number (`top_k: auto`), `kind` names the type where the annotation is Any.
+    `describe()` says it in words."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple | None = None
+    also: tuple = ()
+    kind: str | None = None               # what the value is, where the type annotation cannot say (Any)
+
+    def allows(self, value: Any) -> bool:
+        if value is None or value in self.also:
+            return True
+        if self.kind == "an integer" and not (isinstance(value, int) and not isinstance(value, bool)):
+            return False
+        if isinstance(value, (list, tuple)):
+            return all(self.allows(v) for v in value)
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return not self.also  # a word where a number or `also` is due; else the type check speaks
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        bounds = [f"{op} {_number(v)}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                  if v is not None]
+        return " and ".join(bounds) + "".join(f", or {w}" for w in self.also)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def ranged(default: Any = MISSING, **bounds: Any) -> Any:
+    """A dataclass field whose values `Range(**bounds)` allows (with `default`, MISSING unless given)."""
+    return field(default=default, metadata={"range": Range(**bounds)})
+
+
+def positive(default: Any = MISSING) -> Any:
+    """An integer key that counts something: >= 1."""
+    return ranged(default, ge=1)
+
+
+def counting(default: Any = MISSING) -> Any:
+    """An integer key where 0 means none (workers, an interval whose 0 means "only at the end"): >= 0."""
+    return ranged(default, ge=0)
+
+
+def share(default: Any = MISSING) -> Any:
+    """A probability or share: in [0, 1)."""
+    return ranged(default, ge=0, lt=1)
+
+
+PRECISIONS = ("no", "bf16", "fp16")
+
+
 @dataclass
 class TrainerSchema:
     """conf/trainer/*.yaml: the training loop (pipeline/train/loop.py)."""
 
     device: str = MISSING                 # auto | cpu | cuda
-    mixed_precision: str = MISSING        # no | bf16 | fp16
-    grad_accum: int = MISSING
-    max_steps: Optional[int] = MISSING
-    max_epochs: Optional[int] = MISSING
-    val_every: Optional[int] = MISSING
-    ckpt_every: Optional[int] = MISSING
-    log_every: int = MISSING
-    early_stop_patience: Optional[int] = MISSING
-    grad_clip: Optional[float] = MISSING
-    num_workers: int = MISSING
+    mixed_precision: str = ranged(choices=PRECISIONS)
+    grad_accum: int = positive()          # micro-batches per optimiser step
+    max_steps: Optional[int] = positive()
+    max_epochs: Optional[int] = positive()
+    val_every: Optional[int] = counting()  # 0: only at the end; null: once per epoch
+    ckpt_every: Optional[int] = counting()  # 0: only at the end; null: at every validation
+    log_every: int = positive()
+    early_stop_patience: Optional[int] = positive()
+    grad_clip: Optional[float] = ranged(gt=0)
+    num_workers: int = counting()
     find_unused_parameters: bool = MISSING
     compile: bool = MISSING               # speed options (pipeline/train/loop.py: speed_up)
     fused_optimizer: bool = MISSING
@@ -45,11 +116,11 @@ class TrainerSchema:
 class SamplingSchema:
     """conf/sampling/*.yaml (pipeline/generate/settings.py checks the values' ranges)."""
 
-    mode: str = MISSING
-    temperature: float = MISSING
-    top_k: Any = MISSING                  # an int, `auto` or null
-    top_p: Optional[float] = MISSING
-    precision: str = MISSING              # auto | fp32 | bf16 (pipeline/generate/decoding.py)
+    mode: str = ranged(choices=("nopix", "half"))  # pipeline.generate.settings.MODES
+    temperature: float = ranged(gt=0)
+    top_k: Any = ranged(ge=1, also=("auto", "null"), kind="an integer")  # at most the vocabulary (checked once read)
+    top_p: Optional[float] = ranged(gt=0, le=1)
+    precision: str = ranged(choices=("auto", "fp32", "bf16"))  # pipeline/generate/decoding.py
     compile: bool = MISSING
 
 
@@ -66,8 +137,8 @@ class SplitsData:
 class ClassifierData(SplitsData):
     """`data` of train_classifier (a centre crop, no augmentation)."""
 
-    spec_len: int = MISSING
-    crop_len: int = MISSING
+    spec_len: int = positive()
+    crop_len: int = positive()
 
 
 @dataclass
@@ -81,7 +152,7 @@ class SpectrogramData(ClassifierData):
 class VocoderData(SplitsData):
     """`data` of train_vocoder."""
 
-    val_max_clips: Optional[int] = MISSING
+    val_max_clips: Optional[int] = positive()
 
 
 # -------------------------------------------------------------------------------------- the model presets
@@ -89,20 +160,20 @@ class VocoderData(SplitsData):
 class Schedule:
     """How long a model trains (`trainer.*` of its stage takes these): every model group spells it the same way."""
 
-    max_steps: Optional[int] = MISSING
-    max_epochs: Optional[int] = MISSING
-    val_every: Optional[int] = MISSING
-    early_stop_patience: Optional[int] = MISSING
+    max_steps: Optional[int] = positive()
+    max_epochs: Optional[int] = positive()
+    val_every: Optional[int] = counting()
+    early_stop_patience: Optional[int] = positive()
 
 
 @dataclass
 class Optim:
     """The optimiser every model group spells the same way: `lr`, scaled as the original when `scale_lr`."""
 
-    lr: float = MISSING                   # the rate; with scale_lr the base rate of the original's train.py
+    lr: float = ranged(gt=0)              # the rate; with scale_lr the base rate of the original's train.py
     scale_lr: bool = MISSING              # true: lr x batch x accumulation x processes (codebook, transformer)
-    betas: List[float] = MISSING
-    batch_size: int = MISSING
+    betas: List[float] = share()          # Adam's, each in [0, 1)
+    batch_size: int = positive()
 
 
 @dataclass
@@ -116,30 +187,30 @@ class CodebookDecoder:
     ch_mult: List[int] = MISSING
     num_res_blocks: int = MISSING
     attn_resolutions: List[int] = MISSING
-    dropout: float = MISSING
-    norm_groups: int = MISSING
+    dropout: float = share()
+    norm_groups: int = positive()
 
 
 @dataclass
 class CodebookModel:
-    n_embed: int = MISSING
-    embed_dim: int = MISSING
-    beta: float = MISSING
+    n_embed: int = positive()
+    embed_dim: int = positive()
+    beta: float = ranged(ge=0)
     ddconfig: CodebookDecoder = field(default_factory=CodebookDecoder)
 
 
 @dataclass
 class CodebookLoss:
-    disc_start: int = MISSING
-    codebook_weight: float = MISSING
-    pixelloss_weight: float = MISSING
-    disc_num_layers: int = MISSING
-    disc_in_channels: int = MISSING
-    disc_factor: float = MISSING
-    disc_weight: float = MISSING
-    perceptual_weight: float = MISSING
-    disc_ndf: int = MISSING
-    disc_loss: str = MISSING
+    disc_start: int = counting()
+    codebook_weight: float = ranged(ge=0)
+    pixelloss_weight: float = ranged(ge=0)
+    disc_num_layers: int = positive()
+    disc_in_channels: int = positive()
+    disc_factor: float = ranged(ge=0)
+    disc_weight: float = ranged(ge=0)
+    perceptual_weight: float = ranged(ge=0)
+    disc_ndf: int = positive()
+    disc_loss: str = ranged(choices=("hinge", "vanilla"))
     min_adapt_weight: float = MISSING
     max_adapt_weight: float = MISSING
     lpaps_stats: Optional[str] = MISSING
@@ -148,7 +219,7 @@ class CodebookLoss:
 
 @dataclass
 class CodebookOptim(Optim):
-    disc_step: str = MISSING
+    disc_step: str = ranged(choices=("original", "fast"))  # pipeline.train.train_codebook.DISC_STEPS
 
 
 @dataclass
@@ -174,19 +245,19 @@ class TransformerSchema:
     """conf/transformer/*.yaml: the GPT over a codebook's tokens (models/cond_transformer.py, models/gpt.py)."""
 
     name: str = MISSING
-    condition: str = MISSING              # features | class | none
-    feat_sample_size: int = MISSING
-    feat_depth: int = MISSING
-    n_classes: Optional[int] = MISSING
-    grid: Optional[List[int]] = None      # [H, W] states one; null: the codebook's (vocabulary, block_size derived)
-    n_layer: int = MISSING
-    n_head: int = MISSING
-    n_embd: int = MISSING
-    embd_pdrop: float = MISSING
-    resid_pdrop: float = MISSING
-    attn_pdrop: float = MISSING
+    condition: str = ranged(choices=("features", "class", "none"))
+    feat_sample_size: int = positive()
+    feat_depth: int = positive()
+    n_classes: Optional[int] = positive()
+    grid: Optional[List[int]] = ranged(None, ge=1)  # [H, W] states one; null: the codebook's (vocabulary, block_size)
+    n_layer: int = positive()
+    n_head: int = positive()
+    n_embd: int = positive()
+    embd_pdrop: float = share()
+    resid_pdrop: float = share()
+    attn_pdrop: float = share()
     roll_columns: bool = MISSING
-    init: str = MISSING                   # original | time_aligned (Net2NetTransformer.init_time_aligned)
+    init: str = ranged(choices=("original", "time_aligned"))  # Net2NetTransformer.init_time_aligned
     init_from: Optional[str] = MISSING    # a checkpoint, log folder or released name a new run starts from; null: none
     trainable: Optional[List[str]] = MISSING  # glob patterns of the GPT parameters that train; null: all
     optim: TransformerOptim = field(default_factory=TransformerOptim)
@@ -200,7 +271,7 @@ class VocoderSchema:
 
     name: str = MISSING
     ckpt: Optional[str] = MISSING          # a trained model instead of training this preset (the chain's)
-    seq_len: int = MISSING
+    seq_len: int = positive()
     model: Dict[str, Any] = MISSING
     loss: Dict[str, Any] = MISSING
     optim: Optim = field(default_factory=Optim)
@@ -220,9 +291,307 @@ class ClassifierSchema:
     ckpt: Optional[str] = MISSING          # a trained model instead of training this preset (the chain's)
     model: Dict[str, Any] = MISSING
     stats: Optional[str] = MISSING
-    bn_recalibration_batches: int = 0
+    bn_recalibration_batches: int = counting(0)
     optim: ClassifierOptim = field(default_factory=ClassifierOptim)
     schedule: Schedule = field(default_factory=Schedule)
+
+
+# --------------------------------------------------------------- the groups without presets' schemas, and the stages
+@dataclass
+class PathsSchema:
+    """conf/paths/default.yaml."""
+
+    outputs: str = MISSING
+    data: str = MISSING
+    models: str = MISSING
+    shared: str = MISSING
+
+
+@dataclass
+class DatasetSchema:
+    """conf/dataset/*.yaml: where a data set's videos, features and split files lie."""
+
+    name: str = MISSING
+    layout: str = ranged(choices=("vas", "vggsound"))  # pipeline.data.layout
+    root: str = MISSING
+    videos: str = MISSING
+    features: str = MISSING
+    events: Optional[str] = None
+    splits: Dict[str, str] = MISSING
+    eval_split: str = MISSING
+    classes: Optional[List[str]] = None
+    meta_csv: Optional[str] = None
+
+
+@dataclass
+class LoggerSchema:
+    """conf/logger/*.yaml (pipeline/train/logger.py); the keys after `media_every` are W&B's."""
+
+    name: str = ranged(choices=("wandb", "none"))
+    mode: str = ranged(choices=("online", "offline", "disabled"))
+    media_every: int = counting()
+    project: Optional[str] = None
+    entity: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ZooSchema:
+    """conf/base.yaml `zoo`: released models by name (pipeline/checkpoints/zoo.py)."""
+
+    registry: Optional[str] = None
+    mirrors: Dict[str, str] = field(default_factory=dict)
+    fetch: bool = MISSING
+
+
+@dataclass
+class ClipSchema:
+    """conf/base.yaml `clip`: one 10-s clip as every stage sees it."""
+
+    sample_rate: int = positive()
+    length: int = positive()
+    spec_len: int = positive()
+    crop_len: int = positive()
+    feat_fps: float = ranged(gt=0)
+    feat_len: int = positive()
+    feat_crop_len: int = positive()
+
+
+@dataclass
+class FeaturesSchema:
+    """conf/features/*.yaml: the visual features (pipeline/extract/visual.py); `preprocessing` is the kind's own."""
+
+    name: str = ranged(choices=("bninception", "resnet50", "efficientnet_lite0"))  # pipeline.extract.visual.KINDS
+    depth: int = positive()
+    fps: float = ranged(gt=0)
+    feat_len: int = positive()
+    feat_crop_len: int = positive()
+    folders: List[str] = MISSING
+    weights: str = MISSING
+    width: Optional[float] = ranged(gt=0)
+    batch_size: int = positive()
+    preprocessing: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Checkpoint:
+    """A `<model>.ckpt` key of a stage that loads the model: a file, a log folder or a released name."""
+
+    ckpt: Optional[str] = None
+
+
+@dataclass
+class ClassifierCheckpoint(Checkpoint):
+    stats: Optional[str] = None           # its normalisation statistics when the checkpoint holds none
+
+
+@dataclass
+class Stage:
+    """What conf/base.yaml gives every stage."""
+
+    paths: PathsSchema = field(default_factory=PathsSchema)
+    dataset: DatasetSchema = field(default_factory=DatasetSchema)
+    logger: LoggerSchema = field(default_factory=LoggerSchema)
+    zoo: ZooSchema = field(default_factory=ZooSchema)
+    clip: ClipSchema = field(default_factory=ClipSchema)
+    force_resume: bool = MISSING
+    seed: int = ranged(ge=0, lt=2 ** 32)
+    run_tag: Optional[str] = None         # +run_tag=NAME: a run folder of its own (pipeline/runs/identity.py)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ExtractStage(Stage):
+    split: Optional[str] = None
+    features_dir: str = MISSING
+    num_workers: int = counting()
+    shard: int = counting()
+    num_shards: int = positive()
+
+
+@dataclass
+class ExtractMelsStage(ExtractStage):
+    chain: str = ranged(choices=("original", "direct"))  # pipeline.media.mel.CHAINS
+    sample_rate: int = positive()
+    length: int = positive()
+    spec_len: int = positive()
+    silence_peak: float = ranged(ge=0)
+    save_audio: bool = MISSING
+
+
+@dataclass
+class ExtractFeaturesStage(ExtractStage):
+    features: FeaturesSchema = field(default_factory=FeaturesSchema)
+    device: str = MISSING
+
+
+@dataclass
+class TrainStage(Stage):
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+
+
+@dataclass
+class TrainCodebookStage(TrainStage):
+    codebook: CodebookSchema = field(default_factory=CodebookSchema)
+    data: SpectrogramData = field(default_factory=SpectrogramData)
+    collapse_dead_share: float = ranged(gt=0, le=1)
+    vocoder: Checkpoint = field(default_factory=Checkpoint)
+
+
+@dataclass
+class CodebookCheckpoint:
+    """train_transformer's frozen codebook."""
+
+    ckpt: str = MISSING
+
+
+@dataclass
+class TrainTransformerStage(TrainStage):
+    transformer: TransformerSchema = field(default_factory=TransformerSchema)
+    features: FeaturesSchema = field(default_factory=FeaturesSchema)
+    data: SpectrogramData = field(default_factory=SpectrogramData)
+    codebook: CodebookCheckpoint = field(default_factory=CodebookCheckpoint)
+    media_samples: int = counting()
+    vocoder: Checkpoint = field(default_factory=Checkpoint)
+
+
+@dataclass
+class TrainVocoderStage(TrainStage):
+    vocoder: VocoderSchema = field(default_factory=VocoderSchema)
+    data: VocoderData = field(default_factory=VocoderData)
+
+
+@dataclass
+class TrainClassifierStage(TrainStage):
+    classifier: ClassifierSchema = field(default_factory=ClassifierSchema)
+    data: ClassifierData = field(default_factory=ClassifierData)
+
+
+@dataclass
+class SampleStage(Stage):
+    sampling: SamplingSchema = field(default_factory=SamplingSchema)
+    transformer: Checkpoint = field(default_factory=Checkpoint)
+    model: Optional[str] = None
+    codebook: Checkpoint = field(default_factory=Checkpoint)
+    vocoder: Checkpoint = field(default_factory=Checkpoint)
+    features: Optional[FeaturesSchema] = None  # +features=KIND: another kind than the checkpoint records
+    split: str = MISSING
+    samples_per_clip: int = positive()
+    batch_size: int = positive()
+    write_wav: bool = MISSING
+    condition_shuffle: bool = MISSING
+    av_benchmark: bool = MISSING
+    video: Optional[str] = None
+    features_file: Optional[str] = None
+    feature_weights: Optional[str] = None
+    class_id: Optional[int] = counting(None)
+    max_seconds: Optional[float] = ranged(None, gt=0)
+    device: str = MISSING
+    overwrite: bool = MISSING
+
+
+@dataclass
+class AppStage(SampleStage):
+    server_name: str = MISSING
+    port: int = ranged(ge=0, le=65535)    # 0: any free port
+    max_samples: int = positive()
+    preview_columns: int = positive()
+    classifier: ClassifierCheckpoint = field(default_factory=ClassifierCheckpoint)
+
+
+@dataclass
+class CodecStage(Stage):
+    mode: str = ranged(choices=("encode", "decode", "roundtrip"))  # pipeline.codec.codec.MODES
+    input: str = MISSING
+    output: str = MISSING
+    codebook: CodebookCheckpoint = field(default_factory=CodebookCheckpoint)
+    vocoder: Checkpoint = field(default_factory=Checkpoint)
+    window_frames: int = positive()
+    overlap_frames: Optional[int] = counting(None)
+    full_last_window: bool = MISSING
+    batch_size: int = positive()
+    device: Optional[str] = None
+    num_threads: Optional[int] = positive(None)
+
+
+@dataclass
+class EvaluateStage(Stage):
+    samples_dir: str = MISSING
+    split: str = MISSING
+    reals: str = ranged(choices=("all", "sampled"))
+    classifier: ClassifierCheckpoint = field(default_factory=ClassifierCheckpoint)
+    batch_size: int = positive()
+    crop_len: int = positive()
+    num_workers: int = counting()
+    device: str = MISSING
+    metrics_file: str = MISSING
+    isc_splits: int = positive()
+    kid_subset_size: Optional[int] = positive()
+    degenerate_metrics: str = ranged(choices=("skip", "compute"))
+    min_samples: int = positive()
+    shuffled_samples_dir: Optional[str] = None
+    codebook: Checkpoint = field(default_factory=Checkpoint)
+    vocoder: Checkpoint = field(default_factory=Checkpoint)
+    vocoder_clips: int = positive()
+    train_split: str = MISSING
+    events_file: Optional[str] = None
+    report: bool = MISSING
+    report_file: str = MISSING
+    report_clips: int = counting()
+
+
+@dataclass
+class DownloadStage(Stage):
+    what: Any = MISSING                   # a name, group or pattern, or a list of them; `list`
+    keep_archives: bool = MISSING
+    retries: int = counting()
+    timeout_s: float = ranged(gt=0)
+    progress: bool = MISSING
+
+
+@dataclass
+class PaperTableStage(Stage):
+    table: str = MISSING                  # the registry's tables (pipeline/checkpoints/zoo.yaml), checked with its rows
+    rows: Any = MISSING                   # all, or a list of row names
+    samples_per_clip: Optional[int] = positive(None)
+    classifier: str = MISSING
+    stats: str = MISSING
+    eval_batch_size: int = positive()
+    degenerate_metrics: str = ranged(choices=("skip", "compute"))
+    device: str = MISSING
+    work_dir: str = MISSING
+    out: str = MISSING
+
+
+@dataclass
+class DemoGrid:
+    spec_len: int = positive()
+    crop_len: int = positive()
+
+
+@dataclass
+class MakeDemoDataStage(Stage):
+    num_classes: int = positive()
+    clips_per_class: int = positive()
+    valid_share: float = share()
+    seconds: float = ranged(gt=0)
+    events_per_clip: List[int] = positive()
+    size: int = ranged(ge=2)
+    fps: int = positive()
+    sample_rate: int = positive()
+    background: float = ranged(ge=0)
+    grid: DemoGrid = field(default_factory=DemoGrid)
+    overwrite: bool = MISSING
+
+
+# the whole config of each stage (conf/<stage>.yaml), checked by pipeline.config.check.config_problems
+STAGE_SCHEMAS = {"extract_mels": ExtractMelsStage, "extract_features": ExtractFeaturesStage,
+                 "train_codebook": TrainCodebookStage, "train_transformer": TrainTransformerStage,
+                 "train_vocoder": TrainVocoderStage, "train_classifier": TrainClassifierStage, "sample": SampleStage,
+                 "app": AppStage, "codec": CodecStage, "evaluate": EvaluateStage, "download": DownloadStage,
+                 "paper_table": PaperTableStage, "make_demo_data": MakeDemoDataStage}
 
 
 GROUP_SCHEMAS = {"trainer": TrainerSchema, "sampling": SamplingSchema, "codebook": CodebookSchema,

@@ -54,6 +54,26 @@ def condition_rows(feats: np.ndarray, feat_len: int, feat_crop_len: int, sample_
     return FeatureSampler(sample_size, feat_crop_len)(feats[offset:offset + feat_crop_len])
 
 
+def check_features(x: np.ndarray, source: str, depth: int | None = None, kind: str | None = None) -> np.ndarray:
+    """`x` when it is a (frames, dim) array of finite numbers, `dim` == `depth` when given (the model's, of `kind`
+    features); else an error naming `source` (the file) and what is wrong. NaN or Inf features would end in the
+    sampler's "probability tensor contains inf or nan", or a training loss gone non-finite, far from the file."""
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{source}: features have shape {x.shape}, expected (frames, dim): re-extract them with "
+                         f"stages.extract_features")
+    if depth is not None and x.shape[1] != depth:
+        raise ValueError(f"{source}: features of shape {x.shape}, but the model was trained on (frames, {depth}) "
+                         f"{kind or ''} features: extract them with `python -m stages.extract_features "
+                         f"features={kind or 'KIND'}` or pass the matching transformer.ckpt")
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        raise ValueError(f"{source}: {int(np.isnan(x).sum())} NaN and {int(np.isinf(x).sum())} infinite feature "
+                         f"values (the first at frame {bad[0][0]}, dim {bad[0][1]}): the file is damaged or was "
+                         f"extracted from broken frames; re-extract it with stages.extract_features")
+    return x
+
+
 def load_streams(dataset_cfg: Mapping[str, Any], features_cfg: Mapping[str, Any], clip_id: str) -> np.ndarray:
     """(feat_len, depth) float32: every stream padded / truncated to feat_len, concatenated along features."""
     feat_len = int(features_cfg["feat_len"])
@@ -61,10 +81,7 @@ def load_streams(dataset_cfg: Mapping[str, Any], features_cfg: Mapping[str, Any]
     streams = []
     for folder in features_cfg["folders"]:
         path = feature_path(dataset_cfg, str(folder), clip_id)
-        x = load_pickle_array(path)
-        if x.ndim != 2 or x.shape[0] == 0:
-            raise ValueError(f"{path}: features have shape {x.shape}, expected (frames, dim): re-extract it "
-                             f"with stages.extract_features")
+        x = check_features(load_pickle_array(path), str(path))
         streams.append((path, x))
     feats = join_streams([x for _, x in streams], feat_len)  # (feat_len, sum of stream dims)
     if feats.shape[1] != depth:

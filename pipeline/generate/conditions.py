@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.data.conditions import FEAT_CROP_LEN, FEAT_LEN, center_offset, condition_rows
+from pipeline.data.conditions import FEAT_CROP_LEN, FEAT_LEN, center_offset, check_features, condition_rows
 from pipeline.extract.visual import Preprocessing, extract_clip_features
 from pipeline.files.safe_pickle import load_pickle_array
 from pipeline.generate.loading import UserModels, feature_network
@@ -41,6 +41,7 @@ def condition_from_features(feats: np.ndarray, fcfg: Mapping[str, Any], model_ar
         raise ValueError(f"{source}: features of shape {feats.shape}, but the model was trained on (frames, {depth}) "
                          f"{kind} features: extract them with `python -m stages.extract_features features={kind}` "
                          f"or pass the matching transformer.ckpt")
+    check_features(feats, source, depth)  # NaN / Inf, naming the file
     feat_len, crop = int(fcfg.get("feat_len", FEAT_LEN)), int(fcfg.get("feat_crop_len", FEAT_CROP_LEN))  # no config
     sampled = condition_rows(feats, feat_len, crop, int(model_args["feat_sample_size"]))  # (S, D)
     return torch.from_numpy(np.ascontiguousarray(sampled.T))[None]  # (1, D, S)

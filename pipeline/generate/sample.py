@@ -46,6 +46,7 @@ from pipeline.data.layout import layout_of
 from pipeline.evaluate.av_benchmark import write_av_benchmark
 from pipeline.files.writes import FailureManifest, atomic_write, save_json, save_npy
 from pipeline.generate.decoding import TokenSampler, decoding_path, describe
+from pipeline.generate.inputs import check_inputs, list_videos
 from pipeline.generate.loading import (
     features_config,
     load_model,
@@ -59,10 +60,10 @@ from pipeline.media.audio import SR, save_wav
 from pipeline.media.source import ClipError
 from pipeline.runs.folders import run_folder
 from pipeline.runs.lock import hold_run_folder
+from pipeline.runs.outcomes import Outcomes
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
 SETTINGS_FILE = "sampling.json"  # what made a run's samples: a rerun with other settings is refused
 # every key that changes a sample but not the run folder's name (checkpoint paths are left out of it, `top_k: auto`
 # and `precision: auto` resolve per model and device): compared with the recorded ones before anything is written
@@ -75,6 +76,7 @@ AV_BENCHMARK_DIR = "av_benchmark"  # <run>/av_benchmark/<split>/{gt_audio,videos
 def run(cfg, run_dir: str | Path | None = None) -> dict[str, Any]:
     """The stage: a user's video / features (`video`, `features_file`) or a data set split."""
 
+    check_inputs(cfg)  # files, checkpoints, names: before any model loads or the run folder is made
     run_dir = run_folder(run_dir)
     with hold_run_folder(run_dir):  # one launch per run folder (its ranks share the clips: rank 0 holds it)
         if cfg.get("video") or cfg.get("features_file"):
@@ -208,8 +210,10 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
         writer.writerows(rows)
         with atomic_write(out / "manifest.csv", "w") as f:
             f.write(buf.getvalue())
-        print(f"[sample] {split}: {written} samples written, {skipped} skipped (already there) on process 0 of "
-              f"{state.num_processes}; {len(rows)} in {out / 'manifest.csv'}")
+        done = Outcomes(f"sample {split}" + (f", process 0 of {state.num_processes}" if state.num_processes > 1
+                                             else ""), per_item=False)
+        done.add(written=written, skipped=skipped)
+        done.finish(f"{out} ({len(rows)} samples in manifest.csv)")
         if cfg.get("av_benchmark"):
 
             bench = write_av_benchmark(cfg.dataset, rows, out, run_dir / AV_BENCHMARK_DIR / split, n)
@@ -219,17 +223,6 @@ def run_split(cfg, run_dir: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- (b) a user's video
-def list_videos(path: Path) -> list[Path]:
-    if path.is_dir():
-        videos = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
-        if not videos:
-            raise FileNotFoundError(f"video={path}: no video files ({', '.join(VIDEO_SUFFIXES)}) in this folder")
-        return videos
-    if not path.is_file():
-        raise FileNotFoundError(f"video={path} does not exist")
-    return [path]
-
-
 def run_user(cfg, run_dir: Path) -> dict[str, Any]:
 
     models = load_user_models(cfg)
@@ -246,31 +239,28 @@ def run_user(cfg, run_dir: Path) -> dict[str, Any]:
         inputs = [(v, None) for v in list_videos(Path(str(cfg.video)))]
     root = Path(str(cfg.video)) if cfg.get("video") and Path(str(cfg.video)).is_dir() else None
     failures = FailureManifest(run_dir / "failures.jsonl")
-    written = skipped = 0
+    done = Outcomes("sample")
     for video, features_file in inputs:
         source = video or features_file
         try:
-            seconds = video_seconds(video) if video is not None else None
             stem = source.relative_to(root).with_suffix("") if root is not None else Path(source.stem)
             outs = [run_dir / f"{stem}_sample_{k}" for k in range(int(cfg.samples_per_clip))]
             if not cfg.overwrite and all(o.with_suffix(".wav").exists() and
                                          (video is None or o.with_suffix(".mp4").exists()) for o in outs):
-                skipped += len(outs)
-                print(f"[sample] {source}: skipped, its {len(outs)} sample(s) are already in {run_dir} "
-                      f"(overwrite=true samples again)", flush=True)
+                for out in outs:  # overwrite=true samples again
+                    done.skipped(out.with_suffix(".wav" if video is None else ".mp4"))
                 continue
+            seconds = video_seconds(video) if video is not None else None  # refuses a truncated video too
             for result in sample_user_clip(models, video, outs, settings, seed=int(cfg.seed),
                                            max_seconds=cfg.max_seconds, features=features_file,
                                            class_id=cfg.get("class_id"), seconds=seconds):
-                written += 1
-                print(f"[sample] {source} -> {result['wav']}" + (f", {result['mp4']}" if video is not None else ""),
-                      flush=True)
+                done.written(f"{source} -> {result['wav']}" + (f", {result['mp4']}" if video is not None else ""))
         except (ClipError, ValueError, FileNotFoundError) as error:
             if len(inputs) == 1:
                 raise
             failures.add(str(source), str(error))
-            log.warning("%s failed: %s", source, error)
+            done.failed(source, error)
+    done.finish(run_dir)
     if failures.count:
-        raise SystemExit(f"[sample] {written} written, {skipped} skipped, {failures.count} failed: see "
-                         f"{failures.path}")
-    return {"written": written, "skipped": skipped, "out": run_dir}
+        raise SystemExit(f"[sample] {done.summary()}: see {failures.path}")
+    return {"written": done.counts["written"], "skipped": done.counts["skipped"], "out": run_dir}

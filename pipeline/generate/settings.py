@@ -39,7 +39,7 @@ class SamplingSettings:
     def from_config(cls, node: Mapping[str, Any], recorded: Mapping[str, Any] | None = None,
                     vocab: int | None = None) -> SamplingSettings:
         """`node`: a sampling config. Its `top_k: auto` takes `recorded`'s top_k (the settings a checkpoint was
-        trained with), else half of `vocab`."""
+        trained with), else half of `vocab`; a top_k above `vocab` is refused."""
         top_k = node["top_k"]
         if top_k == "auto":
             top_k = (recorded or {}).get("top_k")
@@ -47,6 +47,9 @@ class SamplingSettings:
                 if vocab is None:
                     raise ValueError("sampling.top_k=auto needs the model's vocabulary size or recorded settings")
                 top_k = int(vocab) // 2
+        if top_k is not None and vocab is not None and int(top_k) > int(vocab):
+            raise ValueError(f"sampling.top_k={top_k}: at most the model's vocabulary of {vocab} codes (or auto, or "
+                             f"null for no top-k)")
         top_p = node["top_p"]
         return cls(mode=str(node["mode"]), temperature=float(node["temperature"]),
                    top_k=None if top_k is None else int(top_k), top_p=None if top_p is None else float(top_p))
