@@ -35,7 +35,7 @@ def _cfg(*overrides: str):
 def test_stage_layout_failures_looping_and_skip(demo_set, tmp_path, caplog):
     run_dir = tmp_path / "run"
     caplog.set_level(logging.WARNING, logger="pipeline.extract.extract_mels")
-    with pytest.raises(SystemExit, match="2 processed, 0 skipped.*3 failed"):
+    with pytest.raises(SystemExit, match="2 written, 0 skipped.*3 failed"):
         run(_cfg("chain=direct"), run_dir=run_dir)
 
     mels = demo_set / "features" / "dog" / "melspec_10s_22050hz"
@@ -63,7 +63,7 @@ def test_stage_layout_failures_looping_and_skip(demo_set, tmp_path, caplog):
 
     # a second run skips the finished clips and retries the failed ones
     stamp = (mels / "good_mel.npy").stat().st_mtime_ns
-    with pytest.raises(SystemExit, match="0 processed, 2 skipped.*3 failed"):
+    with pytest.raises(SystemExit, match="0 written, 2 skipped.*3 failed"):
         run(_cfg("chain=direct"), run_dir=run_dir)
     assert (mels / "good_mel.npy").stat().st_mtime_ns == stamp
 
@@ -92,7 +92,7 @@ def test_stage_through_hydra(outputs):
                              "chain=direct", "num_workers=1"], check=False, cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "1 processed, 0 skipped (already done), 0 failed" in result.stdout
+    assert "1 written, 0 skipped (already there), 0 failed" in result.stdout
     assert np.load(outputs / "demo_data/features/dog/melspec_10s_22050hz/a_mel.npy").shape == (80, 860)
     run_dir = outputs / "extract_mels" / "demo" / "chain-direct"
     assert (run_dir / ".hydra" / "config.yaml").exists() and not (run_dir / "failures.jsonl").exists()

@@ -37,13 +37,13 @@ def test_failures_are_kept_per_attempt_and_a_rerun_does_only_what_is_missing(out
     faststart_truncated(data / "videos" / "dog" / "cut.mp4")
     (data / "demo_train.txt").write_text("dog/good\ndog/cut\ndog/gone\n")
     run_dir = tmp_path / "run"
-    with pytest.raises(SystemExit, match=r"1 processed, 0 skipped.*2 failed \(1 corrupt, 1 missing\)"):
+    with pytest.raises(SystemExit, match=r"1 written, 0 skipped.*2 failed \(1 corrupt, 1 missing\)"):
         run(_cfg("split=train"), run_dir=run_dir)
     mel = data / "features" / "dog" / "melspec_10s_22050hz" / "good_mel.npy"
     assert np.load(mel).shape == (80, 860) and not (mel.parent / "cut_mel.npy").exists()
     stamp = mel.stat().st_mtime_ns
 
-    with pytest.raises(SystemExit, match=r"0 processed, 1 skipped.*2 failed"):
+    with pytest.raises(SystemExit, match=r"0 written, 1 skipped.*2 failed"):
         run(_cfg("split=train"), run_dir=run_dir)
     assert mel.stat().st_mtime_ns == stamp
     records = [json.loads(line) for line in (run_dir / "failures.jsonl").read_text().splitlines()]

@@ -202,7 +202,9 @@ def _run_stage(tmp_path: Path, data: Path, features: str, *extra: str) -> Path:
 def test_stage_resnet50_real_clip_resume_and_failures(tmp_path, vas_dir):
     data = _dataset(tmp_path, vas_dir, ["dog/video_02677"], corrupt="cough/video_99999")
     small = ["features.preprocessing.short_side=72", "features.preprocessing.crop=64"]  # fast; same code path
-    feats = _run_stage(tmp_path, data, "resnet50_tiny", *small)
+    with pytest.raises(SystemExit, match=r"1 written, 0 skipped \(already there\), 1 failed \(1 corrupt\)"):
+        _run_stage(tmp_path, data, "resnet50_tiny", *small)  # a clip failed: non-zero, with the summary
+    feats = tmp_path / "feats"
     folder = feats / "dog" / "feature_resnet50_tiny_dim256_21.5fps"
     x = load_pickle_array(folder / "video_02677.pkl")  # a plain array, through the safe loader
     assert type(x) is np.ndarray and x.shape == (215, 256) and x.dtype == np.float32
@@ -213,7 +215,8 @@ def test_stage_resnet50_real_clip_resume_and_failures(tmp_path, vas_dir):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["processed"], summary["failed"], summary["weights"]) == (1, 1, "random")
     mtime = (folder / "video_02677.pkl").stat().st_mtime_ns
-    _run_stage(tmp_path, data, "resnet50_tiny", *small)  # resumes: the finished clip is skipped
+    with pytest.raises(SystemExit, match=r"0 written, 1 skipped \(already there\), 1 failed"):
+        _run_stage(tmp_path, data, "resnet50_tiny", *small)  # resumes: the finished clip is skipped
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["processed"], summary["skipped"]) == (0, 1)
     assert (folder / "video_02677.pkl").stat().st_mtime_ns == mtime

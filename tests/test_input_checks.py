@@ -174,3 +174,19 @@ def test_top_k_beyond_the_vocabulary_is_refused_as_soon_as_the_checkpoint_is_rea
                   "sampling.top_k=100000"), outputs, "sampling.top_k=100000: at most the model's vocabulary of 32")
     with pytest.raises(ValueError, match="sampling.top_k=64: at most the model's vocabulary of 32 codes"):
         SamplingSettings.from_config({"mode": "nopix", "temperature": 1.0, "top_k": 64, "top_p": None}, vocab=32)
+
+
+@pytest.mark.parametrize("name", ["extract_mels", "extract_features"])
+def test_an_empty_split_fails_the_extraction_stages(outputs, name):
+    """Both extraction stages exit non-zero on an empty split file (before: 0, having done nothing), before any
+    network loads or run folder is made; a clip that fails makes them exit non-zero too (tests/test_features.py,
+    tests/test_extraction.py)."""
+    from pipeline.extract.clips import EmptySplit
+
+    (outputs / "demo_data").mkdir()
+    (outputs / "demo_data" / "demo_train.txt").write_text("\n")
+    refused(stage(outputs, name, "split=train"), outputs, "demo_train.txt lists no clips: nothing to extract")
+    module = __import__(f"pipeline.extract.{name}", fromlist=["run"])
+    with pytest.raises(EmptySplit, match="lists no clips"):
+        module.run(compose(name, "dataset=demo", "split=train", "features.weights=random"
+                           if name == "extract_features" else "chain=direct"), run_dir=outputs / "run")

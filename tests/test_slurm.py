@@ -212,8 +212,8 @@ def test_an_array_job_fills_in_a_half_done_extraction(slurm_cluster, outputs, co
     assert [j["state"] for j in jobs] == ["COMPLETED", "COMPLETED"] and "_" in jobs[0]["job_id"]  # an array
     assert len({j["run_dir"] for j in jobs}) == 1  # the shards of one run share its folder
     said = [(sweep / ".submitit" / j["job_id"] / f"{j['job_id']}_0_log.out").read_text() for j in jobs]
-    assert "0 processed, 2 skipped (already done), 0 failed" in said[0]
-    assert "2 processed, 0 skipped (already done), 0 failed" in said[1]
+    assert "0 written, 2 skipped (already there), 0 failed" in said[0]
+    assert "2 written, 0 skipped (already there), 0 failed" in said[1]
     assert sorted(p.name for p in mels.glob("*_mel.npy")) == [f"clip{k}_mel.npy" for k in range(4)]
     assert {name: (mels / name).stat().st_mtime_ns for name in done} == done
 

@@ -75,7 +75,7 @@ def folder_graph(spec: ChainSpec) -> Graph:
              runs / "extract_mels", deps=("index",), fingerprint=indexed, resources="cpu",
              shards=int(cfg["slurm"]["shards"]), about="mels and 10-s waveforms of every clip"),
         Step("extract_features", "extract_features",
-             lambda: [*base, *features, "split=null", f"num_workers={cfg['num_workers']}"],
+             lambda: [*base, *features, "split=null", "fail_on_clip_errors=false", f"num_workers={cfg['num_workers']}"],
              runs / "extract_features" / features_name, deps=("index",), fingerprint=indexed,
              shards=int(cfg["slurm"]["shards"]), about=f"{features_name} features of every clip"),
         Step("splits", "folder_dataset", lambda: [*base, *features, "part=splits"], runs / "splits",

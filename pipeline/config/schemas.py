@@ -409,6 +409,7 @@ class ExtractStage(Stage):
     num_workers: int = counting()
     shard: int = counting()
     num_shards: int = positive()
+    fail_on_clip_errors: bool = MISSING   # false: failed clips are listed, the stage still succeeds (the chain)
 
 
 @dataclass

@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from pipeline.data.layout import clip_index, read_split, video_path
 from pipeline.files.writes import FailureManifest
 from pipeline.media.source import ClipError, check_source
+from pipeline.runs.outcomes import say
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class Summary:
     kinds: dict[str, int] = field(default_factory=dict)  # failures by kind (missing, corrupt, ...)
 
     def __str__(self) -> str:
-        text = f"{self.processed} processed, {self.skipped} skipped (already done), {self.failed} failed"
+        text = f"{self.processed} written, {self.skipped} skipped (already there), {self.failed} failed"
         if self.failed:
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.kinds.items()))
             text += f" ({kinds}); reasons in {self.failures_path}"
@@ -112,15 +114,21 @@ def list_clips(
     split_file: str | os.PathLike | None = None,
     outputs: Callable[[str], Sequence[Path]] = lambda clip_id: (),
 ) -> list[Clip]:
-    """Clips named by a split file, or every video under `videos_dir` when no split file is given."""
+    """Clips named by a split file, or every video under `videos_dir` when no split file is given; none is an
+    error naming the split file or the folder (an empty extraction is never a success)."""
     videos_dir = Path(videos_dir)
     if split_file:
         ids = read_split(split_file)
+        if not ids:
+            raise EmptySplit(f"the split file {split_file} lists no clips: nothing to extract (fix the split file "
+                             f"or pick another split)")
     else:
         if not videos_dir.is_dir():
             raise FileNotFoundError(f"videos folder {videos_dir} does not exist: check dataset.videos")
         pattern = "*/*.mp4" if layout == "vas" else "*.mp4"
         ids = sorted(str(p.relative_to(videos_dir).with_suffix("")) for p in videos_dir.glob(pattern))
+        if not ids:
+            raise EmptySplit(f"no videos ({pattern}) under {videos_dir}: nothing to extract (check dataset.videos)")
     return [Clip(i, video_path(videos_dir, i, layout), tuple(outputs(i))) for i in ids]
 
 
@@ -135,12 +143,48 @@ def dataset_clips(
     if index is None:
         return list_clips(dataset_cfg["videos"], dataset_cfg["layout"], split_file, outputs)
     ids = read_split(split_file) if split_file else sorted(index)
+    if not ids:
+        raise EmptySplit(f"{split_file or dataset_cfg['clips']} lists no clips: nothing to extract")
     unknown = [i for i in ids if i not in index]
     if unknown:
         raise KeyError(f"{len(unknown)} clip(s) of {split_file} are not in the clip index {dataset_cfg['clips']}, "
                        f"e.g. {unknown[0]!r}: index the folder again")
     videos = Path(str(dataset_cfg["videos"]))
     return [Clip(i, videos / index[i]["video"], tuple(outputs(i)), float(index[i]["start"])) for i in ids]
+
+
+class EmptySplit(ValueError):
+    """A split file that lists no clips, or a videos folder without videos."""
+
+
+def split_file_of(cfg) -> str | None:
+    """The split file of an extraction stage's `split` (null: every video under dataset.videos)."""
+    if cfg.get("split") is None:
+        return None
+    splits = cfg.dataset.get("splits") or {}
+    if cfg.split not in splits:
+        raise ValueError(f"split={cfg.split!r} is not in dataset.splits ({sorted(splits)}); use one of them, or "
+                         "split=null for every video under dataset.videos")
+    return str(splits[cfg.split])
+
+
+def check_inputs(cfg) -> None:
+    """The extraction stages' inputs, before any work (pipeline.config.check.StageChecks): the split file (or the
+    videos folder) lists clips, and the feature network's weights file exists."""
+    dataset_clips(OmegaConf.to_container(cfg.dataset, resolve=True), split_file_of(cfg))
+    weights = cfg.get("features", {}).get("weights") if cfg.get("features") is not None else None
+    if weights not in (None, "random", "packaged", "???") and not Path(str(weights)).expanduser().is_file():
+        raise FileNotFoundError(f"features.weights={weights}: no such file (the {cfg.features.name} network's "
+                                f"weights; `random` for tests only)")
+
+
+def finish(stage: str, summary: Summary, where: str = "", fail_on_clip_errors: bool = True) -> None:
+    """Say what an extraction did (screen and log file); exit non-zero with that line when any clip failed (unless
+    `fail_on_clip_errors` is false: the chain skips such clips, listed with their reasons)."""
+    line = f"[{stage}] {summary}" + (f". {where}" if where else "")
+    say(line, logging.WARNING if summary.failed else logging.INFO)
+    if summary.failed and fail_on_clip_errors:
+        raise SystemExit(line)
 
 
 def shard(items: Sequence, index: int, count: int) -> list:
@@ -178,10 +222,12 @@ def run_clips(
         reason = str(error) if isinstance(error, ClipError) else f"{type(error).__name__}: {error}"
         kind = error.kind if isinstance(error, ClipError) else "error"
         summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
-        log.warning("failed %s (%s): %s", clip.id, clip.source, reason)
+        say(f"[{desc}] failed: {clip.id} ({clip.source}): {reason}", logging.WARNING)
         manifest.add(clip.id, reason, kind=kind, source=str(clip.source), attempt=this_attempt)
 
     bar = tqdm(total=len(todo), desc=desc, unit="clip", dynamic_ncols=True)
+    if not todo:
+        say(f"[{desc}] all {summary.skipped} clip(s) of this shard are there already: skipped")
     if num_workers <= 0:
         for clip in todo:
             try:

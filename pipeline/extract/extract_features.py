@@ -14,7 +14,7 @@ from torch import nn
 
 from pipeline.config.device import resolve_device
 from pipeline.data.layout import feature_path, layout_of
-from pipeline.extract.clips import Clip, dataset_clips, run_clips, shard
+from pipeline.extract.clips import Clip, dataset_clips, finish, run_clips, shard, split_file_of
 from pipeline.extract.visual import RANDOM_MARKER, STREAMS, Preprocessing, check_kind, extract_streams, load_model
 from pipeline.files.writes import atomic_write, save_json, save_pickle
 from pipeline.media.audio import SR
@@ -91,9 +91,7 @@ def run(cfg, run_dir: str | os.PathLike | None = None) -> None:
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     dataset["features"] = str(cfg.features_dir)
     layout_of(dataset)
-    split = cfg.get("split")
-    split_file = dataset["splits"][split] if split else None
-    clips = dataset_clips(dataset, split_file, lambda cid: [feature_path(dataset, f, cid) for f in folders])
+    clips = dataset_clips(dataset, split_file_of(cfg), lambda cid: [feature_path(dataset, f, cid) for f in folders])
     clips = shard(clips, int(cfg.shard), int(cfg.num_shards))
     device = resolve_device(cfg.device)
     job = ClipJob(kind, str(fcfg.weights), None if width is None else float(width), Preprocessing.from_cfg(fcfg),
@@ -105,8 +103,6 @@ def run(cfg, run_dir: str | os.PathLike | None = None) -> None:
         summary = run_clips(clips, job, run_dir / "failures.jsonl", int(cfg.num_workers), desc=f"{kind} features")
     save_json(run_dir / "summary.json", {**dataclasses.asdict(summary), "kind": kind, "weights": job.weights,
                                           "folders": folders, "device": str(device)})
-    message = f"{kind} features: {summary}"
-    if job.weights == "random":
-        message += f" [features.weights=random: test features only, marked with {RANDOM_MARKER}]"
-    log.info(message)
-    print(message)
+    finish(f"extract_features {kind}", summary, f"Features in {cfg.features_dir}" + (
+        f" [features.weights=random: test features only, marked with {RANDOM_MARKER}]"
+        if job.weights == "random" else ""), bool(cfg.fail_on_clip_errors))

@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.layout import audio_path, mel_path
-from pipeline.extract.clips import Clip, ClipError, dataset_clips, run_clips, shard
+from pipeline.extract.clips import Clip, ClipError, dataset_clips, finish, run_clips, shard, split_file_of
 from pipeline.files.writes import save_npy
 from pipeline.media.mel import CHAINS, extract_mel_and_audio
 from pipeline.runs.folders import run_folder
@@ -50,13 +50,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
         raise ValueError(f"chain={cfg.chain!r} is unknown: use one of {CHAINS}")
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     dataset["features"] = str(cfg.features_dir)
-    if cfg.split is None:
-        split_file = None
-    elif cfg.split in dataset["splits"]:
-        split_file = dataset["splits"][cfg.split]
-    else:
-        raise ValueError(f"split={cfg.split!r} is not in dataset.splits ({sorted(dataset['splits'])}); "
-                         "use one of them, or split=null for every video under dataset.videos")
+    split_file = split_file_of(cfg)
 
     def outputs(clip_id: str) -> tuple[Path, ...]:
         mel = mel_path(dataset, clip_id)
@@ -73,8 +67,5 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
     with hold_run_folder(run_dir, name=f"shard {cfg.shard} of {cfg.num_shards}"):  # shards share the folder
         summary = run_clips(clips, process, run_dir / "failures.jsonl", num_workers=cfg.num_workers,
                             desc=f"mels ({cfg.chain})")
-    message = f"extract_mels: {summary}. Mels in {cfg.features_dir} (<class>/melspec_10s_22050hz for the " \
-              f"VAS layout, melspec_10s_22050hz for VGGSound)"
-    print(message, flush=True)
-    if summary.failed and cfg.fail_on_clip_errors:
-        raise SystemExit(message)
+    finish("extract_mels", summary, f"Mels in {cfg.features_dir} (<class>/melspec_10s_22050hz for the VAS layout, "
+                                    f"melspec_10s_22050hz for VGGSound)", bool(cfg.fail_on_clip_errors))
