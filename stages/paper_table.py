@@ -10,7 +10,7 @@ released Melception and writes a markdown table with the paper's FID / MKL and s
 import hydra
 
 from pipeline.config.check import run_stage
-from pipeline.evaluate.paper_table import run
+from pipeline.evaluate.paper_table import run, usage
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="paper_table")
@@ -19,4 +19,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, "paper_table")  # an unknown key on the command line: the nearest valid one
+    run_stage(main, "paper_table", usage)  # --help lists the tables and rows; a misspelt key: the nearest one

@@ -248,7 +248,7 @@ def test_the_stage_fetches_lists_and_fails_clearly(codebook, server, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert f"{name}: installed -> {tmp_path / 'models' / CODEBOOK_RUN}" in first.stdout
     again = _stage(tmp_path, f"what={name}", *common)
-    assert again.returncode == 0 and f"{name}: already here" in again.stdout and len(server.requests) == 1
+    assert again.returncode == 0 and f"skipped (already there): {name}" in again.stdout and len(server.requests) == 1
     listing = _stage(tmp_path, "what=list", *common)
     assert listing.returncode == 0 and name in listing.stdout and "yes" in listing.stdout
     missing = _stage(tmp_path, f"what=[{name},gone]", *common)

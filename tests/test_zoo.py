@@ -118,6 +118,7 @@ def served(tmp_path_factory):
     torch.save(released, tmp / "melception.pt")
     registry = yaml.safe_load(REGISTRY.read_text())
     registry["hosts"] = {"a3s": server.url}
+    registry["tables"]["c"]["top_k"] = 16  # the paper's 64 is beyond the fixture codebook's 16 codes: refused
     registry["models"] = {
         ENTRY: {"kind": "transformer", "about": "the released-layout fixture transformer (5 frames, 2048-d)",
                 "file": f"models/{TRANSFORMER_RUN}.tar.gz",
@@ -228,7 +229,7 @@ def test_one_row_of_table_c_from_the_released_fixtures(served, tmp_path, vas_val
     with hydra_conf():  # the table composes each row's sample and evaluate configs
         result = run(cfg)
     row = result["results"][ENTRY]
-    assert row["num_fakes"] == 2 * 10 and row["num_reals"] == 10 and row["top_k"] == 64
+    assert row["num_fakes"] == 2 * 10 and row["num_reals"] == 10 and row["top_k"] == 16
     assert np.isfinite(row["fid"]) and row["fid"] > 0 and np.isfinite(row["mkl"]) and row["mkl"] >= 0
     assert row["seconds_per_sample"] > 0
     text = result["markdown"].read_text()
@@ -236,6 +237,37 @@ def test_one_row_of_table_c_from_the_released_fixtures(served, tmp_path, vas_val
     assert f"| 5 Feats | ResNet50 | 2 | 20.9* | {row['fid']:.2f} | 6.1* | {row['mkl']:.2f} | 7.8 |" in line
     samples = Path(row["samples_dir"])
     assert len(list(samples.glob("cls_*/*_sample_*.npy"))) == 20 and (samples / "metrics.json").is_file()
+
+
+def test_paper_table_lists_its_tables_and_offline_ends_with_the_download_hint(served, tmp_path, vas_valid):
+    """Without `table=` (and with --help) the tables and their rows are listed; offline the stage ends with the
+    one-line hint to run stages.download where the internet can be reached, no traceback, no empty .part."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    offline = tmp_path / "offline.yaml"
+    registry = yaml.safe_load(served["registry"].read_text())
+    registry["hosts"] = {"a3s": "http://127.0.0.1:9"}  # nothing listens there: as without a network
+    offline.write_text(yaml.safe_dump(registry))
+
+    def stage(*overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "stages.paper_table", "logger=none", "device=cpu",
+                               f"zoo.registry={offline}", f"paths.data={vas_valid}", *overrides], cwd=ROOT,
+                              env=_env(tmp_path), capture_output=True, text=True, timeout=300, check=False)
+
+    bare = stage()
+    assert bare.returncode == 2 and "which table? Pass table=TABLE" in bare.stderr, bare.stderr[-2000:]
+    assert f"c: VAS transformer, VAS codebook\n     rows: {ENTRY.split('transformer_', 1)[-1]}" in bare.stderr
+    helped = stage("--help")
+    assert helped.returncode == 0 and "tables and their rows:" in helped.stdout and "rows:" in helped.stdout
+    result = stage("table=c", f"rows=[{ENTRY}]", "samples_per_clip=1")
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and f"could not fetch {ENTRY}" in result.stderr, result.stderr[-3000:]
+    assert lines[-1].startswith(f"  Run `python -m stages.download what={ENTRY}` where the internet can be reached")
+    assert not [p for p in (tmp_path / "models").rglob("*.part")]
 
 
 def test_train_transformer_takes_a_released_codebook_by_name(served, tmp_path):

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from pipeline.checkpoints.zoo import Artefact, Zoo
+from pipeline.runs.outcomes import Outcomes
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +49,41 @@ def listing(zoo: Zoo) -> str:
     return "\n".join(lines)
 
 
-def run(cfg) -> dict[str, Any]:
+def _what(cfg) -> str | list[str]:
     from omegaconf import ListConfig
 
+    return list(cfg.what) if isinstance(cfg.what, (list, ListConfig)) else str(cfg.what)
+
+
+def check_inputs(cfg) -> None:
+    """Before any transfer (pipeline.config.check.StageChecks): every name, group and pattern of `what` names
+    something in the registry (an unknown one gets the nearest names)."""
+    if _what(cfg) != "list":
+        Zoo.from_cfg(cfg).expand(_what(cfg))
+
+
+def run(cfg) -> dict[str, Any]:
     zoo = Zoo.from_cfg(cfg)
-    what = list(cfg.what) if isinstance(cfg.what, (list, ListConfig)) else str(cfg.what)
+    what = _what(cfg)
     if what == "list":
         text = listing(zoo)
         print(text, flush=True)
         return {"listed": len(zoo.entries)}
     entries = zoo.expand(what)
-    done, here, failed = [], [], []
+    done, here, outcomes = [], [], Outcomes("download")
     for entry in entries:
         try:
             path, worked = zoo.install(entry, progress=bool(cfg.progress), keep_archives=bool(cfg.keep_archives),
                                        retries=int(cfg.retries), timeout=float(cfg.timeout_s))
         except Exception as error:  # noqa: BLE001 - reported per entry, then the run fails
-            log.error("%s: %s", entry.name, error)
-            failed.append((entry.name, f"{type(error).__name__}: {error}"))
+            outcomes.failed(entry.name, error)
             continue
         (done if worked else here).append(entry.name)
-        print(f"[download] {entry.name}: {'installed' if worked else 'already here'} -> {path}", flush=True)
-    print(f"[download] {len(done)} fetched, {len(here)} already here, {len(failed)} failed", flush=True)
-    if failed:
-        raise SystemExit("[download] failed:\n" + "\n".join(f"  {name}: {why}" for name, why in failed))
+        if worked:
+            outcomes.written(f"{entry.name}: installed -> {path}")
+        else:
+            outcomes.skipped(f"{entry.name} -> {path}")
+    outcomes.finish()
+    if outcomes.any_failed:
+        raise SystemExit("[download] failed:\n" + "\n".join(f"  {name}: {why}" for name, why in outcomes.failures))
     return {"fetched": done, "here": here}

@@ -16,6 +16,7 @@ from pipeline.codec.transcode import (
     DEFAULT_OVERLAP_FRAMES,
     SNR_NOTE,
     CodecError,
+    Header,
     Report,
     codebook_identity,
     decode_file,
@@ -25,6 +26,7 @@ from pipeline.codec.transcode import (
 from pipeline.config.device import resolve_device
 from pipeline.files.writes import save_json
 from pipeline.runs.folders import run_folder
+from pipeline.runs.inputs import require_checkpoint
 from pipeline.runs.outcomes import Outcomes, say
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,19 @@ def _pairs(inp: Path, out: Path, mode: str) -> list[tuple[Path, Path]]:
 
 
 MODES = ("encode", "decode", "roundtrip")
+
+
+def check_inputs(cfg) -> None:
+    """Before a model loads (pipeline.config.check.StageChecks): the input files, the checkpoints, and, to decode,
+    every .svqc header (each field against the file's size: `pipeline.codec.transcode.Header.from_bytes`)."""
+    pairs = _pairs(Path(str(cfg.input)), Path(str(cfg.output)), str(cfg.mode))
+    if not pairs:
+        raise FileNotFoundError(f"input={cfg.input}: no {'.svqc' if cfg.mode == 'decode' else 'audio'} files in it")
+    require_checkpoint(cfg.codebook.ckpt, "codebook.ckpt", cfg, "the codebook that encodes (and decoded) the files")
+    require_checkpoint(cfg.vocoder.ckpt, "vocoder.ckpt", cfg, "or leave it unset for Griffin-Lim")
+    if cfg.mode == "decode":
+        for inp, _ in pairs:
+            Header.from_bytes(inp.read_bytes(), str(inp))
 
 
 def run(cfg, run_dir: str | os.PathLike | None = None) -> list[Report]:

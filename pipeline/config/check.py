@@ -270,10 +270,13 @@ def unknown_key_hints(config_name: str, overrides: Sequence[str]) -> list[str]:
     return hints
 
 
-def run_stage(main: Callable[[], Any], config_name: str) -> None:
+def run_stage(main: Callable[[], Any], config_name: str, usage: Callable[[], str] | None = None) -> None:
     """Run a stage's `@hydra.main` function after answering each misspelt key of the command line with the nearest
-    valid one (exit status 2, before Hydra composes; `--help`, `--cfg` and the like go to Hydra untouched)."""
+    valid one (exit status 2, before Hydra composes; `--cfg` and the like go to Hydra untouched). `usage`, when
+    given, is printed before Hydra's own `--help`: the stage's choices in words."""
     args = sys.argv[1:]
+    if usage is not None and ("--help" in args or "-h" in args):
+        print(usage() + "\n", flush=True)
     if not any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         hints = unknown_key_hints(config_name, args)
         if hints:

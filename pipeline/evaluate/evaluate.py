@@ -56,6 +56,7 @@ from pipeline.media.audio import SR, save_wav
 from pipeline.media.mel import HOP, SPEC_LEN
 from pipeline.media.video import clip_duration, frame_times, mux_audio
 from pipeline.runs.folders import run_folder
+from pipeline.runs.inputs import require_checkpoint
 from pipeline.runs.lock import hold_run_folder
 from pipeline.train.logger import Logger
 
@@ -273,6 +274,14 @@ def _flat_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, flo
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[f"{prefix}{key}"] = float(value)
     return out
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Before a model loads (pipeline.config.check.StageChecks): the samples and the classifier. The baselines'
+    inputs (shuffled samples, codebook, vocoder, events) are optional: each is skipped, with the reason, when absent."""
+    find_samples(cfg.samples_dir)
+    require_checkpoint(cfg.classifier.ckpt, "classifier.ckpt", cfg, "a Melception: train_classifier's, the original's "
+                                                                    ".pt, or `melception` (released)")
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:

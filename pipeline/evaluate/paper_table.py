@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.chain import slurm
 from pipeline.chain.graph import ChainSpec, Graph, Step, quoted
-from pipeline.checkpoints.zoo import Artefact, Zoo
+from pipeline.checkpoints.zoo import Artefact, Zoo, ZooError
 from pipeline.config.device import device_name
 from pipeline.evaluate import evaluate
 from pipeline.files.writes import atomic_write, save_json
@@ -66,7 +66,7 @@ def pick_rows(zoo: Zoo, table: str, rows: str | Sequence[str]) -> list[Artefact]
         hits = [e for e in available if e.name == token] or [e for e in available if f"_{token}_" in f"{e.name}_"]
         if len(hits) != 1:
             raise ValueError(f"rows: {token!r} names {'no' if not hits else 'more than one'} row of table {table}; "
-                             f"its rows: {', '.join(e.name for e in available)}")
+                             f"its rows: {', '.join(row_name(e) for e in available)}")
         chosen.append(hits[0])
     return chosen
 
@@ -197,10 +197,45 @@ def table_graph(spec: ChainSpec) -> Graph:
     return Graph(steps)
 
 
+def row_name(entry: Artefact) -> str:
+    """A row's short name, what `rows=[...]` takes: the part of its entry name after `transformer_`."""
+    return entry.name.split("transformer_", 1)[-1]
+
+
+def usage(zoo: Zoo | None = None) -> str:
+    """The command, and every table with its rows (pipeline/checkpoints/zoo.yaml): what `--help` and a call
+    without `table=` print."""
+    zoo = zoo or Zoo()
+    lines = ["python -m stages.paper_table table=TABLE [rows=[ROW,...]] [samples_per_clip=N]",
+             "  rows=all by default; each row is sampled with the paper's settings and evaluated with the released",
+             "  Melception (samples_per_clip=N: a quick look, not the paper's numbers)", "tables and their rows:"]
+    for table, spec in zoo.tables.items():
+        try:
+            entries = table_rows(zoo, table)
+        except ValueError:
+            continue  # the codebooks' table: reconstructions, which this command does not run
+        shorts = [row_name(e) for e in entries]
+        rows = ", ".join(short if shorts.count(short) == 1 else e.name for short, e in zip(shorts, entries))
+        lines.append(f"  {table}: {spec.get('title', '')}")
+        lines.append(f"     rows: {rows}")
+    return "\n".join(lines)
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Before anything is fetched or sampled (pipeline.config.check.StageChecks): `table` and `rows` name a table
+    and rows of it; without a table, or with a wrong one, the error lists them all."""
+    zoo = Zoo.from_cfg(cfg)
+    if OmegaConf.is_missing(cfg, "table"):
+        raise ValueError("which table? Pass table=TABLE:\n" + usage(zoo))
+    if str(cfg.table) not in zoo.tables:
+        raise ValueError(f"table={cfg.table} is not a table of the paper:\n" + usage(zoo))
+    pick_rows(zoo, str(cfg.table), cfg.rows if isinstance(cfg.rows, str) else list(cfg.rows))
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """`stages.paper_table`: every chosen row sampled and evaluated; the markdown table written and printed (or,
-    with submit=slurm, the same as a graph of jobs)."""
-
+    with submit=slurm, the same as a graph of jobs). A released model that cannot be fetched (offline) ends the stage
+    with the download command to run elsewhere, a missing file with its name: one message, no traceback."""
     if cfg.submit == "slurm":
         spec = ChainSpec.from_hydra(cfg)
         graph = table_graph(spec)
@@ -208,6 +243,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.submit != "local" or cfg.action != "run":
         raise ValueError(f"submit={cfg.submit} action={cfg.action}: use submit=local (action=run) or submit=slurm "
                          f"(action=run or status)")
+    try:
+        return _run(cfg)
+    except (ZooError, FileNotFoundError) as error:  # offline, or the table's data not here: what to run, plainly
+        raise SystemExit(f"[paper_table] {error}") from None
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
     zoo = Zoo.from_cfg(cfg)
     table = str(cfg.table)
     rows = cfg.rows if isinstance(cfg.rows, str) else list(cfg.rows)

@@ -41,9 +41,9 @@ def require_checkpoint(value: Any, key: str, cfg: Mapping[str, Any] | None = Non
         entry = zoo.get(text)
         if zoo.installed(entry) or zoo.fetch_allowed:
             return  # here, or fetched when the stage resolves it
-        raise ZooError(f"{key}={text}: the released model is not downloaded (looked in {zoo.local_path(entry)}) and "
-                       f"zoo.fetch=false: run `python -m stages.download what={text}` where the internet can be "
-                       f"reached, or pass a local path")
+        raise ZooError(f"{key}={text}: {text} is not downloaded (looked in {zoo.local_path(entry)}) and zoo.fetch="
+                       f"false: run `python -m stages.download what={text}` where the internet can be reached, or "
+                       f"pass a local path")
     if "/" not in text and os.sep not in text and not Path(text).suffix:
         try:
             zoo.get(text)  # raises, naming the nearest released names
