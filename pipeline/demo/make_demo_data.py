@@ -30,6 +30,7 @@ import numpy as np
 from pipeline.data.conditions import center_offset
 from pipeline.files.writes import atomic_write, save_bytes, save_json
 from pipeline.media.mel import FRAMES_PER_COLUMN, HOP
+from pipeline.runs.outcomes import Outcomes, say
 
 KINDS = ("chirp", "noise", "harmonic", "clicks")  # the four sound families, cycled for more classes
 SHAPES = {"chirp": "circle", "noise": "square", "harmonic": "triangle", "clicks": "ring"}
@@ -407,9 +408,10 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     dataset = cfg["dataset"]
     result = generate(dataset["root"], spec, dataset["videos"], dataset["splits"]["train"],
                       dataset["splits"]["valid"], overwrite=bool(cfg["overwrite"]))
-    print(f"[make_demo_data] {result['written']} clips written, {result['skipped']} kept (already there): "
-          f"{spec.num_classes} classes x {spec.clips_per_class} clips of {spec.seconds:g} s\n"
-          f"  videos: {Path(result['videos']).resolve()}\n"
-          f"  splits: {Path(result['train']).resolve()}, {Path(result['valid']).resolve()}\n"
-          f"  about:  {(Path(result['root']) / 'README.md').resolve()}", flush=True)
+    done = Outcomes("make_demo_data", per_item=False)
+    done.add(written=result["written"], skipped=result["skipped"])
+    done.finish(f"{spec.num_classes} classes x {spec.clips_per_class} clips of {spec.seconds:g} s")
+    say(f"  videos: {Path(result['videos']).resolve()}\n"
+        f"  splits: {Path(result['train']).resolve()}, {Path(result['valid']).resolve()}\n"
+        f"  about:  {(Path(result['root']) / 'README.md').resolve()}")
     return result

@@ -58,6 +58,7 @@ from pipeline.media.video import clip_duration, frame_times, mux_audio
 from pipeline.runs.folders import run_folder
 from pipeline.runs.inputs import require_checkpoint
 from pipeline.runs.lock import hold_run_folder
+from pipeline.runs.outcomes import Outcomes, say
 from pipeline.train.logger import Logger
 
 log = logging.getLogger(__name__)
@@ -372,10 +373,14 @@ def evaluate(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, An
         finally:
             logger.finish()
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        print(f"[evaluate] {len(samples)} fakes vs {len(real_keys)} reals: {shown}", flush=True)
+        say(f"[evaluate] {len(samples)} fakes vs {len(real_keys)} reals: {shown}")
         for name, note in metrics["notes"].items():
-            print(f"  {name}: null or caveat: {note}")
-        print(format_targets(metrics["targets"]))
-        print(f"  written to {out}" + (f" and {page}" if page else ""), flush=True)
+            say(f"  {name}: null or caveat: {note}")
+        say(format_targets(metrics["targets"]))
+        done = Outcomes("evaluate")
+        for path in (out, page):
+            if path:
+                done.written(path)
+        done.finish()
     accelerator.wait_for_everyone()
     return metrics

@@ -36,6 +36,7 @@ from pipeline.config.device import device_name
 from pipeline.evaluate import evaluate
 from pipeline.files.writes import atomic_write, save_json
 from pipeline.generate import sample
+from pipeline.runs.outcomes import Outcomes, say
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def run_row(cfg: DictConfig, zoo: Zoo, entry: Artefact, work_dir: Path) -> dict[
     if sampled["written"] and _is_main():
         save_json(timing_file, {"seconds": seconds, "written": sampled["written"]})
     if result_file.is_file() and not sampled["written"]:
-        return json.loads(result_file.read_text())
+        return {**json.loads(result_file.read_text()), "reused": True}
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else None
     samples_dir = Path(sampled["out"])
     eval_cfg = _child("evaluate", [f"dataset={settings['dataset']}", f"split={settings['split']}",
@@ -263,5 +264,13 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(str(cfg.out))
     with atomic_write(out, "w") as f:
         f.write(text)
-    print(text + f"\nwritten to {out}", flush=True)
+    say(text)
+    done = Outcomes("paper_table")
+    for entry in entries:
+        if results[entry.name].get("reused"):
+            done.skipped(f"row {entry.name} ({results[entry.name]['samples_dir']})")
+        else:
+            done.written(f"row {entry.name} ({results[entry.name]['samples_dir']})")
+    done.written(out)
+    done.finish()
     return {"results": results, "markdown": out}

@@ -11,6 +11,7 @@ from pipeline.files.writes import save_json
 from pipeline.runs.folders import RESULT_FILE, checkpoint_path, run_folder
 from pipeline.runs.identity import check_run_folder, record_start
 from pipeline.runs.lock import hold_run_folder
+from pipeline.runs.outcomes import Outcomes, say
 from pipeline.train.loop import Task, Trainer
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ def _train(task: Task, cfg: DictConfig, folder: Path) -> dict[str, float]:
         save_json(Path(folder) / RESULT_FILE, {
             "step": trainer.step, "metrics": metrics, "stopped_early": trainer.stopped_early,
             "best": str(best) if best.exists() else None, "last": str(last) if last.exists() else None})
-        print(f"[{task.kind}] step {trainer.step}; checkpoints in {trainer.ckpt_dir}; "
-              + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+        say(f"[{task.kind}] step {trainer.step}; " + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+        done = Outcomes(task.kind)
+        for path in (best, last, Path(folder) / RESULT_FILE):
+            if path.exists():
+                done.written(path)
+        done.finish()
     return metrics
