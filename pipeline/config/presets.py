@@ -12,16 +12,21 @@ from omegaconf import DictConfig, OmegaConf
 
 import pipeline.config  # noqa: F401  (registers the resolvers and the schemas)
 from pipeline import CONF
+from pipeline.config.check import check_config
 
 
 def compose_stage(stage: str, overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
-    """conf/<stage>.yaml composed with `overrides`, schemas checked, as `python -m stages.<stage>` would compose it
-    (with its `hydra` node, run folder and choices included, when `return_hydra_config`). Inside a running stage
-    (Hydra already initialised on conf/) it composes through that instance."""
+    """conf/<stage>.yaml composed with `overrides`, schemas checked (types, ranges, unknown keys: ConfigError), as
+    `python -m stages.<stage>` would compose it (with its `hydra` node, run folder and choices included, when
+    `return_hydra_config`). Inside a running stage (Hydra already initialised on conf/) it composes through that
+    instance."""
     if GlobalHydra.instance().is_initialized():
-        return compose(stage, overrides=list(overrides), return_hydra_config=return_hydra_config)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(stage, overrides=list(overrides), return_hydra_config=return_hydra_config)
+        cfg = compose(stage, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    else:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(stage, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    check_config(cfg, stage)
+    return cfg
 
 
 def preset(group: str, name: str) -> DictConfig:

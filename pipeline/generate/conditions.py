@@ -16,13 +16,16 @@ from pipeline.files.safe_pickle import load_pickle_array
 from pipeline.generate.loading import UserModels, feature_network
 from pipeline.generate.settings import SamplingSettings
 from pipeline.media.mel import CROP_LEN, extract_mel
+from pipeline.media.source import check_source
 from pipeline.media.video import clip_duration, frame_times
 
 MIN_SECONDS = 1.0  # shortest video accepted: shorter clips would be tiled to 10 s from a few frames (a flicker)
 
 
 def video_seconds(path: Path) -> float:
-    """The duration of a video from its frames; errors for no frames and for clips under MIN_SECONDS."""
+    """The duration of a video from its frames; errors for a missing, unreadable or truncated file (as the extraction
+    stages judge it: `check_source`), no frames and clips under MIN_SECONDS."""
+    check_source(Path(path))
     seconds = clip_duration(frame_times(path))  # ClipError: not a video / no video stream / no frames
     if seconds < MIN_SECONDS:
         raise ValueError(f"{path} is {seconds:.2f} s long: sampling needs at least {MIN_SECONDS:g} s of video "

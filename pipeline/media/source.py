@@ -23,13 +23,28 @@ class ClipError(RuntimeError):
 TRUNCATION_TOLERANCE = (0.25, 0.05)
 
 
-def check_source(path: Path) -> None:
-    """Raise ClipError when a source video is missing, unreadable or truncated (reads packets, decodes nothing)."""
-    import av
+_SOUND: set[tuple[str, int, int]] = set()  # (path, size, mtime) of the sources this process found usable
 
+
+def check_source(path: Path) -> None:
+    """Raise ClipError when a source video is missing, unreadable or truncated (reads packets, decodes nothing).
+    A file found usable is not read again by this process while its size and time stay the same (every stage
+    checks the videos it reads, some in several places)."""
+    path = Path(path)
     if not path.exists():
         raise ClipError(f"missing: {path} is listed but does not exist (fix the split file or the videos folder)",
                         kind="missing")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _SOUND:
+        return
+    _check_packets(path)
+    _SOUND.add(key)
+
+
+def _check_packets(path: Path) -> None:
+    import av
+
     try:
         container = av.open(str(path))
     except Exception as error:  # noqa: BLE001 - PyAV raises several error types for broken files
