@@ -351,6 +351,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_crafted_headers_are_refused_naming_the_field_within_a_memory_limit(shared_dir, tmp_path):
     """Each field of a crafted header (a 256-byte file claiming 2^64-1 samples, 0 bits per code, a grid or window
     of 0, codes beyond the codebook, sample rate 0) is refused with a CodecError naming it, in a process that may

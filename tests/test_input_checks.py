@@ -87,6 +87,7 @@ def test_every_stage_as_composed_has_no_problem():
             assert config_problems(cfg, path.stem) == [], (path.stem, dataset)
 
 
+@pytest.mark.slow
 def test_wrong_values_stop_the_stage_at_once_with_no_run_folder(outputs):
     result = stage(outputs, "train_transformer", "+trainer.learning_rat=1", "trainer.max_steps=-1")
     refused(result, outputs, "trainer.max_steps=-1: must be an integer >= 1", "`trainer.learning_rat` is not a key",
@@ -94,6 +95,7 @@ def test_wrong_values_stop_the_stage_at_once_with_no_run_folder(outputs):
     refused(stage(outputs, "sample", "samples_per_clip=two"), outputs, "samples_per_clip=two: must be an integer")
 
 
+@pytest.mark.slow
 def test_a_misspelt_key_gets_the_nearest_valid_one_and_not_hydras_append_advice(outputs):
     result = stage(outputs, "train_transformer", "transformer.feat_sampel_size=5")
     refused(result, outputs, "`transformer.feat_sampel_size` is not a key of the train_transformer config: did you "
@@ -113,6 +115,7 @@ def tiny(outputs: Path, tmp_path: Path) -> dict[str, Path]:
             "transformer": make_transformer(tmp_path / "t_rn50.pt", codebook, features_preset("resnet50_tiny"), 1)}
 
 
+@pytest.mark.slow
 def test_missing_video_or_checkpoint_is_refused_before_any_model_loads_leaving_no_run_folder(outputs, tiny,
                                                                                               tmp_path):
     refused(stage(outputs, "sample", f"video={tmp_path / 'absent.mp4'}", f"transformer.ckpt={tiny['transformer']}"),
@@ -127,6 +130,7 @@ def test_missing_video_or_checkpoint_is_refused_before_any_model_loads_leaving_n
                   f"vocoder.ckpt={tmp_path / 'melgan.pt'}"), outputs, "vocoder.ckpt=")
 
 
+@pytest.mark.slow
 def test_a_truncated_video_is_refused_by_the_sample_stage_as_by_extraction(outputs, tiny, tmp_path):
     from pipeline.generate.sample import run
 
@@ -143,6 +147,7 @@ def test_a_truncated_video_is_refused_by_the_sample_stage_as_by_extraction(outpu
     assert "truncated" in (tmp_path / "run" / "failures.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_nan_features_are_refused_naming_the_file(outputs, tiny, tmp_path):
     from pipeline.data.datasets import ConditionedDataset
 
@@ -166,6 +171,7 @@ def test_nan_features_are_refused_naming_the_file(outputs, tiny, tmp_path):
         data[1]
 
 
+@pytest.mark.slow
 def test_top_k_beyond_the_vocabulary_is_refused_as_soon_as_the_checkpoint_is_read(outputs, tiny, tmp_path):
     from pipeline.generate.settings import SamplingSettings
 
@@ -176,6 +182,7 @@ def test_top_k_beyond_the_vocabulary_is_refused_as_soon_as_the_checkpoint_is_rea
         SamplingSettings.from_config({"mode": "nopix", "temperature": 1.0, "top_k": 64, "top_p": None}, vocab=32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["extract_mels", "extract_features"])
 def test_an_empty_split_fails_the_extraction_stages(outputs, name):
     """Both extraction stages exit non-zero on an empty split file (before: 0, having done nothing), before any

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.runs.outcomes import Outcomes
 from tests.helpers import ROOT, features_preset, make_codebook, make_transformer, write_clip
 
@@ -32,6 +34,7 @@ def test_each_item_and_the_summary_go_to_the_screen_and_the_log_file(tmp_path, c
     assert (tmp_path / "stage.log").read_text().splitlines() == said  # and in the log file
 
 
+@pytest.mark.slow
 def test_a_rerun_for_a_video_says_what_it_skipped_in_its_log(outputs, tmp_path):
     codebook = make_codebook(tmp_path / "codebook.pt")
     transformer = make_transformer(tmp_path / "t.pt", codebook, features_preset("resnet50_tiny"), 1)

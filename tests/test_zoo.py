@@ -239,6 +239,7 @@ def test_one_row_of_table_c_from_the_released_fixtures(served, tmp_path, vas_val
     assert len(list(samples.glob("cls_*/*_sample_*.npy"))) == 20 and (samples / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_paper_table_lists_its_tables_and_offline_ends_with_the_download_hint(served, tmp_path, vas_valid):
     """Without `table=` (and with --help) the tables and their rows are listed; offline the stage ends with the
     one-line hint to run stages.download where the internet can be reached, no traceback, no empty .part."""
