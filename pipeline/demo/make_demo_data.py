@@ -410,8 +410,9 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                       dataset["splits"]["valid"], overwrite=bool(cfg["overwrite"]))
     done = Outcomes("make_demo_data", per_item=False)
     done.add(written=result["written"], skipped=result["skipped"])
-    done.finish(f"{spec.num_classes} classes x {spec.clips_per_class} clips of {spec.seconds:g} s")
-    say(f"  videos: {Path(result['videos']).resolve()}\n"
+    done.finish()
+    say(f"  {spec.num_classes} classes x {spec.clips_per_class} clips of {spec.seconds:g} s\n"
+        f"  videos: {Path(result['videos']).resolve()}\n"
         f"  splits: {Path(result['train']).resolve()}, {Path(result['valid']).resolve()}\n"
         f"  about:  {(Path(result['root']) / 'README.md').resolve()}")
     return result
