@@ -321,6 +321,14 @@ class DatasetSchema:
     eval_split: str = MISSING
     classes: Optional[List[str]] = None
     meta_csv: Optional[str] = None
+    # dataset=folder (pipeline/data/folder.py): what is derived from a folder of videos, and how it is cut
+    data: Optional[str] = None
+    clips: Optional[str] = None
+    skipped: Optional[str] = None
+    runs: Optional[str] = None
+    shares: Dict[str, float] = field(default_factory=dict)
+    clips_per_video: Optional[int] = positive(None)
+    min_seconds: Optional[float] = ranged(None, gt=0)
 
 
 @dataclass
@@ -552,6 +560,10 @@ class DownloadStage(Stage):
     progress: bool = MISSING
 
 
+SUBMIT = ("local", "slurm")  # slurm: each step a SLURM job (pipeline/chain/slurm.py); `slurm` holds their resources
+ACTIONS = ("run", "status")
+
+
 @dataclass
 class PaperTableStage(Stage):
     table: str = MISSING                  # the registry's tables (pipeline/checkpoints/zoo.yaml), checked with its rows
@@ -564,6 +576,36 @@ class PaperTableStage(Stage):
     device: str = MISSING
     work_dir: str = MISSING
     out: str = MISSING
+    submit: str = ranged(choices=SUBMIT)
+    action: str = ranged(choices=ACTIONS)
+    slurm: Dict[str, Any] = field(default_factory=dict)  # conf/slurm/default.yaml with the site's own keys: open
+
+
+@dataclass
+class ChainStage(Stage):
+    """conf/chain.yaml: a folder of videos to trained models, samples and metrics (pipeline/chain/)."""
+
+    codebook: CodebookSchema = field(default_factory=CodebookSchema)
+    transformer: TransformerSchema = field(default_factory=TransformerSchema)
+    vocoder: VocoderSchema = field(default_factory=VocoderSchema)
+    classifier: ClassifierSchema = field(default_factory=ClassifierSchema)
+    features: FeaturesSchema = field(default_factory=FeaturesSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    sampling: SamplingSchema = field(default_factory=SamplingSchema)
+    slurm: Dict[str, Any] = field(default_factory=dict)
+    action: str = ranged(choices=ACTIONS)
+    submit: str = ranged(choices=SUBMIT)
+    transformer_checkpoint: str = ranged(choices=("best", "last"))
+    samples_per_clip: Optional[int] = positive(None)
+    sample_batch_size: int = positive()
+    mel_chain: str = ranged(choices=("original", "direct"))
+    num_workers: int = counting()
+
+
+@dataclass
+class FolderDatasetStage(Stage):
+    features: FeaturesSchema = field(default_factory=FeaturesSchema)
+    part: str = ranged(choices=("index", "splits"))
 
 
 @dataclass
@@ -592,7 +634,8 @@ STAGE_SCHEMAS = {"extract_mels": ExtractMelsStage, "extract_features": ExtractFe
                  "train_codebook": TrainCodebookStage, "train_transformer": TrainTransformerStage,
                  "train_vocoder": TrainVocoderStage, "train_classifier": TrainClassifierStage, "sample": SampleStage,
                  "app": AppStage, "codec": CodecStage, "evaluate": EvaluateStage, "download": DownloadStage,
-                 "paper_table": PaperTableStage, "make_demo_data": MakeDemoDataStage}
+                 "paper_table": PaperTableStage, "make_demo_data": MakeDemoDataStage, "chain": ChainStage,
+                 "folder_dataset": FolderDatasetStage}
 
 
 GROUP_SCHEMAS = {"trainer": TrainerSchema, "sampling": SamplingSchema, "codebook": CodebookSchema,
