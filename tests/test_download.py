@@ -150,6 +150,30 @@ def test_without_an_md5_the_registry_size_decides(server, tmp_path):
     assert len(server.requests) == asked and not zoo.installed(zoo.get("unknown"))
 
 
+def test_without_md5_or_size_a_file_is_installed_only_when_it_reads_whole(server, tmp_path):
+    """`verify: readable` (the released MelGAN's entries, whose md5 and size nobody published): a torch file and its
+    args.yml that read whole are installed and their md5s pinned; a torch file cut short that the server calls
+    complete is refused and deleted, and nothing is installed."""
+    import hashlib
+
+    netg = (SHARED_RELEASED.parent / "melgan_netG_small.pt").read_bytes()
+    args = b"n_mel_channels: 80\nngf: 32\nn_residual_layers: 3\n"
+    server.add("vocoder/logs/best_netG.pt", netg)
+    server.add("vocoder/logs/args.yml", args)
+    server.add("cut/best_netG.pt", netg[: len(netg) * 2 // 3])
+    server.add("cut/args.yml", args)
+    zoo = _zoo(server, tmp_path, {
+        "whole": {"kind": "vocoder", "files": ["vocoder/logs/best_netG.pt", "vocoder/logs/args.yml"], "md5": None,
+                  "verify": "readable"},
+        "cut": {"kind": "vocoder", "files": ["cut/best_netG.pt", "cut/args.yml"], "md5": None, "verify": "readable"}})
+    path, worked = zoo.install(zoo.get("whole"), progress=False)
+    assert worked and (path / "best_netG.pt").read_bytes() == netg
+    assert zoo.record(zoo.get("whole"))["md5"]["vocoder/logs/best_netG.pt"] == hashlib.md5(netg).hexdigest()
+    with pytest.raises(ChecksumError, match=r"cut: .*best_netG.pt is not a whole torch file.*deleted"):
+        zoo.install(zoo.get("cut"), progress=False)
+    assert not zoo.installed(zoo.get("cut")) and not list((tmp_path / "models").rglob("cut*best_netG.pt*"))
+
+
 def test_a_failed_download_leaves_no_empty_part(server, tmp_path):
     server.add("models/x.pt", b"x" * 1000)
     server.reset_every["models/x.pt"] = 0  # headers, then a reset: not a byte

@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
+from pipeline.checkpoints.released import read_melgan_args
 from pipeline.files.safe_pickle import UnsafePickleError, numpy_scalar_globals
 
 FORMAT = "specvqgan-pipeline"  # the `format` key of this project's checkpoints
@@ -191,3 +193,23 @@ def load_state_strictly(module: nn.Module, state: Mapping[str, torch.Tensor], so
         raise ValueError(problem)
     module.load_state_dict(dict(state), strict=True, assign=assign)
     return module
+
+
+def check_whole(path: str | os.PathLike) -> None:
+    """A downloaded file with no published md5 or size is accepted only when it reads whole (ValueError otherwise):
+    a torch file is a zip whose every member matches its CRC and whose object the restricted reader loads; a YAML
+    file parses to a mapping. A file cut short loses its zip directory or its YAML's end, and fails here."""
+    path = Path(path)
+    if path.suffix in (".yml", ".yaml"):
+        args = read_melgan_args(path) if path.name == "args.yml" else yaml.safe_load(path.read_text())
+        if not isinstance(args, Mapping) or not args:
+            raise ValueError(f"{path} does not read as a YAML mapping")
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{path} is not a whole torch file ({error})") from None
+    if bad is not None:
+        raise ValueError(f"{path}: member {bad} fails its CRC check")
+    read_checkpoint(path)

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from pipeline.checkpoints.fetch import ChecksumError, DownloadError, fetch, md5_of, move_into, safe_extract
+from pipeline.checkpoints.reading import check_whole
 from pipeline.checkpoints.released import model_files
 from pipeline.config.presets import preset_dict
 from pipeline.files.writes import save_json
@@ -62,6 +63,7 @@ class Artefact:
     files: tuple[str, ...]                    # paths under the host's base URL
     md5: Mapping[str, str | None]             # file -> md5 (None: not published)
     size: Mapping[str, int | None] = field(default_factory=dict)  # file -> bytes: what verifies a file without md5
+    readable: bool = False                    # without md5 or size: installed only when it reads whole (check_whole)
     host: str = "a3s"
     root: str = "models"                      # models -> paths.models, data -> paths.data
     into: str = ""                            # sub-folder of the root where files land / archives unpack
@@ -105,9 +107,13 @@ def _artefact(name: str, spec: Mapping[str, Any]) -> Artefact:
     md5, size = spec.get("md5"), spec.get("size")
     md5s = dict(md5) if isinstance(md5, Mapping) else {f: md5 for f in files}
     sizes = dict(size) if isinstance(size, Mapping) else {f: size for f in files}
-    known = {"kind", "about", "file", "files", "md5", "size", "host", "root", "into", "path"}
+    known = {"kind", "about", "file", "files", "md5", "size", "verify", "host", "root", "into", "path"}
     info = {k: v for k, v in spec.items() if k not in known}
-    return Artefact(name, spec["kind"], spec.get("about", ""), files, md5s, sizes, host=spec.get("host", "a3s"),
+    verify = spec.get("verify")
+    if verify not in (None, "readable"):
+        raise ZooError(f"{name}: verify={verify!r}: the registry knows `readable` (or no `verify:` key)")
+    return Artefact(name, spec["kind"], spec.get("about", ""), files, md5s, sizes, verify == "readable",
+                    host=spec.get("host", "a3s"),
                     root=spec.get("root", "models"), into=spec.get("into", ""), path=spec.get("path"), info=info)
 
 
@@ -220,7 +226,8 @@ class Zoo:
         root = self.root(entry)
         downloads = root / DOWNLOADS
         pinned = (self.record(entry) or {}).get("md5", {})  # md5s got on a first fetch verified by its size
-        unverifiable = [f for f in entry.files if not (entry.md5.get(f) or pinned.get(f) or entry.size.get(f))]
+        unverifiable = [f for f in entry.files
+                        if not (entry.md5.get(f) or pinned.get(f) or entry.size.get(f) or entry.readable)]
         if unverifiable:
             raise ZooError(f"{entry.name}: no published md5 and no size in the registry ({self.source}) for "
                            f"{', '.join(unverifiable)}, so a download could not be verified and is not attempted: "
@@ -236,7 +243,16 @@ class Zoo:
             else:
                 got = fetch(self.url(entry, file), fetched, expected, size=size, retries=retries, timeout=timeout,
                             progress=progress)
-            if expected is None:
+            if expected is None and size is None:  # `verify: readable`: the file must read whole
+                try:
+                    check_whole(fetched)
+                except ValueError as error:
+                    fetched.unlink(missing_ok=True)
+                    raise ChecksumError(f"{entry.name}: {error}; the file was deleted (it is fetched again next "
+                                        f"time)") from None
+                print(f"[download] {entry.name}: no published md5 or size for {file}; it reads whole; got md5 {got} "
+                      f"(pinned in {self.record_path(entry)})", flush=True)
+            elif expected is None:
                 log.warning("%s: the original publishes no md5 for %s; its size matches the registry's %d bytes; "
                             "got md5 %s (pinned from now on)", entry.name, file, size, got)
                 print(f"[download] {entry.name}: no published md5 for {file}; its size is the registry's ({size} "
