@@ -56,8 +56,8 @@ def frame_times(path: str | os.PathLike) -> np.ndarray:
     """
     with open_video(path) as container:
         stream = container.streams.video[0]
-        pts = _frame_pts(container, stream, path)
-    return (pts - pts[0]).astype(np.float64) * float(stream.time_base)
+        pts, time_base = _frame_pts(container, stream, path), float(stream.time_base)  # read while it is open
+    return (pts - pts[0]).astype(np.float64) * time_base
 
 
 def _frame_pts(container, stream, path) -> np.ndarray:
