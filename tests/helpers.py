@@ -247,3 +247,23 @@ def video_folder(root: Path, classes: int = 2, clips: int = 4, seconds: float = 
         (first.parent / "broken clip.mp4").write_bytes(data[: len(data) // 2])
         write_clip(first.parent / "no sound.mp4", seconds, audio=None)
     return root
+
+
+def in_two_processes(function: str, *args: str, timeout: int = 300) -> None:
+    """Run `module:function(*args)` in two processes (accelerate.debug_launcher) from a fresh interpreter: forking a
+    pytest worker that already holds threads (execnet's, a test server's) can leave a child stuck, and a stuck rank
+    then waits out the process group's 30-minute timeout. Here a stuck pair fails after `timeout` seconds."""
+    import subprocess
+    import sys
+
+    module, name = function.split(":")
+    code = ("import sys; from accelerate import debug_launcher; "
+            f"from {module} import {name}; debug_launcher({name}, args=tuple(sys.argv[1:]), num_processes=2)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        result = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"{function} in two processes did not finish in {timeout} s:\n"
+                             f"{(err.stderr or b'')[-3000:]!r}") from None
+    assert result.returncode == 0, f"{function} in two processes failed:\n{result.stderr[-5000:]}"

@@ -14,6 +14,8 @@ import pytest
 from pipeline.chain.graph import quoted
 from tests.helpers import CHAIN_FEW_STEPS, ROOT, video_folder, write_clip
 
+pytestmark = pytest.mark.slow  # the chain runs its stages as subprocesses: make test, not the fast lane
+
 
 def chain(outputs: Path, root: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "stages.chain", "dataset=folder", quoted("dataset.root", root), "models=tiny",

@@ -107,7 +107,11 @@ def test_a_two_job_sweep_runs_each_job_in_its_own_folder_and_writes_a_summary(sl
 
 def test_the_launcher_stops_bad_sweeps_before_or_at_submission(slurm_cluster, demo, outputs):
     def submitted() -> int:
-        return len((slurm_cluster.run_ok("sacct", "-n", "-X", "-o", "JobID") or "").split())
+        """The newest job id the cluster knows: the controller's (squeue -t all: jobs of the last MinJobAge
+        seconds, at once) and the accounting's (sacct, which records a job late and splits an array as it starts)."""
+        ids = (slurm_cluster.run_ok("squeue", "-h", "-t", "all", "-o", "%A") or "").split()
+        ids += (slurm_cluster.run_ok("sacct", "-n", "-X", "-o", "JobIDRaw") or "").split()
+        return max((int(i) for i in ids if i.isdigit()), default=0)
 
     before = submitted()
     launcher = tuple(t for t in TINY if "partition" not in t)

@@ -11,7 +11,7 @@ from omegaconf import open_dict
 from pipeline.build.codebook import load_codebook
 from pipeline.train.loop import Trainer, scaled_lr
 from pipeline.train.train_codebook import CodebookTask
-from tests.helpers import compose
+from tests.helpers import compose, in_two_processes
 
 
 def real_vas_dataset(vas_dir: Path, tmp_path: Path) -> dict:
@@ -150,10 +150,6 @@ def _two_process_codebook(vas_dir: str, tmp_path: str) -> None:
 
 @pytest.mark.slow
 def test_codebook_trains_in_two_processes(vas_dir, tmp_path):
-    from accelerate import debug_launcher
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    debug_launcher(_two_process_codebook, args=(str(vas_dir), str(tmp_path)), num_processes=2)
+    in_two_processes("tests.test_train_codebook:_two_process_codebook", str(vas_dir), str(tmp_path))
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["train_state"]["num_processes"] == 2 and ckpt["train_state"]["step"] == 3

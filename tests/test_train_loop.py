@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 from pipeline.checkpoints.format import load_checkpoint
 from pipeline.config.presets import preset_dict
 from pipeline.train.loop import NonFiniteLossError, Task, Trainer
+from tests.helpers import in_two_processes
 
 
 class Regression(Task):
@@ -122,11 +123,7 @@ def _two_process_run(run_dir):
 
 
 def test_two_processes(tmp_path):
-    from accelerate import debug_launcher
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # forked workers must not inherit a 1-process state
-    debug_launcher(_two_process_run, args=(str(tmp_path),), num_processes=2)
+    in_two_processes("tests.test_train_loop:_two_process_run", str(tmp_path))
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["train_state"]["num_processes"] == 2 and ckpt["train_state"]["step"] == 4
 
