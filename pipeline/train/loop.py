@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.checkpoints.format import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.config.schemas import TrainerSchema
+from pipeline.train.draws import TRAIN_STREAM, VAL_STREAM, SeededItems, kept_rng
 from pipeline.train.logger import Logger
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ class Trainer:
             cpu=device == "cpu",
             mixed_precision=precision,
             gradient_accumulation_steps=int(self.cfg["grad_accum"]),
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=int(seed)),
             kwargs_handlers=[DistributedDataParallelKwargs(
                 find_unused_parameters=bool(self.cfg["find_unused_parameters"]))],
         )
@@ -248,6 +249,7 @@ class Trainer:
         self.bad_evals = 0
         self.stopped_early = False
         self.stop_signal: int | None = None   # set by a preemption signal; the loop saves and exits
+        self.train_items: SeededItems | None = None  # the training set; its epoch seeds each item's draws
         task.trainer = self
 
     # --- helpers for tasks ---------------------------------------------------------------------------
@@ -290,8 +292,13 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        """Items drawing from their own seeded generator (`pipeline.train.draws.SeededItems`), in an order drawn from
+        (seed, epoch) by Accelerate's seedable sampler: both follow the data position, never the global RNG."""
+        items = SeededItems(dataset, self.seed, TRAIN_STREAM if train else VAL_STREAM)
+        if train:
+            self.train_items = items
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, drop_last=train,
+        return DataLoader(items, batch_size=self.batch_size, shuffle=train, drop_last=train,
                           num_workers=int(self.cfg["num_workers"]), generator=generator,
                           collate_fn=self.task.collate_fn(), persistent_workers=False)
 
@@ -458,6 +465,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _epoch_loader(self, loader) -> Iterable:
+        self.train_items.epoch = self.epoch  # before the iterator exists: loader workers copy it
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(self.epoch)
         if self.batches_into_epoch:
@@ -468,6 +476,13 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, val_loader) -> dict[str, float]:
+        """The validation metrics (logged, early stopping, best.pt); its draws leave training's RNG as it was."""
+        with kept_rng(self.device):
+            metrics = self._validation_metrics(val_loader)
+        self._early_stopping(metrics)
+        return metrics
+
+    def _validation_metrics(self, val_loader) -> dict[str, float]:
         for module in self.task.modules.values():
             module.eval()
         self.task.on_validation_start()
@@ -493,7 +508,6 @@ class Trainer:
             log.info("logging validation media at step %d ...", self.step)  # sampling a transformer takes a while
             self._log_media(first_batch, "val")
             log.info("validation media logged in %.1f s", time.perf_counter() - tic)
-        self._early_stopping(metrics)
         return metrics
 
     def _early_stopping(self, metrics: dict[str, float]) -> None:
@@ -517,7 +531,7 @@ class Trainer:
             return
         for module in self.task.modules.values():
             module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), kept_rng(self.device):
             self.task.log_media(batch, self.logger, self.step, split)
 
     # --- checkpoints ---------------------------------------------------------------------------------
