@@ -1,8 +1,9 @@
 """Torch data sets over the VAS and VGGSound layouts (spec §2.4, §3.6, §5.4, §8).
 
-Randomness (crops, gains, the No-Feats vectors) comes from torch's global generator, which the DataLoader
-seeds differently in every worker and every epoch (the original drew from numpy, whose stream repeats across
-workers; spec §11.23).
+Randomness (crops, gains, the No-Feats vectors) comes from torch's global generator only; the training loop seeds
+it for each item from (run seed, epoch, index) (`pipeline.train.draws.SeededItems`), so every worker, epoch and
+item draws its own numbers and a resumed run draws the same ones (the original drew from numpy, whose stream repeats
+across workers; spec §11.23).
 """
 from __future__ import annotations
 
