@@ -14,7 +14,6 @@ import torch
 
 from tests.helpers import ROOT, make_codebook, make_dataset
 
-
 NO_ROLL = ("transformer.feat_sample_size=1", "transformer.roll_columns=false")
 
 
