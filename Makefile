@@ -9,7 +9,7 @@ DEMO_DIR ?= outputs/demo_data
 export WANDB_MODE ?= offline
 export PYTHONHASHSEED := 0
 
-.PHONY: help install system-packages demo test bench bench-gpu lint clean
+.PHONY: help install system-packages demo demo-seeds test bench bench-gpu lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ install: $(VENV)/.installed  ## make a .venv with everything (CPU torch unless T
 
 demo: install  ## the whole pipeline on a generated data set, on CPU
 	$(PY) -m pipeline.demo.demo
+
+demo-seeds: install  ## the demo for seeds 0, 1 and 2 (outputs/demo_seeds/), the worst seed beside each target
+	$(PY) -m pipeline.demo.demo_seeds
 
 # Debian packages of the real components the tests start (a SLURM cluster with accounting, a headless browser for
 # report.html); one list, extend it

@@ -33,7 +33,7 @@ from models.melgan import (
 )
 from pipeline.data.datasets import WaveformDataset
 from pipeline.media.audio import SR
-from pipeline.media.mel import HOP, MelTransform
+from pipeline.media.mel import HOP, N_FFT, MelTransform
 from pipeline.train.loop import Task
 from pipeline.train.media import log_spectrograms
 from pipeline.train.run import train
@@ -41,6 +41,17 @@ from pipeline.train.run import train
 log = logging.getLogger(__name__)
 
 D_PREFIX = "netD."  # the discriminator's keys in our checkpoints; the generator's are bare, as best_netG.pt
+
+
+def spectrum_db(wave: torch.Tensor, window: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
+    """(B, 1 + n_fft // 2, frames): the magnitude spectrogram of the whole band in dB / 100, floored at -100 dB (the
+    mel chain's 1e-5). Unlike the [0, 1] mel it sees the DC offset, the band above 7.6 kHz and levels below -80 dB
+    (where the mel is clipped to 0 and passes no gradient)."""
+    if wave.dim() == 3:
+        wave = wave.squeeze(1)
+    stft = torch.stft(wave.float(), n_fft, hop_length=hop, win_length=n_fft, window=window.to(wave.device).float(),
+                      center=True, pad_mode="reflect", return_complex=True)
+    return 0.2 * torch.log10(stft.abs().clamp_min(1e-5))
 
 
 def frames_of(mel: torch.Tensor, samples: int, hop: int = HOP) -> torch.Tensor:
@@ -122,6 +133,10 @@ class VocoderTask(Task):
             g_loss = g["loss"]
             if lambda_mel > 0:  # through the differentiable mel chain, in float64 as the monitor
                 g_loss = g_loss + lambda_mel * F.l1_loss(self._mel_of(x_pred.float()), s)
+            lambda_spectral = float(self.vcfg.loss.get("lambda_spectral", 0.0))
+            if lambda_spectral > 0:
+                window = self.mel.window
+                g_loss = g_loss + lambda_spectral * F.l1_loss(spectrum_db(x_pred, window), spectrum_db(x, window))
             self.trainer.backward(g_loss)
         finally:
             bare_d.requires_grad_(True)
