@@ -150,6 +150,8 @@ class CodebookSchema:
     """conf/codebook/*.yaml: a VQGAN codebook (models/vqgan.py, models/vqgan_loss.py)."""
 
     name: str = MISSING
+    init: str = MISSING                   # original | data (the codes start by k-means on the first encoder outputs)
+    restart_every: Optional[int] = MISSING  # steps between restarts of the codes no input used (null: never)
     model: CodebookModel = field(default_factory=CodebookModel)
     loss: CodebookLoss = field(default_factory=CodebookLoss)
     optim: CodebookOptim = field(default_factory=CodebookOptim)

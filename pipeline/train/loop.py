@@ -130,6 +130,14 @@ class Task:
         """Anything else a loader needs (e.g. the codebook a transformer was trained with)."""
         return {}
 
+    def train_state(self) -> dict[str, Any]:
+        """What the task itself carries from step to step (tensors and plain values), saved with `train_state` so a
+        resumed run continues exactly (e.g. the codebook's usage tally since its last restart)."""
+        return {}
+
+    def load_train_state(self, state: Mapping[str, Any]) -> None:
+        """Restore `train_state()` when resuming."""
+
 
 def scaled_lr(base_lr: float, batch_size: int, grad_accum: int, num_processes: int) -> float:
     """The original's effective learning rate: accumulation x processes x batch x base (train.py)."""
@@ -552,6 +560,7 @@ class Trainer:
                 "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in task.schedulers.items()},
                 "rng": rng_state(),
+                "task": task.train_state(),
                 "num_processes": self.num_processes,
             },
             "config": self.config,
@@ -584,6 +593,7 @@ class Trainer:
         self.best, self.bad_evals = state["best"], state["bad_evals"]
         self.stopped_early = state.get("stopped_early", False)
         set_rng_state(state["rng"])
+        self.task.load_train_state(state.get("task") or {})
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
 
 
