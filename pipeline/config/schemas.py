@@ -192,6 +192,7 @@ class VocoderSchema:
 
     name: str = MISSING
     seq_len: int = MISSING
+    sound_crops: float = MISSING          # share of training windows centred on sound (WaveformDataset)
     model: Dict[str, Any] = MISSING
     loss: Dict[str, Any] = MISSING
     optim: Optim = field(default_factory=Optim)
@@ -211,6 +212,7 @@ class ClassifierSchema:
     model: Dict[str, Any] = MISSING
     stats: Optional[str] = MISSING
     bn_recalibration_batches: int = 0
+    time_blur: Optional[List[int]] = None  # moving-average widths (frames) mixed into training mels; null: none
     optim: ClassifierOptim = field(default_factory=ClassifierOptim)
     schedule: Schedule = field(default_factory=Schedule)
 

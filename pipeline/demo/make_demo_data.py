@@ -55,7 +55,7 @@ class DemoSpec:
     size: int = 128
     fps: int = 25
     sample_rate: int = SR
-    background: float = 1e-4  # std of the background hiss: 1e-4 sits at the mel floor, so the idle object is silent
+    background: float = 3e-5  # std of the background hiss: 10 dB under the mel floor, so the idle object is silent
     events_per_clip: tuple[int, int] = (4, 6)  # fewest and most events of a clip (fewer when they do not fit)
     seed: int = 0
     # the models' window, whose code columns the events start on (conf/make_demo_data.yaml's grid)

@@ -78,6 +78,8 @@ class VocoderTask(Task):
         self.vcfg = cfg.vocoder
         self.batch_size = int(self.vcfg.optim.batch_size)
         self.mel: MelTransform | None = None
+        if float(self.vcfg.loss.get("lambda_spectral", 0.0)) > 0:
+            self.monitor = "val/mel_l1_and_spectral"  # best.pt by what the spectral term sees too: level, DC, band
 
     # --- build -------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -97,7 +99,7 @@ class VocoderTask(Task):
 
     def train_dataset(self) -> Dataset:
         return WaveformDataset(self.cfg.dataset, self.cfg.data.train_split, segment=int(self.vcfg.seq_len),
-                               train=True)
+                               train=True, sound_crops=float(self.vcfg.sound_crops))
 
     def val_dataset(self) -> Dataset | None:
         ds = WaveformDataset(self.cfg.dataset, self.cfg.data.val_split, train=False)
@@ -168,7 +170,11 @@ class VocoderTask(Task):
         x = batch[..., : batch.shape[-1] // self.hop * self.hop]  # (B, 1, N) with N a multiple of the hop
         s = self._mel_of(x)
         x_pred = self.trainer.unwrap("netG")(s)
-        return {"mel_l1": F.l1_loss(self._mel_of(x_pred), s)}
+        metrics = {"mel_l1": F.l1_loss(self._mel_of(x_pred), s)}
+        if self.monitor == "val/mel_l1_and_spectral":
+            metrics["spectral"] = spectral_loss(x_pred, x, self.mel.window)
+            metrics["mel_l1_and_spectral"] = metrics["mel_l1"] + metrics["spectral"]
+        return metrics
 
     def log_media(self, batch: torch.Tensor, logger, step: int, split: str) -> None:
         x = batch[:2, :, : batch.shape[-1] // self.hop * self.hop].to(self.trainer.device)
