@@ -10,7 +10,7 @@ DEMO_DIR ?= $(or $(SPECVQGAN_OUTPUTS),outputs)/demo_data
 export WANDB_MODE ?= offline
 export PYTHONHASHSEED := 0
 
-.PHONY: help install system-packages demo test test-fast bench bench-gpu lint clean
+.PHONY: help install system-packages demo demo-seeds test test-fast bench bench-gpu lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,7 +27,10 @@ install: $(VENV)/.installed  ## make a .venv with everything (CPU torch unless T
 # the demo is the chain on a generated folder of videos (class subfolders); its events.json gives the synchrony target
 demo: install  ## the whole pipeline on a generated data set, on CPU: stages.chain on its folder of videos
 	$(PY) -m stages.make_demo_data
-	$(PY) -m stages.chain dataset=folder dataset.root=$(DEMO_DIR)/videos dataset.events=$(DEMO_DIR)/events.json models=tiny
+	$(PY) -m stages.chain dataset=folder dataset.root=$(DEMO_DIR)/videos dataset.events=$(DEMO_DIR)/events.json dataset.shares.valid=0.43 models=tiny
+
+demo-seeds: install  ## the demo for seeds 0, 1 and 2 (outputs/demo_seeds/), the worst seed beside each target
+	$(PY) -m pipeline.demo.demo_seeds
 
 # Debian packages of the real components the tests start (a SLURM cluster with accounting, a headless browser for
 # report.html); one list, extend it

@@ -217,6 +217,40 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(n_e, e_dim)
         self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
 
+    @torch.no_grad()
+    def init_from_data(self, z_flat: torch.Tensor, generator: torch.Generator, iterations: int = 10) -> None:
+        """Codes from encoder outputs (N, e_dim), by k-means (k-means++ seeds, Lloyd's iterations): every code starts
+        where some input lands, where the original's uniform(-1/n, 1/n) start leaves most codes out of reach of an
+        encoder whose outputs are larger (not in the original; a small codebook's `init: data`)."""
+        z = z_flat.detach().float()
+        first = int(torch.randint(len(z), (), generator=generator, device=z.device))
+        centres = [z[first]]
+        dist = ((z - centres[0]) ** 2).sum(1)
+        for _ in range(1, self.n_e):
+            weights = dist if dist.sum() > 0 else torch.ones_like(dist)
+            pick = int(torch.multinomial(weights.cpu(), 1, generator=generator))
+            centres.append(z[pick])
+            dist = torch.minimum(dist, ((z - z[pick]) ** 2).sum(1))
+        codes = torch.stack(centres)
+        for _ in range(iterations):
+            nearest = torch.cdist(z, codes).argmin(1)
+            for k in range(self.n_e):
+                members = z[nearest == k]
+                if len(members):
+                    codes[k] = members.mean(0)
+        self.embedding.weight.copy_(codes.to(self.embedding.weight.dtype))
+
+    @torch.no_grad()
+    def restart(self, codes: torch.Tensor, z_flat: torch.Tensor, generator: torch.Generator) -> None:
+        """Move `codes` (indices) onto inputs among z_flat (N, e_dim), drawn in proportion to their squared distance
+        from the nearest code: unused codes go where the input is represented worst (not in the original)."""
+        z = z_flat.detach().float()
+        dist = ((z - self.embedding.weight[self.nearest(z)].float()) ** 2).sum(1)
+        weights = dist if dist.sum() > 0 else torch.ones_like(dist)
+        picks = torch.multinomial(weights.cpu(), len(codes), replacement=len(codes) > len(z), generator=generator)
+        self.embedding.weight[codes.to(self.embedding.weight.device)] = z[picks.to(z.device)].to(
+            self.embedding.weight.dtype)
+
     def nearest(self, z_flat: torch.Tensor) -> torch.Tensor:
         """(N, e_dim) -> (N,) index of the closest code by ||z||^2 + ||e||^2 - 2 z.e."""
         e = self.embedding.weight

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config.presets import compose_stage
 from pipeline.chain.graph import quoted
 from tests.helpers import CHAIN_FEW_STEPS, ROOT, video_folder, write_clip
 
@@ -131,7 +132,8 @@ def test_make_demo_runs_the_demo_chain_on_the_generated_folder():
     recipe = (ROOT / "Makefile").read_text().split("\ndemo:")[1].split("\n\n")[0]
     chain_line = next(line for line in recipe.splitlines() if "-m stages.chain" in line)
     assert "-m stages.make_demo_data" in recipe.split(chain_line)[0]  # the folder first
-    assert chain_line.split("-m stages.chain ")[1].split() == demo_chain("$(DEMO_DIR)")
+    share = compose_stage("make_demo_data").valid_share
+    assert chain_line.split("-m stages.chain ")[1].split() == demo_chain("$(DEMO_DIR)", share)
 
 
 @pytest.mark.parametrize("models, presets, checkpoint, vocoder", [

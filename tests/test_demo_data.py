@@ -121,6 +121,9 @@ def test_deterministic_and_skips_existing(demo, tmp_path):
     # the same clip names, other events
     assert Path(other["train"]).read_bytes() == (a / "demo_train.txt").read_bytes()
     assert (other["root"] / "events.json").read_bytes() != (a / "events.json").read_bytes()
+    with pytest.raises(ValueError, match=r"seed: 7 there, 1337 now.*overwrite=true"):
+        make(tmp_path / "seed")  # another seed's clips never join these
+    assert make(tmp_path / "seed", "seed=7", "clips_per_class=3")[1]["written"] == 2  # more clips of the same seed
 
 
 def test_refuses_a_real_dataset(tmp_path):

@@ -254,7 +254,9 @@ def test_model_checks_synchrony_and_report_on_the_demo_data(demo):
     assert 0 < voc["griffinlim_mel_l1"] < 0.1 and voc["mel_l1"] > 0
     assert metrics["shuffled_class_match_rate"] is not None and metrics["num_shuffled_fakes"] == 4
     measures = [row["measure"] for row in metrics["targets"]]
-    assert len(measures) == 9 and any(m.startswith("synchrony of the real mels") for m in measures)
+    assert len(measures) == 10 and any(m.startswith("synchrony of the real mels") for m in measures)
+    assert voc["clip_level_db"][0] <= voc["level_db"] <= voc["clip_level_db"][1] and voc["griffinlim_clips"] == 2
+    assert abs(voc["griffinlim_level_db"]) < 3  # Griffin-Lim keeps the level of the mel it inverts
     table = format_targets(metrics["targets"])
     assert "measure" in table.splitlines()[0] and "baseline" in table.splitlines()[0]
 

@@ -128,3 +128,29 @@ def test_loader_ignores_only_discriminator_keys(tmp_path, bad):
                                           "state_dict": {**state, "model.99.bias": torch.zeros(1)}})
     with pytest.raises(ValueError, match="unexpected keys"):
         load_vocoder(tmp_path / "bad.pt")
+
+
+def test_vocoded_level_is_the_rms_ratio_of_the_same_frames(tmp_path):
+    """The level target's measure: 20 log10 of the vocoded audio's RMS over the real audio's, on the real audio's
+    samples of the mel's centre crop (a half-gain copy of those samples reads -6.02 dB; the uncropped start would
+    not), and a clear reason instead of a figure when the real audio is missing."""
+    from pipeline.data.layout import audio_path, mel_path
+    from pipeline.evaluate.model_checks import vocoded_level
+    from pipeline.files.writes import save_npy
+    from pipeline.media.mel import HOP
+
+    dataset = {"name": "levels", "layout": "vas", "features": str(tmp_path / "features")}
+    ids, crop, rng = ["a/one", "a/two"], 8, np.random.default_rng(0)
+    waves = []
+    for k, clip in enumerate(ids):
+        wave = rng.standard_normal(12 * HOP).astype(np.float32) * np.linspace(0.1, 1, 12 * HOP) * (k + 1)
+        save_npy(audio_path(dataset, clip), wave)
+        save_npy(mel_path(dataset, clip), np.zeros((80, 12), np.float32))  # 12 frames: the crop starts at 2
+        waves.append(wave[2 * HOP:(2 + crop) * HOP])
+    half = 0.5 * np.stack(waves)
+    level = vocoded_level(dataset, ids, crop, half, np.stack(waves)[:1])
+    assert level["level_db"] == pytest.approx(-6.0206, abs=1e-3)
+    assert level["clip_level_db"] == pytest.approx([-6.0206, -6.0206], abs=1e-3)
+    assert level["griffinlim_level_db"] == pytest.approx(0.0, abs=1e-6)
+    audio_path(dataset, ids[1]).unlink()
+    assert "no real audio for 1 clip(s)" in vocoded_level(dataset, ids, crop, half, half[:1])["level_skipped"]

@@ -235,3 +235,26 @@ def test_autoencoder_parameters_exclude_the_loss():
 def test_unknown_disc_loss_is_refused(bad):
     with pytest.raises(ValueError, match="hinge"):
         VQLPAPSWithDiscriminator(disc_start=0, disc_loss=bad, perceptual_weight=0)
+
+
+def test_data_init_puts_a_code_on_every_cluster_of_the_inputs():
+    """k-means from the encoder's outputs (codebook.init=data): each of four separate clusters gets codes of its own,
+    which sit among its inputs."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0], [-4.0, -4.0, 0]])
+    z = (centres[:, None] + 0.1 * torch.randn(4, 50, 3, generator=g)).reshape(-1, 3)
+    vq = VectorQuantizer(8, 3)
+    vq.init_from_data(z, torch.Generator().manual_seed(1))
+    codes = [set(c.tolist()) for c in vq.nearest(z).view(4, 50)]
+    assert all(a.isdisjoint(b) for i, a in enumerate(codes) for b in codes[i + 1:])  # no code shared by two clusters
+    assert (torch.cdist(vq.embedding.weight, centres).min(1).values < 0.5).all()  # every code inside a cluster
+
+
+def test_restart_moves_unused_codes_onto_the_worst_represented_inputs():
+    vq = VectorQuantizer(4, 2)
+    with torch.no_grad():
+        vq.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [0.1, 0.0], [50.0, 50.0], [60.0, 60.0]]))
+    z = torch.cat([torch.zeros(99, 2), torch.tensor([[10.0, -10.0]])])  # one input far from every code
+    vq.restart(torch.tensor([2, 3]), z, torch.Generator().manual_seed(0))
+    assert torch.equal(vq.embedding.weight[2], torch.tensor([10.0, -10.0]))  # drawn in proportion to the distance
+    assert vq.nearest(z[-1:]).item() in (2, 3)

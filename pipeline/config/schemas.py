@@ -229,6 +229,8 @@ class CodebookSchema:
     name: str = MISSING
     ckpt: Optional[str] = MISSING          # a trained model instead of training this preset (the chain's)
     init_from: Optional[str] = MISSING    # a checkpoint, log folder or released name a new run starts from; null: none
+    init: str = ranged(choices=("original", "data"))  # original: uniform codes; data: k-means on the first encoder outputs
+    restart_every: Optional[int] = ranged(ge=1, also=("null",))  # steps between restarts of unused codes (null: never)
     model: CodebookModel = field(default_factory=CodebookModel)
     loss: CodebookLoss = field(default_factory=CodebookLoss)
     optim: CodebookOptim = field(default_factory=CodebookOptim)
@@ -272,6 +274,7 @@ class VocoderSchema:
     name: str = MISSING
     ckpt: Optional[str] = MISSING          # a trained model instead of training this preset (the chain's)
     seq_len: int = positive()
+    sound_crops: float = ranged(ge=0, le=1)  # share of training windows centred on sound (WaveformDataset)
     model: Dict[str, Any] = MISSING
     loss: Dict[str, Any] = MISSING
     optim: Optim = field(default_factory=Optim)
@@ -292,6 +295,7 @@ class ClassifierSchema:
     model: Dict[str, Any] = MISSING
     stats: Optional[str] = MISSING
     bn_recalibration_batches: int = counting(0)
+    time_blur: Optional[List[int]] = None  # moving-average widths (frames) mixed into training mels; null: none
     optim: ClassifierOptim = field(default_factory=ClassifierOptim)
     schedule: Schedule = field(default_factory=Schedule)
 

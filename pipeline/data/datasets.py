@@ -1,8 +1,9 @@
 """Torch data sets over the VAS and VGGSound layouts (spec §2.4, §3.6, §5.4, §8).
 
-Randomness (crops, gains, the No-Feats vectors) comes from torch's global generator, which the DataLoader
-seeds differently in every worker and every epoch (the original drew from numpy, whose stream repeats across
-workers; spec §11.23).
+Randomness (crops, gains, the No-Feats vectors) comes from torch's global generator only; the training loop seeds
+it for each item from (run seed, epoch, index) (`pipeline.train.draws.SeededItems`), so every worker, epoch and
+item draws its own numbers and a resumed run draws the same ones (the original drew from numpy, whose stream repeats
+across workers; spec §11.23).
 """
 from __future__ import annotations
 
@@ -185,11 +186,19 @@ class WaveformDataset(Dataset):
     Reads `<id>_audio.npy` next to the mels (220500 samples at 22050 Hz), peak-normalises to 0.95, and in
     training applies a random gain U(0.3, 1.0) and takes a random `segment`-sample window (zero-padded when
     the waveform is shorter). Evaluation returns the whole normalised waveform without gain.
+
+    `sound_crops`: the share of training windows centred on a sample drawn in proportion to its energy instead of
+    uniformly (0: every window uniform, as the original). On sparse clips (the demo's: sound in a fifth of each
+    clip) uniform windows are mostly near-silence, where a vocoder learns nothing about the level of sound.
     """
 
-    def __init__(self, dataset_cfg: Mapping[str, Any], split: str, segment: int = 8192, train: bool = True):
+    def __init__(self, dataset_cfg: Mapping[str, Any], split: str, segment: int = 8192, train: bool = True,
+                 sound_crops: float = 0.0):
+        if not 0.0 <= float(sound_crops) <= 1.0:
+            raise ValueError(f"vocoder.sound_crops={sound_crops}: use a share in [0, 1]")
         self.segment = int(segment)
         self.train = bool(train)
+        self.sound_crops = float(sound_crops)
         self.ids = split_ids(dataset_cfg, split)
         self.paths = [audio_path(dataset_cfg, i) for i in self.ids]
         require_files(self.paths, f"waveforms (_audio.npy) of split {split!r}",
@@ -217,6 +226,9 @@ class WaveformDataset(Dataset):
         wav = wav * (0.3 + 0.7 * torch.rand(()))  # random gain U(0.3, 1.0)
         if wav.numel() >= self.segment:
             start = _randint(wav.numel() - self.segment)
+            if self.sound_crops and float(torch.rand(())) < self.sound_crops:
+                centre = int(torch.multinomial(wav.double() ** 2 + 1e-20, 1))  # a sample, as likely as it is loud
+                start = min(max(0, centre - self.segment // 2), wav.numel() - self.segment)
             wav = wav[start:start + self.segment]
         else:
             wav = torch.nn.functional.pad(wav, (0, self.segment - wav.numel()))

@@ -11,13 +11,15 @@ from pipeline.chain.graph import ChainSpec
 from pipeline.config.presets import compose_stage
 
 
-def demo_chain(root: str | os.PathLike) -> list[str]:
-    """The chain's overrides for the demo data set generated under `root` (dataset=demo's root)."""
-    return ["dataset=folder", f"dataset.root={root}/videos", f"dataset.events={root}/events.json", "models=tiny"]
+def demo_chain(root: str | os.PathLike, valid_share: float) -> list[str]:
+    """The chain's overrides for the demo data set generated under `root` (dataset=demo's root) with
+    make_demo_data's `valid_share` (the folder's hash split takes as many validation clips of each class)."""
+    return ["dataset=folder", f"dataset.root={root}/videos", f"dataset.events={root}/events.json",
+            f"dataset.shares.valid={valid_share:g}", "models=tiny"]
 
 
 def demo_request(extra: Sequence[str] = ()) -> ChainSpec:
-    """The demo's chain request (`extra`: more overrides, e.g. `seed=3`), with its run folder: what `make demo`
-    made lies there."""
-    root = compose_stage("make_demo_data").dataset.root
-    return compose_chain([*demo_chain(root), *extra])
+    """The demo's chain request (`extra`: more overrides, e.g. `seed=3` or `paths.outputs=DIR`, given to
+    make_demo_data too), with its run folder: what `make demo` made lies there."""
+    data = compose_stage("make_demo_data", [o for o in extra if o.startswith(("paths.", "seed="))])
+    return compose_chain([*demo_chain(data.dataset.root, float(data.valid_share)), *extra])

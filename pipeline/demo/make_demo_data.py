@@ -18,6 +18,7 @@ so skipping clips that exist does not change the others.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -362,6 +363,30 @@ def _readme(spec: DemoSpec, classes: list[DemoClass]) -> str:
             f"| class | look | sound |\n| --- | --- | --- |\n{rows}\n")
 
 
+# what a clip is made from: a data set written with other values holds other clips (the split sizes only add or
+# regroup clips, each drawn from its own generator)
+SPLIT_FIELDS = ("num_classes", "clips_per_class", "valid_share")
+
+
+def check_same_clips(events: Path, spec: DemoSpec) -> None:
+    """Refuse to add clips to a data set whose clips were made from another seed or clip settings (its
+    events.json records them): the two would mix."""
+    if not events.is_file():
+        return
+    old = json.loads(events.read_text()).get("spec") or {}
+    new = asdict(spec)
+    changed = [f"{k}: {old[k]} there, {new[k]} now" for k in sorted(new)
+               if k not in SPLIT_FIELDS and k in old and _plain(old[k]) != _plain(new[k])]
+    if changed:
+        raise ValueError(f"{events.parent} holds a demo data set made with other settings ({'; '.join(changed)}): "
+                         f"its clips would mix with these. Give this one its own outputs folder (paths.outputs=DIR "
+                         f"or SPECVQGAN_OUTPUTS=DIR) or replace it with overwrite=true")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def generate(root: str | os.PathLike, spec: DemoSpec, videos: str | os.PathLike | None = None,
              train_split: str | os.PathLike | None = None, valid_split: str | os.PathLike | None = None,
              overwrite: bool = False) -> dict[str, Any]:
@@ -370,6 +395,8 @@ def generate(root: str | os.PathLike, spec: DemoSpec, videos: str | os.PathLike 
     Returns counts and paths: {"written", "skipped", "root", "videos", "train", "valid"}.
     """
     root = Path(root)
+    if not overwrite:
+        check_same_clips(root / "events.json", spec)
     videos = Path(videos) if videos else root / "videos"
     train_split = Path(train_split) if train_split else root / "demo_train.txt"
     valid_split = Path(valid_split) if valid_split else root / "demo_valid.txt"

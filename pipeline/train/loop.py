@@ -35,6 +35,7 @@ from pipeline.checkpoints.format import load_checkpoint, rng_state, save_checkpo
 from pipeline.config.device import forces_cpu
 from pipeline.config.schemas import TrainerSchema
 from pipeline.runs.folders import BEST, LAST, checkpoint_dir
+from pipeline.train.draws import TRAIN_STREAM, VAL_STREAM, SeededItems, kept_rng
 from pipeline.train.logger import Logger
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,14 @@ class Task:
         """Anything else a loader needs (e.g. the codebook a transformer was trained with)."""
         return {}
 
+    def train_state(self) -> dict[str, Any]:
+        """What the task itself carries from step to step (tensors and plain values), saved with `train_state` so a
+        resumed run continues exactly (e.g. the codebook's usage tally since its last restart)."""
+        return {}
+
+    def load_train_state(self, state: Mapping[str, Any]) -> None:
+        """Restore `train_state()` when resuming."""
+
 
 def scaled_lr(base_lr: float, batch_size: int, grad_accum: int, num_processes: int) -> float:
     """The original's effective learning rate: accumulation x processes x batch x base (train.py)."""
@@ -255,7 +264,7 @@ class Trainer:
             cpu=forces_cpu(device),
             mixed_precision=precision,
             gradient_accumulation_steps=int(self.cfg["grad_accum"]),
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=int(seed)),
             kwargs_handlers=[DistributedDataParallelKwargs(
                 find_unused_parameters=bool(self.cfg["find_unused_parameters"]))],
         )
@@ -269,6 +278,7 @@ class Trainer:
         self.bad_evals = 0
         self.stopped_early = False
         self.stop_signal: int | None = None   # set by a preemption signal; the loop saves and exits
+        self.train_items: SeededItems | None = None  # the training set; its epoch seeds each item's draws
         task.trainer = self
 
     # --- helpers for tasks ---------------------------------------------------------------------------
@@ -311,8 +321,13 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        """Items drawing from their own seeded generator (`pipeline.train.draws.SeededItems`), in an order drawn from
+        (seed, epoch) by Accelerate's seedable sampler: both follow the data position, never the global RNG."""
+        items = SeededItems(dataset, self.seed, TRAIN_STREAM if train else VAL_STREAM)
+        if train:
+            self.train_items = items
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, drop_last=train,
+        return DataLoader(items, batch_size=self.batch_size, shuffle=train, drop_last=train,
                           num_workers=int(self.cfg["num_workers"]), generator=generator,
                           collate_fn=self.task.collate_fn(), persistent_workers=False)
 
@@ -484,6 +499,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _epoch_loader(self, loader) -> Iterable:
+        self.train_items.epoch = self.epoch  # before the iterator exists: loader workers copy it
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(self.epoch)
         if self.batches_into_epoch:
@@ -494,6 +510,13 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, val_loader) -> dict[str, float]:
+        """The validation metrics (logged, early stopping, best.pt); its draws leave training's RNG as it was."""
+        with kept_rng(self.device):
+            metrics = self._validation_metrics(val_loader)
+        self._early_stopping(metrics)
+        return metrics
+
+    def _validation_metrics(self, val_loader) -> dict[str, float]:
         for module in self.task.modules.values():
             module.eval()
         self.task.on_validation_start()
@@ -519,7 +542,6 @@ class Trainer:
             log.info("logging validation media at step %d ...", self.step)  # sampling a transformer takes a while
             self._log_media(first_batch, "val")
             log.info("validation media logged in %.1f s", time.perf_counter() - tic)
-        self._early_stopping(metrics)
         return metrics
 
     def _early_stopping(self, metrics: dict[str, float]) -> None:
@@ -543,7 +565,7 @@ class Trainer:
             return
         for module in self.task.modules.values():
             module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), kept_rng(self.device):
             self.task.log_media(batch, self.logger, self.step, split)
 
     # --- checkpoints ---------------------------------------------------------------------------------
@@ -564,6 +586,7 @@ class Trainer:
                 "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in task.schedulers.items()},
                 "rng": rng_state(),
+                "task": task.train_state(),
                 "num_processes": self.num_processes,
             },
             "config": self.config,
@@ -596,6 +619,7 @@ class Trainer:
         self.best, self.bad_evals = state["best"], state["bad_evals"]
         self.stopped_early = state.get("stopped_early", False)
         set_rng_state(state["rng"])
+        self.task.load_train_state(state.get("task") or {})
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
 
 

@@ -20,13 +20,14 @@ training batches' statistics (`recalibrate_bn`); the checkpoints hold these stat
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import Dataset
 
 from models.melception import Melception
 from models.vggishish import VGGishish
@@ -40,6 +41,33 @@ from pipeline.train.run import train
 log = logging.getLogger(__name__)
 
 ARCHS = ("melception", "vggishish")
+
+
+class TimeBlurred(Dataset):
+    """Training mels mixed with their moving average in time: (1 - a) x + a blur_w(x), a ~ U(0, 1) and the width w
+    drawn from `widths` (frames) per item, from torch's generator (`classifier.time_blur`; not in the original).
+    Generated mels are blurrier than real ones (a codebook rounds every 16 x 16 patch to a code): a classifier that
+    saw only real ones read a tiny codebook's faithful clicks (gaps between clicks at 0.15 instead of 0.05) as noise,
+    and judges a generator by what survives a blur when trained with one."""
+
+    def __init__(self, base: SpectrogramDataset, widths: Sequence[int]):
+        if not widths or any(w < 1 or w % 2 == 0 for w in widths):
+            raise ValueError(f"classifier.time_blur={list(widths)}: use odd moving-average widths in frames, e.g. "
+                             f"[3, 5]")
+        self.base, self.widths = base, list(widths)
+        self.classes = base.classes
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.base[index])
+        x = torch.as_tensor(item["image"])[None]  # (1, 80, T)
+        width = self.widths[int(torch.randint(len(self.widths), ()))]
+        share = float(torch.rand(()))
+        blur = F.avg_pool1d(x, width, stride=1, padding=width // 2, count_include_pad=False)
+        item["image"] = ((1 - share) * x + share * blur)[0].numpy()
+        return item
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -128,8 +156,10 @@ class ClassifierTask(Task):
         return SpectrogramDataset(self.cfg.dataset, split, spec_len=int(data.spec_len), crop_len=int(data.crop_len),
                                   random_crop=False)  # centre crop, no augmentation, as the original
 
-    def train_dataset(self) -> SpectrogramDataset:
-        return self._dataset(self.cfg.data.train_split)
+    def train_dataset(self) -> Dataset:
+        dataset = self._dataset(self.cfg.data.train_split)
+        widths = self.ccfg.get("time_blur")
+        return TimeBlurred(dataset, [int(w) for w in widths]) if widths else dataset
 
     def val_dataset(self) -> SpectrogramDataset:
         return self._dataset(self.cfg.data.val_split)
@@ -164,7 +194,7 @@ class ClassifierTask(Task):
         of the model and the saved checkpoint agree."""
         trainer = self.trainer
         acc = trainer.accelerator
-        dataset = self.train_dataset()
+        dataset = self._dataset(self.cfg.data.train_split)  # the clips as they are: eval mode sees them so
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(trainer.seed + trainer.step))
         per_batch = trainer.batch_size
         model = trainer.unwrap("model")  # the bare module: no DDP collectives in a process-local pass

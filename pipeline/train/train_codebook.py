@@ -5,6 +5,7 @@ import logging
 from typing import Any, Mapping
 
 import torch
+from accelerate.utils import broadcast
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.build.codebook import build_codebook, build_loss
@@ -18,6 +19,7 @@ from pipeline.train.run import train
 log = logging.getLogger(__name__)
 
 DISC_STEPS = ("original", "fast")  # codebook.optim.disc_step: see CodebookTask
+INITS = ("original", "data")  # codebook.init: how the codes start
 
 
 class CodebookTask(Task):
@@ -57,6 +59,12 @@ class CodebookTask(Task):
 
     def build(self) -> None:
         model = build_codebook(self.codebook_cfg.model)
+        init = str(self.codebook_cfg.get("init", "original"))
+        if init not in INITS:
+            raise ValueError(f"codebook.init={init!r} is unknown: use original (uniform codes, as the paper) or data "
+                             f"(k-means of the first encoder outputs)")
+        if init == "data":
+            self.init_codes(model)
         loss = build_loss(self.codebook_cfg.loss)
         if self.source is not None:  # a new run from another codebook's weights (and its discriminator's)
             state = self.source.state_dict
@@ -77,6 +85,55 @@ class CodebookTask(Task):
                                      **self.trainer.optimizer_options()),
         }
         self.vocode = None
+        self._train_hits = torch.zeros(model.n_embed, dtype=torch.long)  # codes used since the last restart
+
+    @torch.no_grad()
+    def init_codes(self, model, clips: int = 16) -> None:
+        """The codes by k-means of the untrained encoder's outputs on up to `clips` training clips (centre crops,
+        chosen by the run's seed): silence and every kind of event get codes of their own from the first step."""
+        dataset = self._dataset(self.cfg.data.train_split, train=False)
+        generator = torch.Generator().manual_seed(int(self.cfg.seed))
+        chosen = torch.randperm(len(dataset), generator=generator)[:clips].tolist()
+        z = []
+        for start in range(0, len(chosen), self.batch_size):
+            x = torch.stack([torch.as_tensor(dataset[i]["image"]) for i in chosen[start:start + self.batch_size]])
+            h = model.quant_conv(model.encoder(model.get_input(x)))  # (b, embed_dim, F', T')
+            z.append(h.permute(0, 2, 3, 1).reshape(-1, h.shape[1]))
+        model.quantize.init_from_data(torch.cat(z), generator)
+        log.info("codebook: %d codes from k-means of the encoder's outputs on %d training clips", model.n_embed,
+                 len(chosen))
+
+    @torch.no_grad()
+    def restart_unused_codes(self, x: torch.Tensor, step: int) -> None:
+        """Every `codebook.restart_every` steps (off when null), over the first three quarters of the run: codes that
+        no training input used since the last restart move onto this batch's encoder outputs that the codebook
+        represents worst (`VectorQuantizer.restart`); the last quarter trains the decoder on the codes it keeps.
+        With several processes the usage is summed and the main process's codes are everyone's."""
+        every = self.codebook_cfg.get("restart_every")
+        if not every or (step + 1) % int(every) or step + 1 > 0.75 * float(self.trainer.cfg["max_steps"] or 0):
+            return
+        acc, bare = self.trainer.accelerator, self.trainer.unwrap("model")
+        unused = torch.nonzero(acc.reduce(self._train_hits.to(self.trainer.device), "sum") == 0).flatten().cpu()
+        self._train_hits.zero_()
+        if not len(unused):
+            return
+        z = bare.quant_conv(bare.encoder(x))
+        generator = torch.Generator().manual_seed(int(self.cfg.seed) * 100_003 + step)
+        bare.quantize.restart(unused, z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), generator)
+        if acc.num_processes > 1:
+            bare.quantize.embedding.weight.copy_(broadcast(bare.quantize.embedding.weight.data, from_process=0))
+        log.info("step %d: %d unused codes restarted on encoder outputs", step + 1, len(unused))
+
+    def train_state(self) -> dict[str, Any]:
+        """The code usage since the last restart, summed over the processes (every process builds the checkpoint)."""
+        return {"code_hits": self.trainer.accelerator.reduce(self._train_hits.to(self.trainer.device), "sum").cpu()}
+
+    def load_train_state(self, state: Mapping[str, Any]) -> None:
+        if "code_hits" in state:  # the sum goes to the main process, so that the next restart's sum is the same
+            if self.trainer.accelerator.is_main_process:
+                self._train_hits.copy_(state["code_hits"])
+            else:
+                self._train_hits.zero_()
 
     def _dataset(self, split: str, train: bool) -> SpectrogramDataset:
         data = self.cfg.data
@@ -94,8 +151,10 @@ class CodebookTask(Task):
         loss = self.trainer.unwrap("loss")
         bare = self.trainer.unwrap("model")
         x = bare.get_input(batch)
+        counts = bare.code_counts.clone()
         with self.trainer.autocast():
             xrec, qloss = model(x)
+        self._train_hits += (bare.code_counts - counts).cpu()  # this batch's codes
         # generator: the discriminator judges, frozen, so its weights get no gradient from this step
         loss.discriminator.requires_grad_(False)
         try:
@@ -106,6 +165,7 @@ class CodebookTask(Task):
             loss.discriminator.requires_grad_(True)
         self.optimizers["ae"].step()
         self.optimizers["ae"].zero_grad(set_to_none=True)
+        self.restart_unused_codes(x, step)
         # discriminator: real vs. the detached reconstruction (original: of the autoencoder just updated)
         if self.disc_step == "original":
             with torch.no_grad(), self.trainer.autocast():

@@ -33,7 +33,7 @@ from models.melgan import (
 )
 from pipeline.data.datasets import WaveformDataset
 from pipeline.media.audio import SR
-from pipeline.media.mel import HOP, MelTransform
+from pipeline.media.mel import HOP, N_FFT, MelTransform
 from pipeline.train.loop import Task
 from pipeline.train.media import log_spectrograms
 from pipeline.train.run import train
@@ -41,6 +41,23 @@ from pipeline.train.run import train
 log = logging.getLogger(__name__)
 
 D_PREFIX = "netD."  # the discriminator's keys in our checkpoints; the generator's are bare, as best_netG.pt
+
+
+def spectral_loss(fake: torch.Tensor, real: torch.Tensor, window: torch.Tensor, n_fft: int = N_FFT,
+                  hop: int = HOP) -> torch.Tensor:
+    """Spectral convergence (||S_real - S_fake|| / ||S_real||, linear magnitudes) plus the L1 of the magnitudes in
+    dB / 100 (floored at -100 dB, the mel chain's 1e-5), over the whole band of one STFT (Parallel WaveGAN's
+    spectral term). Unlike the [0, 1] mel it sees the level of every bin: the DC offset, the band above 7.6 kHz
+    and sound below -80 dB, where the mel is clipped to 0 and passes no gradient."""
+    def magnitude(wave: torch.Tensor) -> torch.Tensor:
+        wave = wave.squeeze(1) if wave.dim() == 3 else wave
+        return torch.stft(wave.float(), n_fft, hop_length=hop, win_length=n_fft, window=window.float(),
+                          center=True, pad_mode="reflect", return_complex=True).abs()
+
+    fake_mag, real_mag = magnitude(fake), magnitude(real)
+    convergence = torch.linalg.norm(real_mag - fake_mag) / torch.linalg.norm(real_mag).clamp_min(1e-5)
+    decibels = F.l1_loss(0.2 * torch.log10(fake_mag.clamp_min(1e-5)), 0.2 * torch.log10(real_mag.clamp_min(1e-5)))
+    return convergence + decibels
 
 
 def frames_of(mel: torch.Tensor, samples: int, hop: int = HOP) -> torch.Tensor:
@@ -61,6 +78,8 @@ class VocoderTask(Task):
         self.vcfg = cfg.vocoder
         self.batch_size = int(self.vcfg.optim.batch_size)
         self.mel: MelTransform | None = None
+        if float(self.vcfg.loss.lambda_spectral) > 0:
+            self.monitor = "val/mel_l1_and_spectral"  # best.pt by what the spectral term sees too: level, DC, band
 
     # --- build -------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -81,7 +100,7 @@ class VocoderTask(Task):
 
     def train_dataset(self) -> Dataset:
         return WaveformDataset(self.cfg.dataset, self.cfg.data.train_split, segment=int(self.vcfg.seq_len),
-                               train=True)
+                               train=True, sound_crops=float(self.vcfg.sound_crops))
 
     def val_dataset(self) -> Dataset | None:
         ds = WaveformDataset(self.cfg.dataset, self.cfg.data.val_split, train=False)
@@ -93,18 +112,41 @@ class VocoderTask(Task):
         return frames_of(self.mel(wave), wave.shape[-1], self.hop)  # (B, 80, N // 256)
 
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        netG, netD = self.modules["netG"], self.modules["netD"]
+        netG = self.modules["netG"]
         x = batch  # (B, 1, seq_len)
         with torch.no_grad():
             s = self._mel_of(x)  # (B, 80, seq_len / 256) in [0, 1]
         with self.trainer.autocast():
             x_pred = netG(s)  # (B, 1, seq_len)
-        lambda_mel = float(self.vcfg.loss.lambda_mel)
         with torch.no_grad():
             mel_l1 = F.l1_loss(self._mel_of(x_pred.detach()), s)  # the original's monitor (a loss if lambda_mel > 0)
-        # discriminator: fake (detached) and real in one forward through the prepared module
+        logs = {"train/mel_l1": mel_l1}
+        loss = self._reconstruction_loss(x_pred, x, s)
+        if step >= int(self.vcfg.loss.disc_start):  # the GAN: from the first step in the paper presets
+            adversarial, gan_logs = self._gan_losses(x_pred, x)
+            loss, logs = loss + adversarial, {**logs, **gan_logs}
+        self.trainer.backward(loss)
+        self.optimizers["netG"].step()
+        self.optimizers["netG"].zero_grad(set_to_none=True)
+        return logs
+
+    def _reconstruction_loss(self, x_pred: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The generator's reconstruction terms (none in the paper presets, as the original): the mel L1 through the
+        differentiable mel chain (float64, as the monitor) and the whole band's spectral term."""
+        loss = x_pred.new_zeros(())
+        lambda_mel = float(self.vcfg.loss.lambda_mel)
+        if lambda_mel > 0:
+            loss = loss + lambda_mel * F.l1_loss(self._mel_of(x_pred.float()), s)
+        lambda_spectral = float(self.vcfg.loss.lambda_spectral)
+        if lambda_spectral > 0:
+            loss = loss + lambda_spectral * spectral_loss(x_pred, x, self.mel.window)
+        return loss
+
+    def _gan_losses(self, x_pred: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The discriminator's step (hinge) and the generator's GAN terms against the updated discriminator."""
+        netD = self.modules["netD"]
         n = x.shape[0]
-        with self.trainer.autocast():
+        with self.trainer.autocast():  # fake (detached) and real in one forward through the prepared module
             d_both = netD(torch.cat([x_pred.detach(), x]))  # scales x layers, each (2B, C, L)
         d_fake_det = [[f[:n] for f in scale] for scale in d_both]
         d_real = [[f[n:].detach() for f in scale] for scale in d_both]
@@ -120,22 +162,20 @@ class VocoderTask(Task):
             with self.trainer.autocast():
                 g = generator_loss(bare_d(x_pred), d_real, lambda_feat=float(self.vcfg.loss.lambda_feat),
                                    n_layers_D=int(self.vcfg.model.netD.n_layers))
-            g_loss = g["loss"]
-            if lambda_mel > 0:  # through the differentiable mel chain, in float64 as the monitor
-                g_loss = g_loss + lambda_mel * F.l1_loss(self._mel_of(x_pred.float()), s)
-            self.trainer.backward(g_loss)
         finally:
             bare_d.requires_grad_(True)
-        self.optimizers["netG"].step()
-        self.optimizers["netG"].zero_grad(set_to_none=True)
-        return {"train/discriminator": loss_d.detach(), "train/generator": g["adversarial"].detach(),
-                "train/feature_matching": g["feature_matching"].detach(), "train/mel_l1": mel_l1}
+        return g["loss"], {"train/discriminator": loss_d.detach(), "train/generator": g["adversarial"].detach(),
+                           "train/feature_matching": g["feature_matching"].detach()}
 
     def val_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         x = batch[..., : batch.shape[-1] // self.hop * self.hop]  # (B, 1, N) with N a multiple of the hop
         s = self._mel_of(x)
         x_pred = self.trainer.unwrap("netG")(s)
-        return {"mel_l1": F.l1_loss(self._mel_of(x_pred), s)}
+        metrics = {"mel_l1": F.l1_loss(self._mel_of(x_pred), s)}
+        if self.monitor == "val/mel_l1_and_spectral":
+            metrics["spectral"] = spectral_loss(x_pred, x, self.mel.window)
+            metrics["mel_l1_and_spectral"] = metrics["mel_l1"] + metrics["spectral"]
+        return metrics
 
     def log_media(self, batch: torch.Tensor, logger, step: int, split: str) -> None:
         x = batch[:2, :, : batch.shape[-1] // self.hop * self.hop].to(self.trainer.device)
