@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config.presets import compose_stage
 from pipeline.chain.graph import quoted
+from pipeline.config.presets import compose_stage
 from tests.helpers import CHAIN_FEW_STEPS, ROOT, video_folder, write_clip
 
 pytestmark = pytest.mark.slow  # the chain runs its stages as subprocesses: make test, not the fast lane

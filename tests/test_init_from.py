@@ -137,7 +137,8 @@ def test_the_released_layout_on_the_demo_data_is_refused_before_training(demo, o
     text = str(info.value)
     assert "-wide" not in text and "a 16-code vocabulary" in text  # the features fit now, the vocabulary does not
     assert "5 visual frames per clip (block_size 270), this config's 53: set transformer.feat_sample_size=5" in text
-    assert "n_head 2, this config's n_head 4: set transformer.n_head=2" in text
+    assert ("n_head 2, n_embd 64, this config's n_head 4, n_embd 128: set transformer.n_head=2 "
+            "transformer.n_embd=64") in text
 
 
 def test_a_misfit_of_our_own_checkpoint_names_the_keys(demo, outputs):

@@ -103,7 +103,7 @@ def test_config_presets_derive_block_size():
     assert built("vas", "transformer.feat_sample_size=5").transformer.block_size == 270
     assert built("vas", "transformer.condition=class", "transformer.n_classes=8").transformer.block_size == 266
     tiny, model = transformer_cfg("tiny"), built("tiny")
-    assert (tiny.n_layer, tiny.n_embd, tiny.n_head, model.transformer.block_size) == (2, 64, 4, 265 + 53)  # a frame
+    assert (tiny.n_layer, tiny.n_embd, tiny.n_head, model.transformer.block_size) == (2, 128, 4, 265 + 53)  # a frame
     assert (model.first_stage_permuter.H, model.first_stage_permuter.W) == (5, 53)  # per column of the 5 x 53 grid
     args = model_args_from_config(tiny, 32, codebook_grid(model.first_stage_model, 848))
     assert args["grid"] == [5, 53] and args["condition"] == "features" and args["vocab_size"] == 32

@@ -229,7 +229,7 @@ class CodebookSchema:
     name: str = MISSING
     ckpt: Optional[str] = MISSING          # a trained model instead of training this preset (the chain's)
     init_from: Optional[str] = MISSING    # a checkpoint, log folder or released name a new run starts from; null: none
-    init: str = ranged(choices=("original", "data"))  # original: uniform codes; data: k-means on the first encoder outputs
+    init: str = ranged(choices=("original", "data"))  # original: uniform codes; data: k-means of encoder outputs
     restart_every: Optional[int] = ranged(ge=1, also=("null",))  # steps between restarts of unused codes (null: never)
     model: CodebookModel = field(default_factory=CodebookModel)
     loss: CodebookLoss = field(default_factory=CodebookLoss)
@@ -275,6 +275,7 @@ class VocoderSchema:
     ckpt: Optional[str] = MISSING          # a trained model instead of training this preset (the chain's)
     seq_len: int = positive()
     sound_crops: float = ranged(ge=0, le=1)  # share of training windows centred on sound (WaveformDataset)
+    monitor: str = ranged(choices=("mel_l1", "level_error_db"))  # the validation measure best.pt is chosen by
     model: Dict[str, Any] = MISSING
     loss: Dict[str, Any] = MISSING
     optim: Optim = field(default_factory=Optim)

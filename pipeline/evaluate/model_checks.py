@@ -215,7 +215,8 @@ def targets(m: Mapping[str, Any], min_samples: int = 32) -> list[dict[str, Any]]
     rows = []
     one = "one class (an unlabelled folder): nothing to tell apart" if chance == 1 else ""
     top1 = m.get("real_class_match_rate")
-    rows.append(_row("classifier_top1", "classifier top-1 on the real validation clips", top1, chance, "chance", ">= 0.95",
+    rows.append(_row("classifier_top1",
+                     "classifier top-1 on the real validation clips", top1, chance, "chance", ">= 0.95",
                      None if top1 is None or one else top1 >= 0.95, one))
     match, n = m.get("class_match_rate"), m.get("num_fakes", 0)
     rows.append(_row("class_match", f"class match of generated samples ({n} samples)", match, chance, "chance",
@@ -226,37 +227,46 @@ def targets(m: Mapping[str, Any], min_samples: int = 32) -> list[dict[str, Any]]
     # chance: half-way at least, which the half implies), and the conditioned rate is above chance
     fall = None if shuffled is None or match is None or one else bool(
         match > chance and match >= 2 * shuffled and shuffled <= (match + chance) / 2)
-    rows.append(_row("class_match_shuffled", "class match, visual condition shuffled across clips", shuffled, chance, "chance",
+    rows.append(_row("class_match_shuffled",
+                     "class match, visual condition shuffled across clips", shuffled, chance, "chance",
                      "conditioned >= 2x this", fall, one or m.get("shuffled_note", "")))
     sync = m.get("synchrony") or {}
     if "skipped" in sync or not sync:
-        rows.append(_row("synchrony", "synchrony (events with a sound onset within 16 frames)", None, None, "shuffled condition",
+        rows.append(_row("synchrony",
+                         "synchrony (events with a sound onset within 16 frames)", None, None, "shuffled condition",
                          ">= 0.7 and >= 2x baseline", None, sync.get("skipped", "not computed")))
     else:
         value, base = sync["samples"]["rate"], sync["shuffled"]["rate"]
         met = None if value is None or base is None else bool(value >= 0.7 and value >= 2 * base)
         rows.append(_row("synchrony", "synchrony (events with a sound onset within 16 frames)", value, base,
                          "shuffled condition", ">= 0.7 and >= 2x baseline", met))
-        rows.append(_row("synchrony_real", "synchrony of the real mels (ceiling)", sync["real"]["rate"], None, "", "reference", None))
+        rows.append(_row("synchrony_real",
+                         "synchrony of the real mels (ceiling)", sync["real"]["rate"], None, "", "reference", None))
     cb = m.get("codebook") or {}
     if "skipped" in cb or not cb:
-        rows.append(_row("codebook_l1", "codebook validation L1", None, None, "mean spectrogram", "<= 0.5 x baseline", None,
+        rows.append(_row("codebook_l1",
+                         "codebook validation L1", None, None, "mean spectrogram", "<= 0.5 x baseline", None,
                          cb.get("skipped", "not computed")))
     else:
-        rows.append(_row("codebook_l1", "codebook validation L1", cb["l1"], cb["mean_spectrogram_l1"], "mean spectrogram",
+        rows.append(_row("codebook_l1",
+                         "codebook validation L1", cb["l1"], cb["mean_spectrogram_l1"], "mean spectrogram",
                          "<= 0.5 x baseline", bool(cb["l1"] <= 0.5 * cb["mean_spectrogram_l1"])))
         if cb.get("gan_steps") is not None:
-            rows.append(_row("codebook_gan_steps", f"codebook steps trained with its GAN on (of {cb['trained_steps']})", cb["gan_steps"],
+            rows.append(_row("codebook_gan_steps",
+                             f"codebook steps trained with its GAN on (of {cb['trained_steps']})", cb["gan_steps"],
                              None, "", "> 0, as the paper", bool(cb["gan_steps"] > 0)))
-        rows.append(_row("codebook_codes_used", f"codebook codes used on validation ({cb['codes_used']} of {cb['n_embed']})",
+        rows.append(_row("codebook_codes_used",
+                         f"codebook codes used on validation ({cb['codes_used']} of {cb['n_embed']})",
                          cb["codes_used_share"], 1 / cb["n_embed"], "one code", ">= 0.5",
                          bool(cb["codes_used_share"] >= 0.5)))
     voc = m.get("vocoder") or {}
     if "skipped" in voc or not voc:
-        rows.append(_row("vocoder_identified", "vocoder: clips whose vocoded mel is nearest their own", None, None, "chance", "all", None,
+        rows.append(_row("vocoder_identified",
+                         "vocoder: clips whose vocoded mel is nearest their own", None, None, "chance", "all", None,
                          voc.get("skipped", "not computed")))
     else:
-        rows.append(_row("vocoder_identified", f"vocoder: clips whose vocoded mel is nearest their own ({voc['clips']} clips)",
+        rows.append(_row("vocoder_identified",
+                         f"vocoder: clips whose vocoded mel is nearest their own ({voc['clips']} clips)",
                          voc["identified_share"], voc["chance"], "chance", "all (1.0)",
                          bool(voc["identified_share"] == 1.0)))
         level = voc.get("level_db")
@@ -264,7 +274,8 @@ def targets(m: Mapping[str, Any], min_samples: int = 32) -> list[dict[str, Any]]
                          voc.get("griffinlim_level_db"), "Griffin-Lim", f"within +-{LEVEL_TOLERANCE_DB:g} dB",
                          None if level is None else bool(abs(level) <= LEVEL_TOLERANCE_DB),
                          voc.get("level_skipped", "")))
-        rows.append(_row("vocoder_mel_l1", "vocoder mel L1 (MelGAN)", voc["mel_l1"], voc["griffinlim_mel_l1"], "Griffin-Lim",
+        rows.append(_row("vocoder_mel_l1",
+                         "vocoder mel L1 (MelGAN)", voc["mel_l1"], voc["griffinlim_mel_l1"], "Griffin-Lim",
                          "reference", None))
     return rows
 
