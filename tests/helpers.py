@@ -4,6 +4,8 @@ never from each other; `tests/conftest.py` hands `compose` out as a fixture too.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -253,9 +255,6 @@ def in_two_processes(function: str, *args: str, timeout: int = 300) -> None:
     """Run `module:function(*args)` in two processes (accelerate.debug_launcher) from a fresh interpreter: forking a
     pytest worker that already holds threads (execnet's, a test server's) can leave a child stuck, and a stuck rank
     then waits out the process group's 30-minute timeout. Here a stuck pair fails after `timeout` seconds."""
-    import subprocess
-    import sys
-
     module, name = function.split(":")
     code = ("import sys; from accelerate import debug_launcher; "
             f"from {module} import {name}; debug_launcher({name}, args=tuple(sys.argv[1:]), num_processes=2)")

@@ -230,7 +230,7 @@ class CodebookSchema:
     ckpt: Optional[str] = MISSING          # a trained model instead of training this preset (the chain's)
     init_from: Optional[str] = MISSING    # a checkpoint, log folder or released name a new run starts from; null: none
     init: str = ranged(choices=("original", "data"))  # original: uniform codes; data: k-means of encoder outputs
-    restart_every: Optional[int] = ranged(ge=1, also=("null",))  # steps between restarts of unused codes (null: never)
+    restart_every: Optional[int] = ranged(ge=1)  # steps between restarts of unused codes (null: never)
     model: CodebookModel = field(default_factory=CodebookModel)
     loss: CodebookLoss = field(default_factory=CodebookLoss)
     optim: CodebookOptim = field(default_factory=CodebookOptim)
