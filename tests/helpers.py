@@ -148,6 +148,20 @@ def make_dataset(root: Path, train: int = 3, valid: int = 1, seed: int = 0) -> P
     return root
 
 
+def make_classifier(path: Path, classes=CLASSES) -> Path:
+    """A narrow random Melception of `classes`, saved as our checkpoint (a class judge for tests of the wiring)."""
+    from models.melception import Melception
+    from pipeline.checkpoints.format import save_checkpoint
+
+    torch.manual_seed(0)
+    args = {"arch": "melception", "num_classes": len(classes), "aux_logits": False, "width": 0.0625}
+    model = Melception(**{k: v for k, v in args.items() if k != "arch"}).eval()
+    save_checkpoint(path, {"kind": "classifier", "model_args": args, "state_dict": model.state_dict(),
+                           "classes": list(classes),
+                           "normalization": {"mean": torch.full((80,), 0.5), "std": torch.full((80,), 0.2)}})
+    return path
+
+
 def make_codebook(path: Path) -> Path:
     """A tiny codebook (conf/codebook/tiny.yaml, random weights) saved as our checkpoint."""
     from pipeline.build.codebook import build_codebook, codebook_checkpoint

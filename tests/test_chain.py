@@ -137,10 +137,29 @@ def test_make_demo_runs_the_demo_chain_on_the_generated_folder():
 
 
 @pytest.mark.parametrize("models, presets, checkpoint, vocoder", [
-    ("tiny", ("tiny", "tiny", "tiny", "melception_tiny", "efficientnet_lite0"), "last", None),
+    ("tiny", ("tiny", "tiny", "tiny", "melception_tiny", "efficientnet_lite0"), "best", None),
     ("paper", ("vas", "vas", "vggsound", "melception", "bninception"), "best", "melgan")])
 def test_models_picks_every_preset_together(compose, models, presets, checkpoint, vocoder):
     cfg = compose("chain", "dataset.root=/videos", f"models={models}")
     assert tuple(cfg[g].name for g in ("codebook", "transformer", "vocoder", "classifier", "features")) == presets
     assert cfg.transformer_checkpoint == checkpoint and cfg.vocoder.ckpt == vocoder
     assert compose("chain", "dataset.root=/videos", f"models={models}", "codebook=vggsound").codebook.name == "vggsound"
+
+
+@pytest.mark.parametrize("models, judged", [("tiny", True), ("paper", False)])
+def test_the_transformer_step_is_judged_by_the_classifier_it_waits_for(models, judged, tmp_path):
+    """models=tiny chooses the transformer's best.pt by judged samples (transformer.monitor=samples): its step gets the
+    chain's classifier and waits for it; models=paper keeps the validation loss and does not wait."""
+    from pipeline.chain.chain import compose_chain
+    from pipeline.chain.steps import folder_graph
+
+    spec = compose_chain(["dataset=folder", f"dataset.root={tmp_path}", f"models={models}",
+                          f"paths.outputs={tmp_path}", "features.weights=weights.pt"])
+    step = folder_graph(spec)["train_transformer"]
+    command = step.command()
+    assert f"transformer.monitor={'samples' if judged else 'loss'}" in command
+    assert ("train_classifier" in step.deps) == judged
+    assert any(a.startswith("classifier.ckpt=") and "train_classifier" in a for a in command) == judged
+    assert "transformer.monitor=loss" in folder_graph(compose_chain(
+        ["dataset=folder", f"dataset.root={tmp_path}", f"models={models}", f"paths.outputs={tmp_path}",
+         "features.weights=weights.pt", "transformer.monitor=loss"]))["train_transformer"].command()

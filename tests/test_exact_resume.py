@@ -1,6 +1,7 @@
 """A run stopped mid-epoch and resumed ends with the same weights and optimiser state, tensor by tensor, as one that
 ran through, for every training stage and each random draw its steps make: random crops (codebook), the column
-shift (transformer), No-Feats vectors, random gains and crops (vocoder), dropout (classifier), the GAN."""
+shift (transformer; its validations sample and judge), No-Feats vectors, random gains and crops (vocoder), dropout
+(classifier), the GAN."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from pipeline.train.train_classifier import ClassifierTask
 from pipeline.train.train_codebook import CodebookTask
 from pipeline.train.train_transformer import TransformerTask
 from pipeline.train.train_vocoder import VocoderTask
-from tests.helpers import bursts, compose, make_codebook, make_dataset
+from tests.helpers import bursts, compose, make_classifier, make_codebook, make_dataset
 
 TOTAL, STOP = 7, 4   # 6 training clips at batch 2: 3 steps an epoch, so step 4 stops inside the second epoch
 
@@ -39,8 +40,10 @@ def _codebook(data, tmp):
 
 
 def _transformer(data, tmp, condition="features"):
+    # the tiny preset's best.pt by judged samples: validations sample and classify (and must leave training's draws)
     cfg = compose("train_transformer", "dataset=demo", "logger=none", f"transformer.condition={condition}",
-                  f"codebook.ckpt={make_codebook(tmp / 'codebook.pt')}")
+                  f"codebook.ckpt={make_codebook(tmp / 'codebook.pt')}",
+                  f"classifier.ckpt={make_classifier(tmp / 'classifier.pt')}")
     if condition != "features":
         cfg.transformer.init = "original"
     return TransformerTask, cfg  # the tiny preset rolls columns

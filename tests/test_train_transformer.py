@@ -15,7 +15,7 @@ import torch
 from pipeline.config.presets import preset
 from pipeline.files.writes import save_torch
 from pipeline.media.mel import CROP_LEN, FRAMES_PER_COLUMN
-from tests.helpers import DEPTH, FEATURES, ROOT, make_codebook, make_dataset, tiny_transformer_cfg
+from tests.helpers import DEPTH, FEATURES, ROOT, make_classifier, make_codebook, make_dataset, tiny_transformer_cfg
 
 NO_ROLL = "transformer.roll_columns=false"
 
@@ -158,3 +158,62 @@ def test_rolled_columns_shift_mel_and_condition_together(demo, outputs):
     with pytest.raises(ValueError, match="multiple of the 53 codebook columns"):
         RolledColumns(ConditionedDataset(cfg.dataset, cfg.features, "train", 5), columns=CROP_LEN // FRAMES_PER_COLUMN,
                       frames_per_column=FRAMES_PER_COLUMN)
+
+
+def _judged_cfg(demo, tmp_path, **keys):
+    cfg = tiny_transformer_cfg(53)
+    cfg.codebook.ckpt, cfg.dataset.events = str(demo), None  # make_dataset's clips have no videos nor events
+    cfg.transformer.monitor = "samples"
+    cfg.classifier.ckpt = str(make_classifier(tmp_path / "classifier.pt"))
+    for key, value in keys.items():
+        cfg.transformer[key] = value
+    return cfg
+
+
+def test_best_pt_is_the_checkpoint_whose_samples_were_judged_best(demo, outputs, tmp_path, caplog):
+    """transformer.monitor=samples: each validation samples the validation clips, the classifier judges them, and
+    best.pt is the highest score's step (the same draws at every validation: the judge is a function of the weights)."""
+    from pipeline.train.loop import Trainer
+    from pipeline.train.train_transformer import TransformerTask
+
+    task = TransformerTask(_judged_cfg(demo, tmp_path, monitor_draws=2))
+    task.batch_size = 2
+    trainer = Trainer(task, {**task.cfg.trainer, "max_steps": 12, "val_every": 3, "log_every": 100,
+                             "early_stop_patience": None}, outputs / "run", logger_cfg={"name": "none"}, seed=0)
+    with caplog.at_level("INFO", logger="pipeline.train.loop"):
+        trainer.fit()
+    scores = {int(step): (float(score), float(match)) for step, match, score in re.findall(
+        r"validation at step (\d+): .*val/samples_class_match=([0-9.]+) .*val/samples_score=([0-9.]+)", caplog.text)}
+    assert sorted(scores) == [3, 6, 9, 12] and "samples_synchrony" not in caplog.text  # no events: class only
+    assert all(score == match for score, match in scores.values())  # the score is the mean of what is judged
+    best_step = max(scores, key=lambda s: (scores[s][0], -s))  # the first of the best (a tie is no improvement)
+    best = torch.load(outputs / "run" / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    assert best["train_state"]["step"] == best_step and trainer.best == scores[best_step][0]
+    assert task.judge.draws == 2 and len(task.judge.indices) == 2  # make_dataset: one validation clip a class
+    assert task.judge() == task.judge()  # the same weights, the same figures
+
+
+def test_samples_monitor_is_refused_without_a_judge_naming_the_key(demo, tmp_path):
+    from pipeline.train.sample_score import SampleScore
+    from pipeline.train.train_transformer import preflight
+
+    cfg = _judged_cfg(demo, tmp_path)
+    cfg.classifier.ckpt = None
+    with pytest.raises(ValueError, match="needs classifier.ckpt.*needs dataset.events.*transformer.monitor=loss"):
+        preflight(cfg, None)
+    cfg.classifier.ckpt = str(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match=r"classifier.ckpt=.*missing.pt does not exist"):
+        preflight(cfg, None)
+    cfg.classifier.ckpt, cfg.dataset.events = None, str(tmp_path / "events.json")
+    with pytest.raises(FileNotFoundError, match=r"dataset.events=.*events.json does not exist"):
+        preflight(cfg, None)
+    other = _judged_cfg(demo, tmp_path)
+    other.classifier.ckpt = str(make_classifier(tmp_path / "other.pt", classes=("dog", "cat")))
+    from pipeline.build.codebook import load_codebook
+    from pipeline.build.transformer import build_transformer, model_args_from_stage
+
+    codebook = load_codebook(demo)
+    model = build_transformer(model_args_from_stage(other, codebook), codebook)
+    with pytest.raises(ValueError, match=r"trained on the classes \['dog', 'cat'\], this data set has \['chirp', "
+                                         r"'noise'\]"):
+        SampleScore(model, other, seed=0)

@@ -3,6 +3,8 @@
     index -> extract_mels, extract_features -> splits -> train_codebook, train_vocoder, train_classifier
           -> train_transformer -> sample, sample_shuffled -> evaluate (metrics.json, report.html)
 
+(train_transformer waits for the classifier too when its best.pt is chosen by judged samples: transformer.monitor)
+
 plus `download` first when a step uses a released model by name (models=paper: the VGGSound MelGAN and mel
 statistics). What the folder gives (index, mels, features, splits) lies under `dataset.data`, shared by every chain
 run on that folder; the models, samples and the report under the chain's run folder, one folder per step.
@@ -28,7 +30,8 @@ DATA_KEYS = ("dataset", "paths", "zoo")                  # every step: which dat
 RUN_KEYS = ("logger", "seed", "force_resume")            # every model step
 CHAIN_ONLY = ("models", "action", "submit", "slurm", "transformer_checkpoint", "samples_per_clip",
               "sample_batch_size", "mel_chain", "num_workers", "hydra")
-OWN = ("dataset", "dataset.root", "paths.outputs", "codebook.ckpt", "vocoder.ckpt", "classifier.ckpt")  # derived
+OWN = ("dataset", "dataset.root", "paths.outputs", "codebook.ckpt", "vocoder.ckpt", "classifier.ckpt",
+       "transformer.monitor")  # derived
 
 
 def passed(spec: ChainSpec, *prefixes: str) -> list[str]:
@@ -116,10 +119,13 @@ def folder_graph(spec: ChainSpec) -> Graph:
                           run / f"train_{group}", deps=model_deps, fingerprint=indexed,
                           done_files=lambda group=group: [run / f"train_{group}" / RESULT_FILE, trained(group)],
                           about=about))
-    ckpt_deps = tuple(f"train_{g}" for g in ("codebook",) if not cfg[g]["ckpt"])
+    monitor = cfg["transformer"]["monitor"]  # the chain's (models=tiny: samples, which the classifier judges)
+    models = ("codebook", "classifier") if monitor == "samples" else ("codebook",)
+    ckpt_deps = tuple(f"train_{g}" for g in models if not cfg[g]["ckpt"])
     steps.append(Step("train_transformer", "train_transformer",
                       lambda: [*training, f"transformer={spec.choices['transformer']}", *passed(spec, "transformer"),
-                               *features, quoted("codebook.ckpt", checkpoint("codebook"))],
+                               f"transformer.monitor={monitor}", *features,
+                               *(quoted(f"{g}.ckpt", checkpoint(g)) for g in models)],
                       run / "train_transformer", deps=(*model_deps, *ckpt_deps), fingerprint=indexed,
                       done_files=lambda: [run / "train_transformer" / RESULT_FILE],
                       about="the GPT over the codebook's tokens, conditioned on the features"))

@@ -262,6 +262,9 @@ class TransformerSchema:
     init: str = ranged(choices=("original", "time_aligned"))  # Net2NetTransformer.init_time_aligned
     init_from: Optional[str] = MISSING    # a checkpoint, log folder or released name a new run starts from; null: none
     trainable: Optional[List[str]] = MISSING  # glob patterns of the GPT parameters that train; null: all
+    monitor: str = ranged(choices=("loss", "samples"))  # the validation measure best.pt is chosen by
+    monitor_clips: Optional[int] = positive()  # monitor=samples: validation clips sampled (null: all)
+    monitor_draws: int = positive()  # monitor=samples: samples of each
     optim: TransformerOptim = field(default_factory=TransformerOptim)
     sampling: SamplingSchema = field(default_factory=SamplingSchema)
     schedule: Schedule = field(default_factory=Schedule)
@@ -469,6 +472,7 @@ class TrainTransformerStage(TrainStage):
     codebook: CodebookCheckpoint = field(default_factory=CodebookCheckpoint)
     media_samples: int = counting()
     vocoder: Checkpoint = field(default_factory=Checkpoint)
+    classifier: Checkpoint = field(default_factory=Checkpoint)  # transformer.monitor=samples: the class judge
 
 
 @dataclass

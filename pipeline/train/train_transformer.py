@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
@@ -43,6 +44,7 @@ from pipeline.train.init_from import InitSource, freeze_all_but, starts_fresh, t
 from pipeline.train.loop import Task
 from pipeline.train.media import log_spectrograms
 from pipeline.train.run import train
+from pipeline.train.sample_score import SampleScore, what_is_judged
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,8 @@ def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
     - a `checkpoints/last.pt` being resumed must have the configured sizes, that vocabulary and that grid
       (check_compatible);
     - a class condition needs `transformer.n_classes` covering the data set's classes;
-    - `transformer.init=time_aligned` needs a features condition.
+    - `transformer.init=time_aligned` needs a features condition;
+    - `transformer.monitor=samples` needs a classifier (`classifier.ckpt`) or the clips' events (`dataset.events`).
     """
     tcfg = cfg.transformer
     if tcfg.init not in ("original", "time_aligned"):
@@ -98,6 +101,8 @@ def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
                              vocab_size=wanted["vocab_size"], grid=wanted["grid"])
     if tcfg.condition == "class" and tcfg.get("n_classes") is None:
         raise ValueError("transformer.condition=class needs transformer.n_classes (VAS 8, VGGSound 309)")
+    if tcfg.monitor == "samples":
+        what_is_judged(cfg.dataset, cfg.classifier.ckpt)
     return codebook
 
 
@@ -175,12 +180,15 @@ class TransformerTask(Task):
     """The GPT of a Net2NetTransformer over a frozen codebook ("model" is the whole wrapper)."""
 
     kind = "transformer"
-    monitor = "val/loss"
 
     def __init__(self, cfg: DictConfig):
         super().__init__()
         self.cfg = cfg
         self.tcfg = cfg.transformer
+        # best.pt and early stopping by the validation loss, or by the judged samples' score (higher is better)
+        self.monitor, self.monitor_mode = (("val/samples_score", "max") if self.tcfg.monitor == "samples"
+                                           else ("val/loss", "min"))
+        self.judge: SampleScore | None = None  # transformer.monitor=samples: made at the first validation
         self.batch_size = int(self.tcfg.optim.batch_size)
         self.condition = str(self.tcfg.condition)
         self.codebook = None  # the frozen codebook, loaded by preflight
@@ -268,6 +276,21 @@ class TransformerTask(Task):
         with self.trainer.autocast():
             loss = self.trainer.unwrap("model")(x, cond, tokens)
         return {"val/loss": loss.detach()}
+
+    def validation_summary(self) -> dict[str, float]:
+        """With `transformer.monitor=samples`: the validation clips sampled and judged (pipeline.train.sample_score),
+        on the main process; every process gets its figures (they all decide on best.pt and early stopping)."""
+        if self.tcfg.monitor != "samples":
+            return {}
+        accelerator = self.trainer.accelerator
+        figures = [None]
+        if accelerator.is_main_process:
+            if self.judge is None:
+                self.judge = SampleScore(self.trainer.unwrap("model"), self.cfg, int(self.cfg.seed))
+            figures = [self.judge()]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(figures)
+        return figures[0]
 
     def log_media(self, batch, logger, step: int, split: str) -> None:
         """Inputs, their codebook reconstructions and a sample (cached sampler, from scratch) per condition."""
