@@ -15,7 +15,16 @@ import torch
 from pipeline.config.presets import preset
 from pipeline.files.writes import save_torch
 from pipeline.media.mel import CROP_LEN, FRAMES_PER_COLUMN
-from tests.helpers import DEPTH, FEATURES, ROOT, make_classifier, make_codebook, make_dataset, tiny_transformer_cfg
+from tests.helpers import (
+    DEPTH,
+    FEATURES,
+    ROOT,
+    in_two_processes,
+    make_classifier,
+    make_codebook,
+    make_dataset,
+    tiny_transformer_cfg,
+)
 
 NO_ROLL = "transformer.roll_columns=false"
 
@@ -217,3 +226,28 @@ def test_samples_monitor_is_refused_without_a_judge_naming_the_key(demo, tmp_pat
     with pytest.raises(ValueError, match=r"trained on the classes \['dog', 'cat'\], this data set has \['chirp', "
                                          r"'noise'\]"):
         SampleScore(model, other, seed=0)
+
+
+def _two_process_judged(outputs: str, codebook: str, run_dir: str) -> None:
+    """Each rank's side of the two-process test below: the main process judges, every rank gets its figures."""
+    from accelerate import PartialState
+
+    from pipeline.train.loop import Trainer
+    from pipeline.train.train_transformer import TransformerTask
+
+    cfg = _judged_cfg(Path(codebook), Path(outputs))
+    cfg.dataset.root = str(Path(outputs) / "demo_data")
+    task = TransformerTask(cfg)
+    task.batch_size = 1
+    trainer = Trainer(task, {**cfg.trainer, "max_steps": 4, "val_every": 2, "log_every": 100,
+                             "early_stop_patience": None}, run_dir, logger_cfg={"name": "none"}, seed=0)
+    metrics = trainer.fit()
+    state = PartialState()
+    assert state.num_processes == 2 and (task.judge is not None) == state.is_main_process
+    Path(run_dir, f"rank{state.process_index}.txt").write_text(f"{trainer.best!r} {metrics['val/samples_score']!r}")
+
+
+def test_two_processes_choose_best_pt_by_the_main_process_judgement(demo, outputs, tmp_path):
+    in_two_processes("tests.test_train_transformer:_two_process_judged", str(outputs), str(demo), str(tmp_path))
+    ranks = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert ranks[0] == ranks[1] and "None" not in ranks[0], ranks

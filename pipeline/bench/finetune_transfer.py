@@ -43,12 +43,13 @@ from pipeline.build.transformer import load_transformer
 from pipeline.config.presets import compose_stage
 from pipeline.data.datasets import ConditionedDataset, batch_condition
 from pipeline.data.layout import split_ids
+from pipeline.demo.chain import demo_request
 from pipeline.evaluate.events import synchrony
 from pipeline.evaluate.model_checks import clip_event_frames
 from pipeline.generate.decoding import TokenSampler
 from pipeline.generate.settings import SamplingSettings
 from pipeline.generate.user_clip import generate
-from pipeline.runs.folders import checkpoint_path, stage_run_dir
+from pipeline.runs.folders import checkpoint_path
 
 SEEDS = (0, 1, 2)
 CLIPS_PER_CLASS = 16    # half held out: 8 test clips per new class, so one clip moves the class match by 1/16
@@ -57,12 +58,9 @@ SAMPLES_PER_CLIP = 8    # 16 test clips x 8 = 128 samples per model and seed
 RECIPE = "experiment=finetune_few_clips"
 
 
-def _classifier(outputs: Path) -> Path:
-    return checkpoint_path(stage_run_dir(outputs, "train_classifier", "demo", ["classifier=melception_tiny"]))
-
-
-def _codebook(outputs: Path) -> Path:
-    return checkpoint_path(stage_run_dir(outputs, "train_codebook", "demo"))
+def demo_model(group: str) -> Path:
+    """best.pt of the `make demo` chain's `train_<group>` step (its run folder under SPECVQGAN_OUTPUTS)."""
+    return checkpoint_path(demo_request().run_dir / f"train_{group}")
 
 
 def splits(dataset: dict[str, Any], folder: Path) -> dict[str, Path]:
@@ -110,7 +108,8 @@ def make_data(root: Path) -> list[str]:
 def train(run_dir: Path, seed: int, data: list[str], train_split: Path, valid_split: Path,
           overrides: list[str]) -> Path:
     """`python -m stages.train_transformer` into `run_dir` (resumes when it is there); returns best.pt."""
-    stage("train_transformer", "trainer=cpu", f"seed={seed}", *data, f"dataset.splits.train={train_split}",
+    stage("train_transformer", "trainer=cpu", f"seed={seed}", *data, f"codebook.ckpt={demo_model('codebook')}",
+          f"dataset.splits.train={train_split}",
           f"dataset.splits.valid={valid_split}", *overrides, f"hydra.run.dir={run_dir}")
     return checkpoint_path(run_dir)
 
@@ -142,7 +141,7 @@ def judge(ckpt: Path, dataset: dict[str, Any], features: dict[str, Any], test: P
 def main() -> list[str]:
     torch.set_num_threads(1)
     outputs = Path(str(compose_stage("train_transformer", ["dataset=demo"]).paths.outputs)).resolve()
-    missing = [str(p) for p in (_classifier(outputs), _codebook(outputs)) if not p.exists()]
+    missing = [str(p) for p in (demo_model("classifier"), demo_model("codebook")) if not p.exists()]
     if missing:
         print(f"SKIPPED: the demo's models are missing ({'; '.join(missing)}): run `make demo` first (or point "
               f"SPECVQGAN_OUTPUTS at an outputs folder that holds them)")
@@ -155,7 +154,7 @@ def main() -> list[str]:
     recipe = compose_stage("train_transformer", ["dataset=demo", RECIPE]).transformer.schedule
     steps = [f"transformer.schedule.max_steps={recipe.max_steps}", f"transformer.schedule.val_every={recipe.val_every}",
              f"transformer.schedule.early_stop_patience={recipe.early_stop_patience}"]
-    classifier, normalize, classes = load_melception(str(_classifier(outputs)), None, torch.device("cpu"))
+    classifier, normalize, classes = load_melception(str(demo_model("classifier")), None, torch.device("cpu"))
     classes = list(classes or sorted({c.split("/")[0] for c in split_ids(dataset, "train")}))
     features = OmegaConf.to_container(cfg.features, resolve=True)
     print(f"base classes {sorted({i.split('/')[0] for i in files['base_train'].read_text().split()})}, new "
