@@ -203,7 +203,6 @@ def test_best_pt_is_the_checkpoint_whose_samples_were_judged_best(demo, outputs,
 
 
 def test_samples_monitor_is_refused_without_a_judge_naming_the_key(demo, tmp_path):
-    from pipeline.train.sample_score import SampleScore
     from pipeline.train.train_transformer import preflight
 
     cfg = _judged_cfg(demo, tmp_path)
@@ -217,15 +216,27 @@ def test_samples_monitor_is_refused_without_a_judge_naming_the_key(demo, tmp_pat
     with pytest.raises(FileNotFoundError, match=r"dataset.events=.*events.json does not exist"):
         preflight(cfg, None)
     other = _judged_cfg(demo, tmp_path)
-    other.classifier.ckpt = str(make_classifier(tmp_path / "other.pt", classes=("dog", "cat")))
+    other.classifier.ckpt = str(make_classifier(tmp_path / "other.pt", classes=("dog", "chirp", "cat")))
+    with pytest.raises(ValueError, match=r"knows the classes \['dog', 'chirp', 'cat'\], not \['noise'\] of this data "
+                                         r"set's \['chirp', 'noise'\]"):
+        preflight(other, None)  # before any training
+
+
+def test_a_classifier_of_more_classes_judges_by_name(demo, tmp_path):
+    """The judge's classifier may know more classes than the data set (a fine-tuning set of two of the demo's four):
+    each clip's class is looked up by name."""
     from pipeline.build.codebook import load_codebook
     from pipeline.build.transformer import build_transformer, model_args_from_stage
+    from pipeline.train.sample_score import SampleScore, class_indices
 
+    assert class_indices(["cat", "noise", "chirp"], ["chirp", "noise"], "c.pt") == [2, 1]
+    assert class_indices(None, ["chirp", "noise"], "c.pt") == [0, 1]  # the original's: the data set's order
+    cfg = _judged_cfg(demo, tmp_path)
+    cfg.classifier.ckpt = str(make_classifier(tmp_path / "more.pt", classes=("cat", "noise", "chirp")))
     codebook = load_codebook(demo)
-    model = build_transformer(model_args_from_stage(other, codebook), codebook)
-    with pytest.raises(ValueError, match=r"trained on the classes \['dog', 'cat'\], this data set has \['chirp', "
-                                         r"'noise'\]"):
-        SampleScore(model, other, seed=0)
+    judge = SampleScore(build_transformer(model_args_from_stage(cfg, codebook), codebook), cfg, seed=0)
+    assert judge.wanted.tolist() == [2, 1]
+    assert set(judge()) == {"samples_class_match", "samples_score"}
 
 
 def _two_process_judged(outputs: str, codebook: str, run_dir: str) -> None:

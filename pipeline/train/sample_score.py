@@ -8,9 +8,10 @@ needed twice the steps that spoiled seed 1's timing). At each validation every v
 settings, from the same seeds at every validation (so checkpoints are compared on the same draws; not the sample
 stage's), decoded by the codebook, and judged:
 
-- **class**: the share the classifier `classifier.ckpt` (the chain passes the one it trains) puts in their clip's
-  class. A judge without a trained classifier misled: the nearest class centroid of code histograms chose demo seed
-  1's step 400 (class match by the classifier 0.889, 144 samples) over step 1600 (0.986);
+- **class**: the share the classifier `classifier.ckpt` (the chain passes the one it trains; it may know more
+  classes than the data set's, by name) puts in their clip's class. A judge without a trained classifier misled:
+  the nearest class centroid of code histograms chose demo seed 1's step 400 (class match by the classifier 0.889,
+  144 samples) over step 1600 (0.986);
 - **synchrony**: the share of the clip's events (`dataset.events`, as the demo's events.json) with a sound onset
   of the sample within one codebook column (`pipeline.evaluate.events.synchrony`, the evaluation's own rule).
 
@@ -20,7 +21,7 @@ of their own, not the evaluation's samples; the clips are the evaluation split's
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from pipeline.build.classifier import load_melception
+from pipeline.build.classifier import load_classifier, load_melception
 from pipeline.data.datasets import ConditionedDataset, batch_condition
+from pipeline.data.layout import Labels
 from pipeline.evaluate.events import synchrony
 from pipeline.evaluate.model_checks import clip_event_frames
 from pipeline.generate.decoding import TokenSampler
@@ -55,6 +57,27 @@ def what_is_judged(dataset_cfg: Mapping[str, Any], classifier: str | None) -> li
                          f"event onsets); data set {dataset_cfg['name']} has neither: pass one, or use "
                          "transformer.monitor=loss")
     return parts
+
+
+def class_indices(classifier_classes: Sequence[str] | None, classes: Sequence[str], path: str) -> list[int]:
+    """The classifier's index of each of the data set's classes (a classifier may know more classes); a classifier
+    that names none (the original's) is taken to have the data set's, in order."""
+    if classifier_classes is None:
+        return list(range(len(classes)))
+    known = list(classifier_classes)
+    missing = [c for c in classes if c not in known]
+    if missing:
+        raise ValueError(f"classifier.ckpt={path} knows the classes {known}, not {missing} of this data set's "
+                         f"{list(classes)}: pass a classifier trained on them (the chain's train_classifier step)")
+    return [known.index(c) for c in classes]
+
+
+def check_judge(cfg: Mapping[str, Any]) -> None:
+    """What `transformer.monitor=samples` needs, checked before training (the stage's preflight): a judge, its files,
+    a classifier that knows the data set's classes."""
+    if "class" in what_is_judged(cfg.dataset, cfg.classifier.ckpt):
+        class_indices(load_classifier(str(cfg.classifier.ckpt)).classes, Labels(cfg.dataset).classes,
+                      str(cfg.classifier.ckpt))
 
 
 class SampleScore:
@@ -85,9 +108,7 @@ class SampleScore:
         self.classifier = None
         if "class" in parts:
             classifier, normalize, classes = load_melception(str(cfg.classifier.ckpt), None, self.sampler.device)
-            if classes is not None and list(classes) != list(valid.classes):
-                raise ValueError(f"classifier.ckpt={cfg.classifier.ckpt} was trained on the classes {list(classes)}, "
-                                 f"this data set has {list(valid.classes)}: pass a classifier of these classes")
+            self.wanted = np.asarray(class_indices(classes, valid.classes, str(cfg.classifier.ckpt)))
             self.classifier, self.normalize = classifier, normalize
 
     @torch.no_grad()
@@ -112,7 +133,7 @@ class SampleScore:
             mels.append(mel.cpu().numpy())
         out: dict[str, float] = {}
         if self.classifier is not None:
-            targets = np.asarray([self.valid.targets[i] for i, _ in jobs])
+            targets = self.wanted[[self.valid.targets[i] for i, _ in jobs]]  # in the classifier's classes
             out["samples_class_match"] = float(np.mean(torch.cat(predicted).numpy() == targets))
         if self.events is not None:
             pairs = [(self.events[self.valid.ids[i]], m) for (i, _), m in zip(jobs, np.concatenate(mels))]

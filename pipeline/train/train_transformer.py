@@ -44,7 +44,7 @@ from pipeline.train.init_from import InitSource, freeze_all_but, starts_fresh, t
 from pipeline.train.loop import Task
 from pipeline.train.media import log_spectrograms
 from pipeline.train.run import train
-from pipeline.train.sample_score import SampleScore, what_is_judged
+from pipeline.train.sample_score import SampleScore, check_judge
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
       (check_compatible);
     - a class condition needs `transformer.n_classes` covering the data set's classes;
     - `transformer.init=time_aligned` needs a features condition;
-    - `transformer.monitor=samples` needs a classifier (`classifier.ckpt`) or the clips' events (`dataset.events`).
+    - `transformer.monitor=samples` needs a classifier of the data set's classes (`classifier.ckpt`) or the clips'
+      events (`dataset.events`).
     """
     tcfg = cfg.transformer
     if tcfg.init not in ("original", "time_aligned"):
@@ -102,7 +103,7 @@ def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
     if tcfg.condition == "class" and tcfg.get("n_classes") is None:
         raise ValueError("transformer.condition=class needs transformer.n_classes (VAS 8, VGGSound 309)")
     if tcfg.monitor == "samples":
-        what_is_judged(cfg.dataset, cfg.classifier.ckpt)
+        check_judge(cfg)
     return codebook
 
 
