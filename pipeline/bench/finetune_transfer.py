@@ -16,13 +16,14 @@ The result is the worst seed of each measure, and the smallest margin of the fin
 in any seed. Skips (with the command that makes them) when the demo's models are missing.
 `python -m pipeline.bench finetune_transfer`.
 
-Measured (2 CPUs, load average 11-15 from other jobs; deterministic: a rerun gave the same figures), per seed 0/1/2,
-class match and synchrony, fine-tuned vs from scratch: 0.609/0.695/0.586 vs 0.531/0.492/0.539 and 0.587/0.530/0.393
-vs 0.365/0.446/0.413. Other adaptations (4 samples per clip, worst seed): all parameters at the same rate 0.547 /
-0.439 (synchrony below scratch in seed 1), at half the rate the recipe's parameters 0.469 / 0.490 (class match below
-scratch in seed 0); a rank-4 LoRA on every Linear of the blocks (+ embedder, norms, head; 8 samples) 0.477 / 0.417,
-its held-out loss 1.10 against the recipe's 0.74-0.85: it under-adapts, so peft is not a dependency. Scratch with
-300 steps: class match 0.688, synchrony 0.449 (worst seed): the few-clip advantage is speed.
+Measured with the tiny preset of today (128 wide, 3200 steps; features at 96 px), a clean clone, load average about
+3, per seed 0/1/2, class match and synchrony, fine-tuned vs from scratch: 0.578/0.359/0.719 vs 0.695/0.734/0.617 and
+0.614/0.804/0.667 vs 0.798/0.821/0.801 (828 s with the data): the recipe LOSES to scratch. Variants on the same
+data and bases (class match; synchrony), none better in every seed: all parameters 0.531/0.570/0.633;
+0.580/0.869/0.681; the recipe at 3x the rate 0.883/0.656/0.727; 0.670/0.417/0.679; from the base's best.pt by its
+validation loss 0.469/0.445/0.773; 0.803/0.837/0.885; from a base chosen by judged samples (monitor=samples, as
+the demo's) 0.469/0.742/0.641; 0.803/0.873/0.756. With the earlier 64-wide preset the recipe won in the worst seed
+(0.586 vs 0.492 and 0.393 vs 0.365; a rank-4 LoRA under-adapted: 0.477 / 0.417, so peft is not a dependency).
 """
 from __future__ import annotations
 
