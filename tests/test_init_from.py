@@ -71,6 +71,36 @@ def test_a_new_run_starts_from_the_sources_weights(demo, outputs):
                            want["transformer.head.weight"])  # without init_from: the preset's own start
 
 
+def test_reinit_patterns_start_afresh_as_a_run_from_scratch_and_need_a_source(demo, outputs):
+    """transformer.reinit: the matching parameters are the ones a run from scratch starts with (same seed), the rest
+    are the source's; without init_from it is refused before any work."""
+    from pipeline.train.train_transformer import TransformerTask, preflight
+
+    source = make_transformer(outputs / "source.pt", demo, features_preset(FEATURES))
+    want = torch.load(source, weights_only=True)["state_dict"]
+    scratch = TransformerTask(tiny_transformer_cfg(5))
+    scratch.cfg.codebook.ckpt = str(demo)
+    _trainer(scratch, outputs / "scratch").task.build()
+    fresh = scratch.modules["model"].state_dict()
+    cfg = tiny_transformer_cfg(5)
+    cfg.codebook.ckpt, cfg.transformer.init_from = str(demo), str(source)
+    cfg.transformer.reinit = ["head.*", "tok_emb.*"]
+    task = TransformerTask(cfg)
+    _trainer(task, outputs / "run").task.build()
+    got = task.modules["model"].state_dict()
+    restarted = {"transformer.head.weight", "transformer.tok_emb.weight"}
+    for key in got:
+        expected = fresh[key] if key in restarted else want[key]
+        torch.testing.assert_close(got[key], expected, rtol=0, atol=0, msg=key)
+    assert not torch.equal(fresh["transformer.head.weight"], want["transformer.head.weight"])
+    cfg.transformer.reinit = ["heads.*"]
+    with pytest.raises(ValueError, match=r"transformer.reinit: \['heads.\*'\] match no parameter"):
+        _trainer(TransformerTask(cfg), outputs / "other").task.build()
+    cfg.transformer.init_from = None
+    with pytest.raises(ValueError, match="transformer.init_from is not set: set it, or transformer.reinit=null"):
+        preflight(cfg, None)
+
+
 def test_trainable_patterns_freeze_the_rest(demo, outputs):
     from pipeline.train.train_transformer import TransformerTask
 

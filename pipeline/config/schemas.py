@@ -262,6 +262,7 @@ class TransformerSchema:
     init: str = ranged(choices=("original", "time_aligned"))  # Net2NetTransformer.init_time_aligned
     init_from: Optional[str] = MISSING    # a checkpoint, log folder or released name a new run starts from; null: none
     trainable: Optional[List[str]] = MISSING  # glob patterns of the GPT parameters that train; null: all
+    reinit: Optional[List[str]] = MISSING  # with init_from: glob patterns of GPT parameters that start afresh
     monitor: str = ranged(choices=("loss", "samples"))  # the validation measure best.pt is chosen by
     monitor_clips: Optional[int] = positive()  # monitor=samples: validation clips sampled (null: all)
     monitor_draws: int = positive()  # monitor=samples: samples of each

@@ -14,6 +14,7 @@ The first weights of the new run are then the source's (its optimisers start afr
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,20 +183,21 @@ def _plain(node: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- what trains
-def freeze_all_but(module: torch.nn.Module, patterns: list[str], key: str) -> list[str]:
-    """Leave only the parameters whose names match one of the glob `patterns` trainable (e.g. `blocks.1.*`,
-    `head.*`); returns their names. A pattern that matches no parameter is an error naming what there is."""
-    import fnmatch
-
+def matching(module: torch.nn.Module, patterns: list[str], key: str) -> list[str]:
+    """The names of the parameters that match one of the glob `patterns` (e.g. `blocks.1.*`, `head.*`). A pattern
+    that matches no parameter is an error naming what there is."""
     names = [name for name, _ in module.named_parameters()]
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if unmatched:
         tops = sorted({n.split(".")[0] + (".*" if "." in n else "") for n in names})
         raise ValueError(f"{key}: {unmatched} match no parameter; the parameters are {', '.join(tops)} "
                          f"(blocks.N.* for block N)")
-    trained = []
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def freeze_all_but(module: torch.nn.Module, patterns: list[str], key: str) -> list[str]:
+    """Leave only the parameters `matching` the glob `patterns` trainable; returns their names."""
+    trained = matching(module, patterns, key)
     for name, param in module.named_parameters():
-        param.requires_grad_(any(fnmatch.fnmatchcase(name, p) for p in patterns))
-        if param.requires_grad:
-            trained.append(name)
+        param.requires_grad_(name in trained)
     return trained

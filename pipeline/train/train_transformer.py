@@ -40,7 +40,7 @@ from pipeline.data.datasets import ConditionedDataset, batch_condition
 from pipeline.generate.decoding import TokenSampler
 from pipeline.generate.settings import SamplingSettings
 from pipeline.runs.folders import checkpoint_path
-from pipeline.train.init_from import InitSource, freeze_all_but, starts_fresh, transformer_source
+from pipeline.train.init_from import InitSource, freeze_all_but, matching, starts_fresh, transformer_source
 from pipeline.train.loop import Task
 from pipeline.train.media import log_spectrograms
 from pipeline.train.run import train
@@ -102,6 +102,9 @@ def preflight(cfg: DictConfig, run_dir: str | Path | None) -> torch.nn.Module:
                              vocab_size=wanted["vocab_size"], grid=wanted["grid"])
     if tcfg.condition == "class" and tcfg.get("n_classes") is None:
         raise ValueError("transformer.condition=class needs transformer.n_classes (VAS 8, VGGSound 309)")
+    if tcfg.reinit and not tcfg.init_from:
+        raise ValueError(f"transformer.reinit={list(tcfg.reinit)} starts some of transformer.init_from's weights "
+                         f"afresh, but transformer.init_from is not set: set it, or transformer.reinit=null")
     if tcfg.monitor == "samples":
         check_judge(cfg)
     return codebook
@@ -208,8 +211,14 @@ class TransformerTask(Task):
         torch.manual_seed(int(self.cfg.seed))
         wrapper = build_transformer(self.model_args(), codebook)
         if self.source is not None:  # a new run from another model's weights (transformer.init_from)
-            wrapper.load_state_dict({**wrapper.state_dict(), **self.source.state_dict}, strict=True)
-            log.info("starting from the weights of %s", self.source.describe())
+            if self.tcfg.init == "time_aligned":  # as a run from scratch starts, for what transformer.reinit restarts
+                wrapper.init_time_aligned()
+            fresh = {f"transformer.{n}" for n in matching(wrapper.transformer, list(self.tcfg.reinit or []),
+                                                           "transformer.reinit")}
+            kept = {k: v for k, v in self.source.state_dict.items() if k not in fresh}
+            wrapper.load_state_dict({**wrapper.state_dict(), **kept}, strict=True)
+            log.info("starting from the weights of %s%s", self.source.describe(),
+                     f" but {len(fresh)} parameter tensors started afresh (transformer.reinit)" if fresh else "")
             self.source = None
         elif self.tcfg.init == "time_aligned":
             wrapper.init_time_aligned()
