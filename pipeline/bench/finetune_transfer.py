@@ -17,16 +17,16 @@ in any seed. Skips (with the command that makes them) when the demo's models are
 `python -m pipeline.bench finetune_transfer`.
 
 Measured with the tiny preset of today (128 wide, 3200 steps; features at 96 px), a clean clone, load average about
-3 (`make test` alongside), 749 s with the data, per seed 0/1/2, fine-tuned vs from scratch: synchrony 0.824/0.912/
-0.920 vs 0.798/0.821/0.801 (better in every seed), class match 0.641/0.539/0.477 vs 0.695/0.734/0.617 (worse in
-every seed). The recipe without `reinit` (the source's sound layers kept): class match 0.578/0.359/0.719, synchrony
-0.614/0.804/0.667 (a base class's sound stayed: 14 of 16 clicks samples read as chirps in seed 1). Other variants on
-the same data and bases (class match; synchrony), none better than scratch in every seed on both: all parameters
-0.531/0.570/0.633; 0.580/0.869/0.681; the recipe at 3x the rate 0.883/0.656/0.727; 0.670/0.417/0.679; from the base's
-best.pt by its validation loss 0.469/0.445/0.773; 0.803/0.837/0.885; from a base chosen by judged samples (as the
-demo's) 0.469/0.742/0.641; 0.803/0.873/0.756. With the earlier 64-wide preset the recipe (without reinit) won in the
-worst seed (0.586 vs 0.492 and 0.393 vs 0.365; a rank-4 LoRA under-adapted: 0.477 / 0.417, so peft is not a
-dependency).
+3 (`make test` alongside), per seed 0/1/2, fine-tuned (the recipe, `reinit` of the sound layers, LR_FACTOR x the rate)
+vs from scratch: class match 0.883/0.797/0.867 vs 0.695/0.734/0.617, synchrony 0.896/0.849/0.849 vs
+0.798/0.821/0.801 (better in every seed on both; the fine-tuned runs 220 s). Variants on the same data and bases
+(class match; synchrony): the recipe at the preset's rate 0.641/0.539/0.477; 0.824/0.912/0.920; without reinit (the
+source's sound layers kept) 0.578/0.359/0.719; 0.614/0.804/0.667 (14 of 16 clicks samples read as chirps in seed 1);
+all parameters with reinit at 1x 0.555/0.562/0.562; 0.766/0.912/0.889; without reinit: all parameters
+0.531/0.570/0.633; 0.580/0.869/0.681; 3x the rate 0.883/0.656/0.727; 0.670/0.417/0.679; a base chosen by judged
+samples (as the demo's) 0.469/0.742/0.641; 0.803/0.873/0.756; scratch at twice its rate 0.211/0.500/0.344;
+0.622/0.825/0.788. With the earlier 64-wide preset the recipe (without reinit, at 1x) won in the worst seed (0.586 vs
+0.492 and 0.393 vs 0.365; a rank-4 LoRA under-adapted: 0.477 / 0.417, so peft is not a dependency).
 """
 from __future__ import annotations
 
