@@ -40,8 +40,9 @@ def _codebook(data, tmp):
 
 
 def _transformer(data, tmp, condition="features"):
-    # the tiny preset's best.pt by judged samples: validations sample and classify (and must leave training's draws)
+    # best.pt by judged samples (models=tiny's): validations sample and classify, and must leave training's draws
     cfg = compose("train_transformer", "dataset=demo", "logger=none", f"transformer.condition={condition}",
+                  "transformer.monitor=samples",
                   f"codebook.ckpt={make_codebook(tmp / 'codebook.pt')}",
                   f"classifier.ckpt={make_classifier(tmp / 'classifier.pt')}")
     if condition != "features":

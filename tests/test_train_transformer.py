@@ -198,7 +198,7 @@ def test_best_pt_is_the_checkpoint_whose_samples_were_judged_best(demo, outputs,
     best_step = max(scores, key=lambda s: (scores[s][0], -s))  # the first of the best (a tie is no improvement)
     best = torch.load(outputs / "run" / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
     assert best["train_state"]["step"] == best_step and trainer.best == scores[best_step][0]
-    assert task.judge.draws == 2 and len(task.judge.indices) == 2  # make_dataset: one validation clip a class
+    assert task.judge.draws == 2 and len(task.judge.ids) == 2  # make_dataset: one validation clip a class
     assert task.judge() == task.judge()  # the same weights, the same figures
 
 
@@ -235,7 +235,7 @@ def test_a_classifier_of_more_classes_judges_by_name(demo, tmp_path):
     cfg.classifier.ckpt = str(make_classifier(tmp_path / "more.pt", classes=("cat", "noise", "chirp")))
     codebook = load_codebook(demo)
     judge = SampleScore(build_transformer(model_args_from_stage(cfg, codebook), codebook), cfg, seed=0)
-    assert judge.wanted.tolist() == [2, 1]
+    assert judge.targets.tolist() == [2, 1]  # the validation clips: chirp, noise
     assert set(judge()) == {"samples_class_match", "samples_score"}
 
 

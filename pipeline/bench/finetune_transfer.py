@@ -30,6 +30,7 @@ samples (as the demo's) 0.469/0.742/0.641; 0.803/0.873/0.756; scratch at twice i
 """
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -65,8 +66,10 @@ LR_FACTOR = 2           # the fine-tuned run's rate over the preset's: the resta
                         # scratch at twice its rate falls to 0.211 / 0.500 / 0.344: the preset's rate is its best)
 
 
+@functools.lru_cache(maxsize=None)
 def demo_model(group: str) -> Path:
-    """best.pt of the `make demo` chain's `train_<group>` step (its run folder under SPECVQGAN_OUTPUTS)."""
+    """best.pt of the `make demo` chain's `train_<group>` step (its run folder under SPECVQGAN_OUTPUTS; composed once
+    per group)."""
     return checkpoint_path(demo_request().run_dir / f"train_{group}")
 
 

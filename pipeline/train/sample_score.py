@@ -95,20 +95,23 @@ class SampleScore:
         valid = ConditionedDataset(cfg.dataset, cfg.features, str(data.val_split), int(tcfg.feat_sample_size),
                                    condition=self.condition, spec_len=int(data.spec_len), crop_len=int(data.crop_len))
         parts = what_is_judged(cfg.dataset, cfg.classifier.ckpt)
-        self.valid = valid
-        clips = tcfg.monitor_clips
-        self.indices = list(range(len(valid) if clips is None else min(int(clips), len(valid))))
+        clips = range(len(valid) if tcfg.monitor_clips is None else min(int(tcfg.monitor_clips), len(valid)))
+        self.ids = [valid.ids[i] for i in clips]
+        # the judged clips' conditions, read once (every validation samples the same ones, draw after draw)
+        self.conditions = batch_condition(default_collate([valid[i] for i in clips]), self.condition,
+                                          self.sampler.device)
         self.draws = int(tcfg.monitor_draws)
         self.events = None
         if "synchrony" in parts:
-            events = clip_event_frames(cfg.dataset.events, cfg.dataset, [valid.ids[i] for i in self.indices])
+            events = clip_event_frames(cfg.dataset.events, cfg.dataset, self.ids)
             if isinstance(events, str):
                 raise ValueError(f"transformer.monitor=samples: {events}")
             self.events = events
         self.classifier = None
         if "class" in parts:
             classifier, normalize, classes = load_melception(str(cfg.classifier.ckpt), None, self.sampler.device)
-            self.wanted = np.asarray(class_indices(classes, valid.classes, str(cfg.classifier.ckpt)))
+            wanted = class_indices(classes, valid.classes, str(cfg.classifier.ckpt))
+            self.targets = np.asarray([wanted[valid.targets[i]] for i in clips])  # in the classifier's classes
             self.classifier, self.normalize = classifier, normalize
 
     @torch.no_grad()
@@ -117,12 +120,10 @@ class SampleScore:
         weights."""
         self.sampler.refresh()
         device = self.sampler.device
-        jobs = [(i, draw) for draw in range(self.draws) for i in self.indices]  # (clip index, draw)
+        clips = torch.arange(len(self.ids)).repeat(self.draws)  # the judged samples' clips, draw after draw
         mels, predicted = [], []
-        for start in range(0, len(jobs), BATCH):
-            chunk = jobs[start:start + BATCH]
-            batch = default_collate([self.valid[i] for i, _ in chunk])
-            cond = batch_condition(batch, self.condition, device)
+        for start in range(0, len(clips), BATCH):
+            cond = self.conditions[clips[start:start + BATCH].to(device)]
             gen = torch.Generator(device).manual_seed(self.seed * SEED_OFFSET + start)
             tokens = self.sampler.sample(cond, self.settings, self.model.num_tokens, generator=gen)
             with self.sampler.autocast():
@@ -130,13 +131,13 @@ class SampleScore:
             if self.classifier is not None:
                 logits = self.classifier.features(self.normalize(mel, zero_one=True), ("logits",))["logits"]
                 predicted.append(logits.argmax(1).cpu())
-            mels.append(mel.cpu().numpy())
+            if self.events is not None:
+                mels.append(mel.cpu().numpy())
         out: dict[str, float] = {}
         if self.classifier is not None:
-            targets = self.wanted[[self.valid.targets[i] for i, _ in jobs]]  # in the classifier's classes
-            out["samples_class_match"] = float(np.mean(torch.cat(predicted).numpy() == targets))
+            out["samples_class_match"] = float(np.mean(torch.cat(predicted).numpy() == self.targets[clips.numpy()]))
         if self.events is not None:
-            pairs = [(self.events[self.valid.ids[i]], m) for (i, _), m in zip(jobs, np.concatenate(mels))]
+            pairs = [(self.events[self.ids[c]], m) for c, m in zip(clips.tolist(), np.concatenate(mels))]
             rate = synchrony(pairs)["rate"]
             out["samples_synchrony"] = 0.0 if rate is None else float(rate)
         out["samples_score"] = float(np.mean(list(out.values())))

@@ -210,9 +210,9 @@ class TransformerTask(Task):
         codebook.loss = None  # inside the transformer the codebook has no loss (the original's DummyLoss)
         torch.manual_seed(int(self.cfg.seed))
         wrapper = build_transformer(self.model_args(), codebook)
+        if self.tcfg.init == "time_aligned":  # the start of a run from scratch (with init_from: of what reinit names)
+            wrapper.init_time_aligned()
         if self.source is not None:  # a new run from another model's weights (transformer.init_from)
-            if self.tcfg.init == "time_aligned":  # as a run from scratch starts, for what transformer.reinit restarts
-                wrapper.init_time_aligned()
             fresh = {f"transformer.{n}" for n in matching(wrapper.transformer, list(self.tcfg.reinit or []),
                                                            "transformer.reinit")}
             kept = {k: v for k, v in self.source.state_dict.items() if k not in fresh}
@@ -220,8 +220,6 @@ class TransformerTask(Task):
             log.info("starting from the weights of %s%s", self.source.describe(),
                      f" but {len(fresh)} parameter tensors started afresh (transformer.reinit)" if fresh else "")
             self.source = None
-        elif self.tcfg.init == "time_aligned":
-            wrapper.init_time_aligned()
         if self.tcfg.trainable is not None:
             trained = freeze_all_but(wrapper.transformer, list(self.tcfg.trainable), "transformer.trainable")
             log.info("training %d of %d parameter tensors of the GPT (transformer.trainable)", len(trained),
